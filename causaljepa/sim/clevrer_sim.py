@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from Box2D import b2CircleShape, b2ContactListener, b2FixtureDef, b2PolygonShape, b2World
 
-COLORS = ("gray", "red", "blue", "green", "brown", "purple", "cyan", "yellow")
-SHAPES = ("cube", "sphere", "cylinder")
-MATERIALS = ("rubber", "metal")
+from ..data.questions import COLORS, MATERIALS, SHAPES  # CLEVRER's vocabulary, one definition
+
+__all__ = ["COLORS", "MATERIALS", "SHAPES"]
 
 # RGB of CLEVR's colours (the values CLEVR's renderer uses), 0-255.
 COLOR_RGB = {

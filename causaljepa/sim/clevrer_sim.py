@@ -27,8 +27,6 @@ from Box2D import b2CircleShape, b2ContactListener, b2FixtureDef, b2PolygonShape
 
 from ..data.questions import COLORS, MATERIALS, SHAPES  # CLEVRER's vocabulary, one definition
 
-__all__ = ["COLORS", "MATERIALS", "SHAPES"]
-
 # RGB of CLEVR's colours (the values CLEVR's renderer uses), 0-255.
 COLOR_RGB = {
     "gray": (87, 87, 87),
@@ -61,9 +59,9 @@ class PhysicsConfig:
     restitution: float = 0.7
     friction: float = 0.3
     # linear damping per shape: spheres roll far, cubes slide and stop sooner
-    damping_sphere: float = 0.08
-    damping_cylinder: float = 0.25
-    damping_cube: float = 0.45
+    damping_sphere: float = 0.05
+    damping_cylinder: float = 0.15
+    damping_cube: float = 0.3
     angular_damping: float = 1.5
 
     def __post_init__(self) -> None:
@@ -83,11 +81,11 @@ class SceneConfig:
     observed_frames: int = 128
     future_frames: int = 32
     p_moving: float = 0.5  # chance that an object present at the start is moving
-    p_entering: float = 0.25  # chance that an object enters from an edge later
+    p_entering: float = 0.35  # chance that an object enters from an edge later
     p_aim: float = 0.8  # chance that a moving object is aimed at another object
     min_speed: float = 1.5
     max_speed: float = 3.0
-    enter_frame_range: tuple[int, int] = (5, 80)
+    enter_frame_range: tuple[int, int] = (5, 125)
     # accepted collision counts in the observed frames (CLEVRER: typically 2-3)
     min_collisions: int = 1
     max_collisions: int = 5

@@ -9,8 +9,8 @@ Four types, as in CLEVRER:
   exactly when the collision does not happen in the world re-simulated without it
   (object removed from the first frame, or the two objects of the earlier collision made
   to pass through each other);
-- predictive: "What will happen next?": events in the simulated future frames that the
-  video does not show;
+- predictive: "What will happen next?": collisions and exits in the simulated future
+  frames that the video does not show;
 - counterfactual: "Which event will happen if X is removed?": collisions in the world
   re-simulated without X from the first frame.
 
@@ -38,15 +38,18 @@ COUNT_ANSWERS = tuple(str(i) for i in range(6))
 @dataclass(frozen=True)
 class QuestionConfig:
     descriptive: int = 11  # per video, at most (CLEVRER train: 11.0 per video)
-    explanatory: int = 2  # CLEVRER: 1.7
+    explanatory: int = 3  # CLEVRER: 1.7 (fewer are asked where fewer collisions qualify)
     counterfactual: int = 2  # CLEVRER: 1.9
-    predictive: int = 1  # CLEVRER: 0.7
+    predictive: int = 1  # 0 or 1; CLEVRER: 0.7
     max_choices: int = 4
 
     def __post_init__(self) -> None:
         for name in ("descriptive", "explanatory", "counterfactual", "predictive"):
             if getattr(self, name) < 0:
                 raise ValueError(f"QuestionConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.predictive > 1:
+            raise ValueError(f"QuestionConfig.predictive must be 0 or 1 (one 'What will happen next?' per video), "
+                             f"got {self.predictive}")
         if not 2 <= self.max_choices <= 6:
             raise ValueError(f"QuestionConfig.max_choices must be in 2..6, got {self.max_choices}")
 
@@ -286,14 +289,19 @@ class QuestionGenerator:
         return _desc(q, f"query_{attr}", [*prog, f"query_{attr}"], value)
 
     # multiple choice ---------------------------------------------------------------------
-    def _pick_choices(self, correct: list, wrong: list) -> list[tuple[object, bool]]:
-        """2..max_choices choices mixing correct and wrong candidates (zero to several correct)."""
+    def _pick_choices(self, correct: list, wrong: list, min_correct: int = 0) -> list[tuple[object, bool]]:
+        """2..max_choices choices mixing correct and wrong candidates.
+
+        At least ``min_correct`` of them are correct (when there are that many); the rest are
+        drawn from all candidates, so a question has zero to several correct choices.
+        """
         pool = [(c, True) for c in correct] + [(w, False) for w in wrong]
-        if len(pool) < 2:
+        if len(pool) < 2 or len(correct) < min_correct:
             return []
         k = int(self.rng.integers(2, min(self.cfg.max_choices, len(pool)) + 1))
-        idx = self.rng.permutation(len(pool))[:k]
-        return [pool[i] for i in sorted(idx)]
+        forced = [int(i) for i in self.rng.permutation(len(correct))[:min_correct]]
+        rest = [int(i) for i in self.rng.permutation(len(pool)) if i not in forced][: k - len(forced)]
+        return [pool[i] for i in sorted(forced + rest)]
 
     def _collide_text(self, a: int, b: int) -> tuple[str, list[str]]:
         ta, pa = self.ref(a)
@@ -328,7 +336,8 @@ class QuestionGenerator:
                                                                              "unique"], self.prevented(d.a, d.b)))
             correct = [(t, p) for t, p, w in cands if w.pair_count(c.a, c.b, self.T) < 1]
             wrong = [(t, p) for t, p, w in cands if w.pair_count(c.a, c.b, self.T) >= 1]
-            choices = self._pick_choices(correct, wrong)
+            # as in CLEVRER, the choices of an explanatory question include a cause
+            choices = self._pick_choices(correct, wrong, min_correct=1)
             if not choices:
                 continue
             ta, pa = self.ref(c.a)
@@ -375,18 +384,20 @@ class QuestionGenerator:
         visible = [o for o in self.ids if self.traj.in_view[self.T - 1, o]]
         pairs = [p for p in itertools.combinations(visible, 2) if p not in future]
         pairs.sort(key=lambda p: float(np.linalg.norm(pos[p[0]] - pos[p[1]])))
-        wrong = pairs[:2]
-        correct = sorted(future)
-        if not correct and self.rng.random() < 0.5:
+        wrong = [self._collide_text(*p) for p in pairs[:2]]
+        correct = [self._collide_text(*p) for p in sorted(future)]
+        # objects in view at the end that leave the view in the future frames
+        leaving = {o for _, o in self.traj.exits(self.T, T_all)}
+        for o in visible:
+            t, p = self.ref(o)
+            (correct if o in leaving else wrong).append((f"{_cap(t)} exits the scene", [*p, "events", "filter_out"]))
+        if len(wrong) > 3:
+            wrong = [wrong[i] for i in sorted(self.rng.permutation(len(wrong))[:3])]
+        # asked only when something does happen next, and one of the choices says what
+        choices = self._pick_choices(correct, wrong, min_correct=1)
+        if not choices:
             return []
-        out = []
-        for _ in range(self.cfg.predictive):
-            choices = self._pick_choices([self._collide_text(*p) for p in correct],
-                                         [self._collide_text(*p) for p in wrong])
-            if choices:
-                out.append(_mc("predictive", "What will happen next?", ["events", "get_future"], choices))
-                break
-        return out
+        return [_mc("predictive", "What will happen next?", ["events", "get_future"], choices)]
 
     def all(self) -> list[dict]:
         qs = self.descriptive() + self.explanatory() + self.predictive() + self.counterfactual()

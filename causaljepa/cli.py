@@ -1,0 +1,139 @@
+"""The `cjepa` command: parses the subcommand, runs it as a Hydra app over configs/.
+
+    cjepa data generate          [key=value ...]   clevrer_sim -> HDF5 stores + question files
+    cjepa data prepare-clevrer   source=DIR [...]  real CLEVRER layout -> HDF5 stores
+    cjepa data stats             [...]             dataset statistics against CLEVRER's
+    cjepa data show              [...]             PNG strip of frames with masks
+
+Everything after the subcommand is Hydra's: overrides (``data.generator.height=128``),
+``--cfg job`` to print the composed config, ``--help``. Each handler here only turns the
+config into dataclasses and calls the library.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from .config import ClevrerSimData, check_split, config_dir, register_configs, to_object
+
+log = logging.getLogger("cjepa")
+
+
+def _require_sim(data, command: str) -> ClevrerSimData:
+    if not isinstance(data, ClevrerSimData):
+        raise ValueError(f"'cjepa {command}' needs data=clevrer_sim (the simulated world), got data={data.name}")
+    return data
+
+
+def cmd_generate(cfg) -> None:
+    data = _require_sim(cfg.data, "data generate")
+    root = Path(data.root)
+    if cfg.layout == "store":
+        from .sim.generate import generate
+
+        out = generate(data.generator, root, workers=cfg.workers)
+        for split, (store, questions) in out.items():
+            print(f"{split}: {store}  {questions}")
+        from .data.stats import dataset_stats, format_stats
+
+        if "train" in out:
+            print(format_stats(dataset_stats(out["train"][0], out["train"][1])))
+    elif cfg.layout == "clevrer":
+        from .data.clevrer_layout import write_clevrer_layout
+
+        out = write_clevrer_layout(data.generator, root / "clevrer_layout", workers=cfg.workers)
+        print(f"CLEVRER layout written under {root / 'clevrer_layout'}")
+    else:
+        raise ValueError(f"layout={cfg.layout!r} is not known; use layout=store or layout=clevrer")
+
+
+def cmd_prepare_clevrer(cfg) -> None:
+    from .data.clevrer_layout import prepare_clevrer
+
+    for split in cfg.splits:
+        out = prepare_clevrer(Path(cfg.source), Path(cfg.data.root) / f"{check_split(split)}.h5", split,
+                              cfg.height, cfg.width, require_annotations=cfg.require_annotations, limit=cfg.limit)
+        print(f"{split}: {out}")
+
+
+def cmd_stats(cfg) -> None:
+    from .data.stats import dataset_stats, format_stats, plot_stats
+
+    root, split = Path(cfg.data.root), check_split(cfg.split)
+    qpath = root / "questions" / f"{split}.json"
+    stats = dataset_stats(root / f"{split}.h5", qpath if qpath.exists() else None)
+    out = Path(cfg.out) if cfg.out else root / "stats"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{split}.json").write_text(json.dumps(stats, indent=1))
+    png = plot_stats(stats, out / f"{split}.png")
+    print(format_stats(stats))
+    print(f"written: {out / f'{split}.json'}  {png}")
+
+
+def cmd_show(cfg) -> None:
+    from .viz import show_video
+
+    root, split = Path(cfg.data.root), check_split(cfg.split)
+    out = Path(cfg.out) if cfg.out else root / "show" / f"{split}_{cfg.video:05d}.png"
+    show_video(root / f"{split}.h5", cfg.video, out, num_frames=cfg.frames, counterfactual=cfg.counterfactual)
+    print(f"written: {out}")
+
+
+# (words on the command line) -> (primary config, handler)
+COMMANDS: dict[tuple[str, ...], tuple[str, Callable]] = {
+    ("data", "generate"): ("data_generate", cmd_generate),
+    ("data", "prepare-clevrer"): ("data_prepare_clevrer", cmd_prepare_clevrer),
+    ("data", "stats"): ("data_stats", cmd_stats),
+    ("data", "show"): ("data_show", cmd_show),
+}
+
+
+def usage() -> str:
+    lines = ["usage: cjepa <command> [hydra overrides ...]", "", "commands:"]
+    lines += [f"  cjepa {' '.join(words)}" for words in COMMANDS]
+    lines += ["", "Overrides are Hydra's (key=value); add --cfg job to print the composed config."]
+    return "\n".join(lines)
+
+
+def resolve(argv: list[str]) -> tuple[tuple[str, ...], list[str]]:
+    for n in (2, 1):
+        words = tuple(argv[:n])
+        if words in COMMANDS:
+            return words, argv[n:]
+    raise SystemExit(f"cjepa: unknown command {' '.join(argv[:2])!r}\n\n{usage()}")
+
+
+def run(words: tuple[str, ...], overrides: list[str]) -> None:
+    config_name, handler = COMMANDS[words]
+    register_configs()
+
+    @hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")
+    def app(cfg: DictConfig) -> None:
+        handler(to_object(cfg))
+
+    argv0 = sys.argv[0]
+    sys.argv = [f"cjepa {' '.join(words)}", *overrides]
+    try:
+        app()
+    finally:
+        sys.argv[0] = argv0
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return
+    words, overrides = resolve(argv)
+    run(words, overrides)
+
+
+if __name__ == "__main__":
+    main()

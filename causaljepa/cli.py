@@ -28,7 +28,9 @@ log = logging.getLogger("cjepa")
 
 def _require_sim(data, command: str) -> ClevrerSimData:
     if not isinstance(data, ClevrerSimData):
-        raise ValueError(f"'cjepa {command}' needs data=clevrer_sim (the simulated world), got data={data.name}")
+        raise ValueError(
+            f"'cjepa {command}' needs data=clevrer_sim (the simulated world), got data={data.name}"
+        )
     return data
 
 
@@ -58,8 +60,15 @@ def cmd_prepare_clevrer(cfg) -> None:
     from .data.clevrer_layout import prepare_clevrer
 
     for split in cfg.splits:
-        out = prepare_clevrer(Path(cfg.source), Path(cfg.data.root) / f"{check_split(split)}.h5", split,
-                              cfg.height, cfg.width, require_annotations=cfg.require_annotations, limit=cfg.limit)
+        out = prepare_clevrer(
+            Path(cfg.source),
+            Path(cfg.data.root) / f"{check_split(split)}.h5",
+            split,
+            cfg.height,
+            cfg.width,
+            require_annotations=cfg.require_annotations,
+            limit=cfg.limit,
+        )
         print(f"{split}: {out}")
 
 

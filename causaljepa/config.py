@@ -78,7 +78,9 @@ class DataShowCommand:
     split: str = "train"
     video: int = 0
     frames: int = 8  # evenly spaced frames in the strip
-    counterfactual: int | None = None  # also show the world without this object (needs --counterfactuals data)
+    counterfactual: int | None = (
+        None  # also show the world without this object (needs --counterfactuals data)
+    )
     out: str | None = None  # default: <data.root>/show/<split>_<video>.png
 
 
@@ -115,8 +117,8 @@ def config_dir() -> Path:
     here = Path(__file__).resolve().parents[1] / "configs"
     if not here.is_dir():
         raise FileNotFoundError(
-            f"configs/ not found next to the causaljepa package (looked in {here.parent}); install the package "
-            "from a clone with 'pip install -e .' so the commands find their configs"
+            f"configs/ not found next to the causaljepa package (looked in {here.parent}); install the "
+            "package from a clone with 'pip install -e .' so the commands find their configs"
         )
     return here
 

@@ -10,10 +10,21 @@ import numpy as np
 from .data.store import VideoStore
 
 # distinct overlay colours for instance ids 1..10 (0 = background is left unpainted)
-INSTANCE_COLORS = np.array([
-    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-    (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 190),
-], np.float32)
+INSTANCE_COLORS = np.array(
+    [
+        (230, 25, 75),
+        (60, 180, 75),
+        (255, 225, 25),
+        (0, 130, 200),
+        (245, 130, 48),
+        (145, 30, 180),
+        (70, 240, 240),
+        (240, 50, 230),
+        (210, 245, 60),
+        (250, 190, 190),
+    ],
+    np.float32,
+)
 
 
 def overlay_masks(frames: np.ndarray, masks: np.ndarray, alpha: float = 0.55) -> np.ndarray:
@@ -36,8 +47,13 @@ def overlay_masks(frames: np.ndarray, masks: np.ndarray, alpha: float = 0.55) ->
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def show_video(store_path: str | os.PathLike, video: int, out: str | os.PathLike, num_frames: int = 8,
-               counterfactual: int | None = None) -> Path:
+def show_video(
+    store_path: str | os.PathLike,
+    video: int,
+    out: str | os.PathLike,
+    num_frames: int = 8,
+    counterfactual: int | None = None,
+) -> Path:
     """Save a PNG strip of ``num_frames`` evenly spaced frames of one video.
 
     Rows: the frames; the frames with instance masks (simulated data); the world re-simulated
@@ -52,7 +68,9 @@ def show_video(store_path: str | os.PathLike, video: int, out: str | os.PathLike
     with VideoStore(store_path) as store:
         if num_frames < 1:
             raise ValueError(f"show_video: num_frames must be >= 1, got {num_frames}")
-        ts = np.unique(np.linspace(0, store.num_frames - 1, min(num_frames, store.num_frames)).round().astype(int))
+        ts = np.unique(
+            np.linspace(0, store.num_frames - 1, min(num_frames, store.num_frames)).round().astype(int)
+        )
         frames = store.read("frames", video)[ts]  # (n, H, W, 3)
         rows = [("frames", frames)]
         if store.has("masks"):
@@ -60,9 +78,14 @@ def show_video(store_path: str | os.PathLike, video: int, out: str | os.PathLike
         ann = store.annotation(video)
         if counterfactual is not None:
             if not store.has("cf_frames"):
-                raise ValueError(f"{store_path}: no counterfactual videos in this store; generate with "
-                                 "data.generator.counterfactuals=true")
-            if not 0 <= counterfactual < store.max_objects or not store.read("cf_valid", video)[counterfactual]:
+                raise ValueError(
+                    f"{store_path}: no counterfactual videos in this store; generate with "
+                    "data.generator.counterfactuals=true"
+                )
+            if (
+                not 0 <= counterfactual < store.max_objects
+                or not store.read("cf_valid", video)[counterfactual]
+            ):
                 raise ValueError(f"{store_path}: video {video} has no object {counterfactual}")
             cf = store.read("cf_frames", video)[counterfactual][ts]
             cfm = store.read("cf_masks", video)[counterfactual][ts]
@@ -74,8 +97,9 @@ def show_video(store_path: str | os.PathLike, video: int, out: str | os.PathLike
         hits.setdefault(int(c["frame_id"]), []).append(tuple(c["object_ids"]))
     n, H, W = len(ts), frames.shape[1], frames.shape[2]
     panel = 1.8  # inches per panel width; height follows the frame's aspect
-    fig, axes = plt.subplots(len(rows), n, figsize=(n * panel + 0.6, len(rows) * panel * H / W + 1.0),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(rows), n, figsize=(n * panel + 0.6, len(rows) * panel * H / W + 1.0), squeeze=False
+    )
     for r, (label, imgs) in enumerate(rows):
         for k, t in enumerate(ts):
             ax = axes[r, k]
@@ -94,8 +118,13 @@ def show_video(store_path: str | os.PathLike, video: int, out: str | os.PathLike
     from matplotlib.patches import Patch
 
     props = ann.get("object_property", [])
-    handles = [Patch(color=INSTANCE_COLORS[p["object_id"] % len(INSTANCE_COLORS)] / 255,
-                     label=f"{p['object_id']}: {p['color']} {p['material']} {p['shape']}") for p in props]
+    handles = [
+        Patch(
+            color=INSTANCE_COLORS[p["object_id"] % len(INSTANCE_COLORS)] / 255,
+            label=f"{p['object_id']}: {p['color']} {p['material']} {p['shape']}",
+        )
+        for p in props
+    ]
     fig.suptitle(vid, fontsize=9)
     fig.tight_layout(rect=(0, 0.1 if handles else 0, 1, 1))
     if handles:

@@ -77,8 +77,11 @@ def test_layout_has_exactly_clevrers_files(data):
     found = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
     assert found == expected
     assert data["written"]["test"]["annotations"] == []
-    assert [p.name for p in data["written"]["train"]["videos"]] == ["video_00000.mp4", "video_00001.mp4",
-                                                                    "video_00002.mp4"]
+    assert [p.name for p in data["written"]["train"]["videos"]] == [
+        "video_00000.mp4",
+        "video_00001.mp4",
+        "video_00002.mp4",
+    ]
 
 
 def test_mp4s_show_the_observed_frames_at_the_simulation_fps(data):
@@ -103,8 +106,9 @@ def test_question_files(data):
     assert [v["scene_index"] for v in test] == SCENES["test"]
     for t, g in zip(test, generated, strict=True):
         assert [q["question"] for q in t["questions"]] == [q["question"] for q in g["questions"]]
-        assert [[c["choice"] for c in q.get("choices", [])] for q in t["questions"]] == \
-               [[c["choice"] for c in q.get("choices", [])] for q in g["questions"]]
+        assert [[c["choice"] for c in q.get("choices", [])] for q in t["questions"]] == [
+            [c["choice"] for c in q.get("choices", [])] for q in g["questions"]
+        ]
 
 
 def test_odd_resolution_is_refused(tmp_path):

@@ -97,12 +97,15 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: float, crf: int 
     path = Path(path)
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
-        raise ValueError(f"{path}: frames must be uint8 (T, H, W, 3) with T >= 1, got {frames.dtype} "
-                         f"{frames.shape}")
+        raise ValueError(
+            f"{path}: frames must be uint8 (T, H, W, 3) with T >= 1, got {frames.dtype} {frames.shape}"
+        )
     T, H, W, _ = frames.shape
     if H % 2 or W % 2:
-        raise ValueError(f"{path}: resolution {W}x{H} (width x height) cannot be encoded as H.264 yuv420p; "
-                         "width and height must both be even")
+        raise ValueError(
+            f"{path}: resolution {W}x{H} (width x height) cannot be encoded as H.264 yuv420p; "
+            "width and height must both be even"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
     rate = Fraction(fps).limit_denominator(1001)
@@ -133,8 +136,10 @@ def read_mp4(path: str | os.PathLike, height: int, width: int) -> tuple[np.ndarr
             stream.thread_type = "AUTO"
             rate = stream.average_rate or stream.base_rate
             fps = float(rate) if rate else 0.0
-            frames = [f.to_ndarray(format="rgb24", width=width, height=height, interpolation="AREA")
-                      for f in container.decode(stream)]
+            frames = [
+                f.to_ndarray(format="rgb24", width=width, height=height, interpolation="AREA")
+                for f in container.decode(stream)
+            ]
     except av.error.FFmpegError as e:
         raise ValueError(f"{path}: cannot decode the video (truncated or not an mp4?): {e}") from e
     if not frames:
@@ -145,6 +150,7 @@ def read_mp4(path: str | os.PathLike, height: int, width: int) -> tuple[np.ndarr
 # --- writing the layout -----------------------------------------------------------------
 def strip_answers(videos: list[dict]) -> list[dict]:
     """A copy of a question file without any ``answer`` or ``program`` key, like CLEVRER's test.json."""
+
     def strip(x):
         if isinstance(x, dict):
             return {k: strip(v) for k, v in x.items() if k not in ("answer", "program")}
@@ -167,8 +173,10 @@ def write_clevrer_layout(cfg: GenerateConfig, root: Path, workers: int = 1) -> d
     """
     root = Path(root)
     if cfg.height % 2 or cfg.width % 2:
-        raise ValueError(f"write_clevrer_layout: resolution {cfg.width}x{cfg.height} (width x height) cannot "
-                         "be encoded as H.264 yuv420p; choose an even width and height")
+        raise ValueError(
+            f"write_clevrer_layout: resolution {cfg.width}x{cfg.height} (width x height) cannot "
+            "be encoded as H.264 yuv420p; choose an even width and height"
+        )
     splits = [s for s in SPLITS if cfg.videos.get(s, 0) > 0]
     if not splits:
         raise ValueError(f"write_clevrer_layout: the config has no videos to write (videos={cfg.videos})")
@@ -227,8 +235,9 @@ class _Found:
             preferred = [p for p in candidates if self._under(p, folder)]
             candidates = preferred or candidates
         if len(candidates) > 1:
-            raise ValueError(f"{self.root}: {what} exists more than once: {[str(p) for p in candidates]}; "
-                             "keep one copy")
+            raise ValueError(
+                f"{self.root}: {what} exists more than once: {[str(p) for p in candidates]}; keep one copy"
+            )
         return candidates[0] if candidates else None
 
     def question_file(self, split: str) -> Path | None:
@@ -258,9 +267,11 @@ def _select_videos(found: _Found, split: str) -> list[tuple[int, Path]]:
         for idx in sorted({int(e["scene_index"]) for e in entries}):
             mp4 = found.video(idx, split)
             if mp4 is None:
-                raise FileNotFoundError(f"{qfile} lists scene_index {idx}, but {video_filename(idx)} was "
-                                        f"not found under {found.root}; expected e.g. "
-                                        f"{video_relpath(split, idx)}")
+                raise FileNotFoundError(
+                    f"{qfile} lists scene_index {idx}, but {video_filename(idx)} was "
+                    f"not found under {found.root}; expected e.g. "
+                    f"{video_relpath(split, idx)}"
+                )
             out.append((idx, mp4))
         return out
     videos = found.split_videos(split)
@@ -268,7 +279,8 @@ def _select_videos(found: _Found, split: str) -> list[tuple[int, Path]]:
         raise FileNotFoundError(
             f"{found.root}: found neither the question file {question_relpath(split)} nor any "
             f"video_NNNNN.mp4 under a folder named like video_{split} (e.g. "
-            f"{video_relpath(split, SPLIT_OFFSET.get(split, 0))}); is this the CLEVRER root?")
+            f"{video_relpath(split, SPLIT_OFFSET.get(split, 0))}); is this the CLEVRER root?"
+        )
     return sorted(videos.items())
 
 
@@ -293,14 +305,16 @@ def _object_properties(ann: dict, path: Path) -> dict[int, tuple[int, int, int]]
     for obj in ann["object_property"]:
         oid = obj.get("object_id") if isinstance(obj, dict) else None
         if not isinstance(oid, int) or oid < 0:
-            raise ValueError(f"{path}: object_property entry {obj!r} needs a non-negative integer "
-                             "'object_id'")
+            raise ValueError(
+                f"{path}: object_property entry {obj!r} needs a non-negative integer 'object_id'"
+            )
         ids = []
         for key, vocab in _PROPERTY_VOCAB:
             value = obj.get(key)
             if value not in vocab:
-                raise ValueError(f"{path}: object {oid} has unknown {key} {value!r}; known values are "
-                                 f"{list(vocab)}")
+                raise ValueError(
+                    f"{path}: object {oid} has unknown {key} {value!r}; known values are {list(vocab)}"
+                )
             ids.append(vocab.index(value))
         props[oid] = tuple(ids)
     return props
@@ -316,8 +330,10 @@ def _annotation_arrays(ann: dict, path: Path, mp4: Path, num_frames: int, O: int
     """states (T, O, 6), present (T, O), in_view (T, O), object_properties (O, 3) of one annotation."""
     motion = ann["motion_trajectory"]
     if len(motion) != num_frames:
-        raise ValueError(f"{path}: motion_trajectory has {len(motion)} frames, but its video {mp4} has "
-                         f"{num_frames}; the annotation must describe every frame of the video")
+        raise ValueError(
+            f"{path}: motion_trajectory has {len(motion)} frames, but its video {mp4} has "
+            f"{num_frames}; the annotation must describe every frame of the video"
+        )
     props = _object_properties(ann, path)
     object_properties = np.full((O, 3), -1, np.int8)
     for oid, ids in props.items():
@@ -326,22 +342,31 @@ def _annotation_arrays(ann: dict, path: Path, mp4: Path, num_frames: int, O: int
     present = np.zeros((num_frames, O), bool)
     in_view = np.zeros((num_frames, O), bool)
     for t, frame in enumerate(motion):
-        if not (isinstance(frame, dict) and frame.get("frame_id", t) == t
-                and isinstance(frame.get("objects"), list)):
-            raise ValueError(f"{path}: motion_trajectory entry {t} must be "
-                             f"{{'frame_id': {t}, 'objects': [...]}}, got {str(frame)[:200]}")
+        if not (
+            isinstance(frame, dict)
+            and frame.get("frame_id", t) == t
+            and isinstance(frame.get("objects"), list)
+        ):
+            raise ValueError(
+                f"{path}: motion_trajectory entry {t} must be "
+                f"{{'frame_id': {t}, 'objects': [...]}}, got {str(frame)[:200]}"
+            )
         for obj in frame["objects"]:
             oid = obj.get("object_id")
             if oid not in props:
-                raise ValueError(f"{path}: frame {t} lists object_id {oid!r}, which is not in "
-                                 f"object_property (ids {sorted(props)})")
+                raise ValueError(
+                    f"{path}: frame {t} lists object_id {oid!r}, which is not in "
+                    f"object_property (ids {sorted(props)})"
+                )
             try:
                 keys = ("location", "orientation", "velocity", "angular_velocity")
                 loc, ori, vel, ang = (obj[k] for k in keys)
                 states[t, oid] = (loc[0], loc[1], vel[0], vel[1], ori[2], ang[2])  # STATE_FIELDS order
             except (KeyError, IndexError, TypeError, ValueError) as e:
-                raise ValueError(f"{path}: frame {t}, object {oid}: needs location, orientation, velocity "
-                                 f"and angular_velocity as 3 numbers each ({e!r})") from e
+                raise ValueError(
+                    f"{path}: frame {t}, object {oid}: needs location, orientation, velocity "
+                    f"and angular_velocity as 3 numbers each ({e!r})"
+                ) from e
             present[t, oid] = True
             in_view[t, oid] = bool(obj.get("inside_camera_view", False))
     return {"states": states, "present": present, "in_view": in_view, "object_properties": object_properties}
@@ -349,15 +374,25 @@ def _annotation_arrays(ann: dict, path: Path, mp4: Path, num_frames: int, O: int
 
 def _no_objects(num_frames: int, O: int) -> dict[str, np.ndarray]:
     """Object fields of a video without annotation: nothing present, properties -1."""
-    return {"states": np.zeros((num_frames, O, len(STATE_FIELDS)), np.float32),
-            "present": np.zeros((num_frames, O), bool), "in_view": np.zeros((num_frames, O), bool),
-            "object_properties": np.full((O, 3), -1, np.int8)}
+    return {
+        "states": np.zeros((num_frames, O, len(STATE_FIELDS)), np.float32),
+        "present": np.zeros((num_frames, O), bool),
+        "in_view": np.zeros((num_frames, O), bool),
+        "object_properties": np.full((O, 3), -1, np.int8),
+    }
 
 
 # --- preparing a store ------------------------------------------------------------------
-def prepare_clevrer(root: Path, out: Path, split: str, height: int, width: int,
-                    require_annotations: bool = True, num_frames: int | None = None,
-                    limit: int | None = None) -> Path:
+def prepare_clevrer(
+    root: Path,
+    out: Path,
+    split: str,
+    height: int,
+    width: int,
+    require_annotations: bool = True,
+    num_frames: int | None = None,
+    limit: int | None = None,
+) -> Path:
     """Convert CLEVRER's layout under ``root`` into the video store ``out`` (e.g. train.h5).
 
     The split's videos are the scene indices of ``questions/<split>.json`` (validated with
@@ -374,8 +409,9 @@ def prepare_clevrer(root: Path, out: Path, split: str, height: int, width: int,
     """
     root, out = Path(root), Path(out)
     if height < 1 or width < 1:
-        raise ValueError(f"prepare_clevrer: resolution {width}x{height} (width x height) must be at least "
-                         "1x1")
+        raise ValueError(
+            f"prepare_clevrer: resolution {width}x{height} (width x height) must be at least 1x1"
+        )
     if num_frames is not None and num_frames < 1:
         raise ValueError(f"prepare_clevrer: num_frames must be >= 1 or None, got {num_frames}")
     if limit is not None and limit < 1:
@@ -394,7 +430,8 @@ def prepare_clevrer(root: Path, out: Path, split: str, height: int, width: int,
             raise FileNotFoundError(
                 f"{mp4}: no annotation file {annotation_filename(idx)} under {root} (expected e.g. "
                 f"{annotation_relpath(split, idx)}); CLEVRER's test split has none: pass "
-                "require_annotations=False to prepare frames only")
+                "require_annotations=False to prepare frames only"
+            )
         ann_paths.append(apath)
     annotated = any(p is not None for p in ann_paths)
     if annotated:
@@ -407,8 +444,15 @@ def prepare_clevrer(root: Path, out: Path, split: str, height: int, width: int,
     first, fps = read_mp4(videos[0][1], height, width)
     T = num_frames if num_frames is not None else len(first)
     layout = StoreLayout(len(videos), T, height, width, max_objects=O if annotated else 0)
-    config = {"root": root.resolve().name, "split": split, "height": height, "width": width,
-              "require_annotations": require_annotations, "num_frames": num_frames, "limit": limit}
+    config = {
+        "root": root.resolve().name,
+        "split": split,
+        "height": height,
+        "width": width,
+        "require_annotations": require_annotations,
+        "num_frames": num_frames,
+        "limit": limit,
+    }
     attrs = {
         "source": "clevrer",
         "generator_config": json.dumps(config, sort_keys=True),
@@ -425,10 +469,16 @@ def prepare_clevrer(root: Path, out: Path, split: str, height: int, width: int,
                 frames = first if i == 0 else read_mp4(mp4, height, width)[0]
                 if len(frames) != T:
                     source = "num_frames" if num_frames is not None else f"the first video {videos[0][1]}"
-                    raise StoreError(f"{mp4}: has {len(frames)} frames, expected {T} (from {source}); all "
-                                     "videos of a store must have the same number of frames")
-                record = {"frames": frames, "video_ids": video_filename(idx)[:-4], "scene_index": idx,
-                          "annotations": ""}
+                    raise StoreError(
+                        f"{mp4}: has {len(frames)} frames, expected {T} (from {source}); all "
+                        "videos of a store must have the same number of frames"
+                    )
+                record = {
+                    "frames": frames,
+                    "video_ids": video_filename(idx)[:-4],
+                    "scene_index": idx,
+                    "annotations": "",
+                }
                 if apath is not None:
                     ann = _read_annotation(apath)
                     record.update(_annotation_arrays(ann, apath, mp4, len(frames), O))

@@ -44,8 +44,10 @@ def _check_program(program, where: str) -> None:
         if allowed is not None:
             if k == 0 or program[k - 1] not in allowed:
                 prev = program[k - 1] if k else None
-                raise QuestionFileError(f"{where}: program applies '{tok}' to unknown value {prev!r}; "
-                                        f"known values are {list(allowed)}")
+                raise QuestionFileError(
+                    f"{where}: program applies '{tok}' to unknown value {prev!r}; "
+                    f"known values are {list(allowed)}"
+                )
 
 
 def validate_question(q: dict, where: str) -> None:
@@ -58,17 +60,22 @@ def validate_question(q: dict, where: str) -> None:
     where = f"{where}, question_id {q['question_id']}"
     qtype = q["question_type"]
     if qtype not in QUESTION_TYPES:
-        raise QuestionFileError(f"{where}: unknown question_type {qtype!r}; expected one of {list(QUESTION_TYPES)}")
+        raise QuestionFileError(
+            f"{where}: unknown question_type {qtype!r}; expected one of {list(QUESTION_TYPES)}"
+        )
     if "program" in q:
         _check_program(q["program"], where)
     if qtype == "descriptive":
         sub = q.get("question_subtype")
         if sub not in DESCRIPTIVE_SUBTYPES:
-            raise QuestionFileError(f"{where}: unknown question_subtype {sub!r}; expected one of "
-                                    f"{list(DESCRIPTIVE_SUBTYPES)}")
+            raise QuestionFileError(
+                f"{where}: unknown question_subtype {sub!r}; expected one of {list(DESCRIPTIVE_SUBTYPES)}"
+            )
         if "answer" in q and q["answer"] not in _SUBTYPE_ANSWERS[sub]:
-            raise QuestionFileError(f"{where}: answer {q['answer']!r} is not a valid {sub} answer; expected one of "
-                                    f"{list(_SUBTYPE_ANSWERS[sub])}")
+            raise QuestionFileError(
+                f"{where}: answer {q['answer']!r} is not a valid {sub} answer; expected one of "
+                f"{list(_SUBTYPE_ANSWERS[sub])}"
+            )
         return
     choices = q.get("choices")
     if not isinstance(choices, list) or not choices:
@@ -92,7 +99,9 @@ def load_questions(path: str | os.PathLike) -> list[dict]:
         with open(path) as fh:
             data = json.load(fh)
     except json.JSONDecodeError as e:
-        raise QuestionFileError(f"{path}: not valid JSON ({e}); a CLEVRER question file is a JSON list") from e
+        raise QuestionFileError(
+            f"{path}: not valid JSON ({e}); a CLEVRER question file is a JSON list"
+        ) from e
     if not isinstance(data, list):
         raise QuestionFileError(f"{path}: top level is {type(data).__name__}, expected a list of videos")
     for k, video in enumerate(data):

@@ -13,8 +13,12 @@ from .store import VideoStore
 
 # CLEVRER training split (REFERENCE.md): 10,000 videos; question counts per type.
 CLEVRER_TRAIN_VIDEOS = 10_000
-CLEVRER_TRAIN_QUESTIONS = {"descriptive": 109_952, "explanatory": 16_799, "predictive": 7_179,
-                           "counterfactual": 18_642}
+CLEVRER_TRAIN_QUESTIONS = {
+    "descriptive": 109_952,
+    "explanatory": 16_799,
+    "predictive": 7_179,
+    "counterfactual": 18_642,
+}
 CLEVRER_FIGURES = {
     "objects_per_video": "4-6",
     "collisions_per_video": "typically 2-3",
@@ -39,17 +43,28 @@ def dataset_stats(store_path: str | os.PathLike, questions_path: str | os.PathLi
     """Objects, collisions, entries and exits per video (from the annotations) and question statistics."""
     objects, collisions, entering, exiting = [], [], [], []
     with VideoStore(store_path) as store:
-        info = {"store": str(Path(store_path).name), "source": store.source, "videos": len(store),
-                "frames": store.num_frames, "observed_frames": store.observed_frames,
-                "resolution": [store.height, store.width], "fps": store.fps}
+        info = {
+            "store": str(Path(store_path).name),
+            "source": store.source,
+            "videos": len(store),
+            "frames": store.num_frames,
+            "observed_frames": store.observed_frames,
+            "resolution": [store.height, store.width],
+            "fps": store.fps,
+        }
         for i in range(len(store)):
             ann = store.annotation(i)
             if not ann:
                 continue
             objects.append(len(ann["object_property"]))
             collisions.append(len(ann["collision"]))
-            view = np.array([[o["inside_camera_view"] for o in sorted(f["objects"], key=lambda o: o["object_id"])]
-                             for f in ann["motion_trajectory"]], bool)  # (T, O)
+            view = np.array(
+                [
+                    [o["inside_camera_view"] for o in sorted(f["objects"], key=lambda o: o["object_id"])]
+                    for f in ann["motion_trajectory"]
+                ],
+                bool,
+            )  # (T, O)
             entering.append(int((~view[0] & view.any(0)).sum()))
             exiting.append(int((view[:-1] & ~view[1:]).any(0).sum()))
     stats = {
@@ -69,11 +84,20 @@ def dataset_stats(store_path: str | os.PathLike, questions_path: str | os.PathLi
 def format_stats(stats: dict) -> str:
     """A markdown report of ``dataset_stats`` next to CLEVRER's figures."""
     ref = stats["clevrer"]
-    lines = [f"## {stats['store']} ({stats['source']}): {stats['videos']} videos, {stats['frames']} frames "
-             f"({stats['observed_frames']} observed), {stats['resolution'][0]}x{stats['resolution'][1]}, "
-             f"{stats['fps']:g} fps", "", "| per video | mean | range | histogram | CLEVRER |", "|---|---|---|---|---|"]
-    for key, label in (("objects_per_video", "objects"), ("collisions_per_video", "collisions"),
-                       ("entering_per_video", "objects entering"), ("exiting_per_video", "objects exiting")):
+    lines = [
+        f"## {stats['store']} ({stats['source']}): {stats['videos']} videos, {stats['frames']} frames "
+        f"({stats['observed_frames']} observed), {stats['resolution'][0]}x{stats['resolution'][1]}, "
+        f"{stats['fps']:g} fps",
+        "",
+        "| per video | mean | range | histogram | CLEVRER |",
+        "|---|---|---|---|---|",
+    ]
+    for key, label in (
+        ("objects_per_video", "objects"),
+        ("collisions_per_video", "collisions"),
+        ("entering_per_video", "objects entering"),
+        ("exiting_per_video", "objects exiting"),
+    ):
         s = stats[key]
         if s["mean"] is None:
             lines.append(f"| {label} | - | - | no annotations | {ref.get(key, '')} |")
@@ -82,13 +106,18 @@ def format_stats(stats: dict) -> str:
         lines.append(f"| {label} | {s['mean']:.2f} | {s['min']}-{s['max']} | {hist} | {ref.get(key, '')} |")
     q = stats.get("questions")
     if q:
-        lines += ["", "| question type | count | per video | CLEVRER per video | choices (hist) | correct (hist) |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| question type | count | per video | CLEVRER per video | choices (hist) | correct (hist) |",
+            "|---|---|---|---|---|---|",
+        ]
         for t in QUESTION_TYPES:
             ch = " ".join(f"{k}:{v}" for k, v in q["choices_hist"].get(t, {}).items()) or "-"
             co = " ".join(f"{k}:{v}" for k, v in q["correct_choices_hist"].get(t, {}).items()) or "-"
-            lines.append(f"| {t} | {q['questions_per_type'][t]} | {q['questions_per_video'][t]:.2f} | "
-                         f"{ref['questions_per_video'][t]:.2f} | {ch} | {co} |")
+            lines.append(
+                f"| {t} | {q['questions_per_type'][t]} | {q['questions_per_video'][t]:.2f} | "
+                f"{ref['questions_per_video'][t]:.2f} | {ch} | {co} |"
+            )
         sub = " ".join(f"{k}:{v}" for k, v in q["descriptive_subtypes"].items())
         lines += ["", f"descriptive subtypes: {sub}"]
     return "\n".join(lines)
@@ -103,8 +132,10 @@ def plot_stats(stats: dict, path: str | os.PathLike) -> Path:
 
     q = stats.get("questions")
     fig, axes = plt.subplots(1, 4 if q else 2, figsize=(16 if q else 8, 3.2))
-    for ax, key, title in ((axes[0], "objects_per_video", "objects per video"),
-                           (axes[1], "collisions_per_video", "collisions per video (observed)")):
+    for ax, key, title in (
+        (axes[0], "objects_per_video", "objects per video"),
+        (axes[1], "collisions_per_video", "collisions per video (observed)"),
+    ):
         h = stats[key]["hist"]
         ax.bar(list(h), list(h.values()), color="#4472c4")
         ax.set_title(title)

@@ -10,9 +10,9 @@ Fields (N videos, T frames, H x W pixels, O = max objects, F state columns):
     states             float32 (N, T, O, F)     columns in attrs["state_fields"]     [annotated]
     present            bool    (N, T, O)        object exists in the world            [annotated]
     in_view            bool    (N, T, O)        object (partly) inside the view       [annotated]
-    object_properties  int8    (N, O, 3)        colour, shape, material ids, -1 = none [annotated]
-    truth              str     (N,)             JSON: events over all frames, counterfactual events [simulated]
-    cf_frames          uint8   (N, O, T, H, W, 3)  the video re-simulated without object o  [--counterfactuals]
+    object_properties  int8    (N, O, 3)        colour, shape, material ids, -1 = none  [annotated]
+    truth              str     (N,)             JSON: events, counterfactual events    [simulated]
+    cf_frames          uint8   (N, O, T, H, W, 3)  the video without object o   [counterfactuals=true]
     cf_masks           uint8   (N, O, T, H, W)
     cf_states          float32 (N, O, T, O, F)
     cf_present         bool    (N, O, T, O)
@@ -67,8 +67,14 @@ class StoreLayout:
             raise ValueError("StoreLayout: counterfactual videos need masks and object fields")
 
     def fields(self, num_state_fields: int) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
-        N, T, H, W, O, F = (self.num_videos, self.num_frames, self.height, self.width, self.max_objects,
-                            num_state_fields)
+        N, T, H, W, O, F = (
+            self.num_videos,
+            self.num_frames,
+            self.height,
+            self.width,
+            self.max_objects,
+            num_state_fields,
+        )
         f: dict[str, tuple[np.dtype, tuple[int, ...]]] = {
             "frames": (np.dtype(np.uint8), (N, T, H, W, 3)),
             "video_ids": (STR, (N,)),
@@ -128,8 +134,9 @@ class VideoStoreWriter:
         for name, (dtype, shape) in self.specs.items():
             chunks = _chunks(name, shape, layout.frame_chunk)
             kw = {"compression": "gzip", "compression_opts": layout.compression_level} if chunks else {}
-            self.ds[name] = self.f.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks,
-                                                  track_times=False, **kw)
+            self.ds[name] = self.f.create_dataset(
+                name, shape=shape, dtype=dtype, chunks=chunks, track_times=False, **kw
+            )
         self.written = np.zeros(layout.num_videos, bool)
 
     def write(self, i: int, record: dict) -> None:
@@ -137,12 +144,15 @@ class VideoStoreWriter:
         missing = [k for k in self.specs if k not in record]
         extra = [k for k in record if k not in self.specs]
         if missing or extra:
-            raise StoreError(f"{self.path}: video {i}: record is missing {missing} / has unknown fields {extra}")
+            raise StoreError(
+                f"{self.path}: video {i}: record is missing {missing} / has unknown fields {extra}"
+            )
         for name, value in record.items():
             want = self.specs[name][1][1:]
             if not isinstance(value, str) and tuple(np.shape(value)) != want:
-                raise StoreError(f"{self.path}: video {i}: field '{name}' has shape {np.shape(value)}, "
-                                 f"expected {want}")
+                raise StoreError(
+                    f"{self.path}: video {i}: field '{name}' has shape {np.shape(value)}, expected {want}"
+                )
             self.ds[name][i] = value
         self.written[i] = True
 
@@ -182,8 +192,10 @@ class VideoStore:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         if not self.path.exists():
-            raise FileNotFoundError(f"video store {self.path} does not exist; generate it with "
-                                    "'cjepa data generate' or 'cjepa data prepare-clevrer'")
+            raise FileNotFoundError(
+                f"video store {self.path} does not exist; generate it with "
+                "'cjepa data generate' or 'cjepa data prepare-clevrer'"
+            )
         try:
             # a larger chunk cache than h5py's 1 MiB default: one frame chunk of a 480x320 video is 3.7 MB
             self.f = h5py.File(self.path, "r", rdcc_nbytes=64 * 2**20)
@@ -203,8 +215,10 @@ class VideoStore:
         if "schema_version" not in a:
             raise self._err("no 'schema_version' attribute; this is not a causaljepa video store")
         if int(a["schema_version"]) != SCHEMA_VERSION:
-            raise self._err(f"schema_version is {int(a['schema_version'])}, this causaljepa reads version "
-                            f"{SCHEMA_VERSION}; regenerate the store with this version")
+            raise self._err(
+                f"schema_version is {int(a['schema_version'])}, this causaljepa reads version "
+                f"{SCHEMA_VERSION}; regenerate the store with this version"
+            )
         for name in self.REQUIRED:
             if name not in self.f:
                 raise self._err(f"required field '{name}' is missing")
@@ -219,8 +233,16 @@ class VideoStore:
             raise self._err(f"field 'frames' has shape {fr.shape}, expected (N, T, H, W, 3)")
         N, T, H, W, _ = fr.shape
         O = self.f["states"].shape[2] if "states" in self.f else 0
-        layout = StoreLayout(N, T, H, W, max_objects=O, masks="masks" in self.f, truth="truth" in self.f,
-                             counterfactuals="cf_frames" in self.f)
+        layout = StoreLayout(
+            N,
+            T,
+            H,
+            W,
+            max_objects=O,
+            masks="masks" in self.f,
+            truth="truth" in self.f,
+            counterfactuals="cf_frames" in self.f,
+        )
         for name, (dtype, shape) in layout.fields(len(self.state_fields)).items():
             if name not in self.f:
                 raise self._err(f"field '{name}' is missing (expected with the other fields present)")

@@ -137,7 +137,12 @@ class ObjectSpec:
         return self.enter_frame > 0
 
     def describe(self) -> dict:
-        return {"object_id": self.object_id, "color": self.color, "material": self.material, "shape": self.shape}
+        return {
+            "object_id": self.object_id,
+            "color": self.color,
+            "material": self.material,
+            "shape": self.shape,
+        }
 
 
 @dataclass(frozen=True)
@@ -202,7 +207,7 @@ class _ContactRecorder(b2ContactListener):
         self.touching: dict[tuple[int, int], int] = {}
         self.events: list[tuple[int, int, int, float, float]] = []
 
-    def BeginContact(self, contact):  # noqa: N802 (Box2D's name)
+    def BeginContact(self, contact):
         a = contact.fixtureA.body.userData
         b = contact.fixtureB.body.userData
         key = (min(a, b), max(a, b))
@@ -212,7 +217,7 @@ class _ContactRecorder(b2ContactListener):
             pa, pb = contact.fixtureA.body.position, contact.fixtureB.body.position
             self.events.append((self.frame, key[0], key[1], 0.5 * (pa[0] + pb[0]), 0.5 * (pa[1] + pb[1])))
 
-    def EndContact(self, contact):  # noqa: N802
+    def EndContact(self, contact):
         a = contact.fixtureA.body.userData
         b = contact.fixtureB.body.userData
         key = (min(a, b), max(a, b))
@@ -224,7 +229,9 @@ class _ContactRecorder(b2ContactListener):
 MERGE_FRAMES = 3
 
 
-def simulate(scene: Scene, removed: int | None = None, prevented: tuple[int, int] | None = None) -> Trajectory:
+def simulate(
+    scene: Scene, removed: int | None = None, prevented: tuple[int, int] | None = None
+) -> Trajectory:
     """Run the world for ``scene.num_frames`` frames.
 
     removed:   an object id that is never there (the counterfactual world without it)
@@ -242,7 +249,11 @@ def simulate(scene: Scene, removed: int | None = None, prevented: tuple[int, int
     )
 
     def create(o: ObjectSpec):
-        damping = {"sphere": phys.damping_sphere, "cylinder": phys.damping_cylinder, "cube": phys.damping_cube}
+        damping = {
+            "sphere": phys.damping_sphere,
+            "cylinder": phys.damping_cylinder,
+            "cube": phys.damping_cube,
+        }
         body = world.CreateDynamicBody(
             position=o.position,
             angle=o.angle,
@@ -290,7 +301,7 @@ def simulate(scene: Scene, removed: int | None = None, prevented: tuple[int, int
     collisions: list[Collision] = []
     last: dict[tuple[int, int], int] = {}
     for frame, a, b, lx, ly in rec.events:
-        if frame - last.get((a, b), -10**9) > MERGE_FRAMES:
+        if frame - last.get((a, b), -(10**9)) > MERGE_FRAMES:
             collisions.append(Collision(frame, a, b, (float(lx), float(ly))))
         last[(a, b)] = frame
     return Trajectory(states=states, present=present, in_view=in_view, collisions=collisions)
@@ -300,8 +311,11 @@ def _sample_attributes(rng: np.random.Generator, n: int) -> list[tuple[str, str,
     """n distinct (color, shape, material) triples, so every object has a unique description."""
     triples: list[tuple[str, str, str]] = []
     while len(triples) < n:
-        t = (COLORS[rng.integers(len(COLORS))], SHAPES[rng.integers(len(SHAPES))],
-             MATERIALS[rng.integers(len(MATERIALS))])
+        t = (
+            COLORS[rng.integers(len(COLORS))],
+            SHAPES[rng.integers(len(SHAPES))],
+            MATERIALS[rng.integers(len(MATERIALS))],
+        )
         if t not in triples:
             triples.append(t)
     return triples
@@ -321,7 +335,10 @@ def sample_scene(rng: np.random.Generator, cfg: SceneConfig, phys: PhysicsConfig
         if entering[i]:
             continue
         for _ in range(1000):
-            p = rng.uniform((-VIEW_HALF_W + 1.2 * s, -VIEW_HALF_H + 1.2 * s), (VIEW_HALF_W - 1.2 * s, VIEW_HALF_H - 1.2 * s))
+            p = rng.uniform(
+                (-VIEW_HALF_W + 1.2 * s, -VIEW_HALF_H + 1.2 * s),
+                (VIEW_HALF_W - 1.2 * s, VIEW_HALF_H - 1.2 * s),
+            )
             if all(np.linalg.norm(p - q) > 3.2 * s for q in starts.values()):
                 starts[i] = p
                 break
@@ -349,8 +366,18 @@ def sample_scene(rng: np.random.Generator, cfg: SceneConfig, phys: PhysicsConfig
             d = target - pos
             vel = speed * d / np.linalg.norm(d)
             enter = int(rng.integers(lo, hi + 1))
-            objects.append(ObjectSpec(i, color, shape, material, (float(pos[0]), float(pos[1])),
-                                      (float(vel[0]), float(vel[1])), angle, max(enter, 1)))
+            objects.append(
+                ObjectSpec(
+                    i,
+                    color,
+                    shape,
+                    material,
+                    (float(pos[0]), float(pos[1])),
+                    (float(vel[0]), float(vel[1])),
+                    angle,
+                    max(enter, 1),
+                )
+            )
             continue
         pos = starts[i]
         if rng.random() < cfg.p_moving:
@@ -366,12 +393,24 @@ def sample_scene(rng: np.random.Generator, cfg: SceneConfig, phys: PhysicsConfig
             vel = speed * d
         else:
             vel = np.zeros(2)
-        objects.append(ObjectSpec(i, color, shape, material, (float(pos[0]), float(pos[1])),
-                                  (float(vel[0]), float(vel[1])), angle, 0))
+        objects.append(
+            ObjectSpec(
+                i,
+                color,
+                shape,
+                material,
+                (float(pos[0]), float(pos[1])),
+                (float(vel[0]), float(vel[1])),
+                angle,
+                0,
+            )
+        )
     return Scene(objects=tuple(objects), physics=phys, num_frames=cfg.total_frames)
 
 
-def sample_accepted_scene(rng: np.random.Generator, cfg: SceneConfig, phys: PhysicsConfig) -> tuple[Scene, Trajectory]:
+def sample_accepted_scene(
+    rng: np.random.Generator, cfg: SceneConfig, phys: PhysicsConfig
+) -> tuple[Scene, Trajectory]:
     """Sample scenes until one has an accepted number of observed collisions (as CLEVRER did)."""
     for _ in range(cfg.max_tries):
         scene = sample_scene(rng, cfg, phys)

@@ -59,12 +59,18 @@ class GenerateConfig:
             raise ValueError(f"GenerateConfig.videos: unknown split(s) {bad}; use {list(SPLITS)}")
         for s, n in self.videos.items():
             if n < 0 or n > 5000:
-                raise ValueError(f"GenerateConfig.videos['{s}'] = {n}; must be in 0..5000 (CLEVRER's split sizes)")
+                raise ValueError(
+                    f"GenerateConfig.videos['{s}'] = {n}; must be in 0..5000 (CLEVRER's split sizes)"
+                )
         if self.max_objects < self.scene.max_objects:
-            raise ValueError(f"GenerateConfig.max_objects ({self.max_objects}) must be >= scene.max_objects "
-                             f"({self.scene.max_objects})")
+            raise ValueError(
+                f"GenerateConfig.max_objects ({self.max_objects}) must be >= scene.max_objects "
+                f"({self.scene.max_objects})"
+            )
         if not 0 <= self.compression_level <= 9:
-            raise ValueError(f"GenerateConfig.compression_level must be in 0..9, got {self.compression_level}")
+            raise ValueError(
+                f"GenerateConfig.compression_level must be in 0..9, got {self.compression_level}"
+            )
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -88,14 +94,16 @@ def annotation_json(scene: Scene, traj: Trajectory, scene_index: int, observed: 
             if not traj.present[t, o.object_id]:
                 x, y = o.position  # not entered yet: where it will come from
                 vx = vy = ang = w = 0.0
-            objs.append({
-                "object_id": o.object_id,
-                "location": [x, y, OBJECT_HEIGHT],
-                "orientation": [0.0, 0.0, ang],
-                "velocity": [vx, vy, 0.0],
-                "angular_velocity": [0.0, 0.0, w],
-                "inside_camera_view": bool(traj.in_view[t, o.object_id]),
-            })
+            objs.append(
+                {
+                    "object_id": o.object_id,
+                    "location": [x, y, OBJECT_HEIGHT],
+                    "orientation": [0.0, 0.0, ang],
+                    "velocity": [vx, vy, 0.0],
+                    "angular_velocity": [0.0, 0.0, w],
+                    "inside_camera_view": bool(traj.in_view[t, o.object_id]),
+                }
+            )
         motion.append({"frame_id": t, "objects": objs})
     return {
         "scene_index": scene_index,
@@ -103,7 +111,11 @@ def annotation_json(scene: Scene, traj: Trajectory, scene_index: int, observed: 
         "object_property": [o.describe() for o in scene.objects],
         "motion_trajectory": motion,
         "collision": [
-            {"object_ids": [c.a, c.b], "frame_id": c.frame, "location": [c.location[0], c.location[1], OBJECT_HEIGHT]}
+            {
+                "object_ids": [c.a, c.b],
+                "frame_id": c.frame,
+                "location": [c.location[0], c.location[1], OBJECT_HEIGHT],
+            }
             for c in traj.collisions_before(observed)
         ],
     }
@@ -168,14 +180,26 @@ def make_video(cfg: GenerateConfig, split: str, index: int) -> dict:
         cf_valid = np.zeros(O, bool)
         for o in scene.objects:
             tr = qgen.without(o.object_id)
-            cf_frames[o.object_id], cf_masks[o.object_id] = renderer.render(scene.objects, tr.states, tr.present)
+            cf_frames[o.object_id], cf_masks[o.object_id] = renderer.render(
+                scene.objects, tr.states, tr.present
+            )
             cf_states[o.object_id], cf_present[o.object_id], _ = pad_states(tr)
             cf_valid[o.object_id] = True
-        record.update(cf_frames=cf_frames, cf_masks=cf_masks, cf_states=cf_states, cf_present=cf_present,
-                      cf_valid=cf_valid)
-    return {"record": record, "questions": {"scene_index": scene_index,
-                                            "video_filename": video_filename(scene_index),
-                                            "questions": questions}}
+        record.update(
+            cf_frames=cf_frames,
+            cf_masks=cf_masks,
+            cf_states=cf_states,
+            cf_present=cf_present,
+            cf_valid=cf_valid,
+        )
+    return {
+        "record": record,
+        "questions": {
+            "scene_index": scene_index,
+            "video_filename": video_filename(scene_index),
+            "questions": questions,
+        },
+    }
 
 
 def _worker(args):
@@ -220,9 +244,17 @@ def generate_split(cfg: GenerateConfig, split: str, root: Path, workers: int = 1
     n = cfg.videos.get(split, 0)
     if n < 1:
         raise ValueError(f"generate_split: split '{split}' has {n} videos in the config; nothing to write")
-    layout = StoreLayout(n, cfg.scene.total_frames, cfg.height, cfg.width, max_objects=cfg.max_objects,
-                         masks=True, truth=True, counterfactuals=cfg.counterfactuals,
-                         compression_level=cfg.compression_level)
+    layout = StoreLayout(
+        n,
+        cfg.scene.total_frames,
+        cfg.height,
+        cfg.width,
+        max_objects=cfg.max_objects,
+        masks=True,
+        truth=True,
+        counterfactuals=cfg.counterfactuals,
+        compression_level=cfg.compression_level,
+    )
     store_path = Path(root) / f"{split}.h5"
     questions = []
     with VideoStoreWriter(store_path, layout, store_attrs(cfg, split), STATE_FIELDS) as w:
@@ -234,5 +266,6 @@ def generate_split(cfg: GenerateConfig, split: str, root: Path, workers: int = 1
 
 
 def generate(cfg: GenerateConfig, root: Path, workers: int = 1) -> dict[str, tuple[Path, Path]]:
-    return {split: generate_split(cfg, split, root, workers) for split in SPLITS if cfg.videos.get(split, 0) > 0}
-
+    return {
+        split: generate_split(cfg, split, root, workers) for split in SPLITS if cfg.videos.get(split, 0) > 0
+    }

@@ -48,8 +48,10 @@ class QuestionConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"QuestionConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.predictive > 1:
-            raise ValueError(f"QuestionConfig.predictive must be 0 or 1 (one 'What will happen next?' per video), "
-                             f"got {self.predictive}")
+            raise ValueError(
+                f"QuestionConfig.predictive must be 0 or 1 (one 'What will happen next?' per video), "
+                f"got {self.predictive}"
+            )
         if not 2 <= self.max_choices <= 6:
             raise ValueError(f"QuestionConfig.max_choices must be in 2..6, got {self.max_choices}")
 
@@ -57,8 +59,15 @@ class QuestionConfig:
 class _Ref:
     """The shortest unique description of an object among the video's objects."""
 
-    ORDERS = (("color",), ("shape",), ("material",), ("color", "shape"), ("material", "shape"),
-              ("color", "material"), ("color", "material", "shape"))
+    ORDERS = (
+        ("color",),
+        ("shape",),
+        ("material",),
+        ("color", "shape"),
+        ("material", "shape"),
+        ("color", "material"),
+        ("color", "material", "shape"),
+    )
 
     def __init__(self, scene: Scene):
         self.objs = scene.objects
@@ -75,8 +84,11 @@ class _Ref:
                 match = [p for p in self.objs if all(getattr(p, k) == getattr(o, k) for k in keys)]
                 if len(match) == 1:
                     break
-            self.cache[oid] = (phrase(dict((k, getattr(o, k)) for k in keys)), filter_program(
-                {k: getattr(o, k) for k in keys}) + ["unique"], keys)
+            self.cache[oid] = (
+                phrase({k: getattr(o, k) for k in keys}),
+                [*filter_program({k: getattr(o, k) for k in keys}), "unique"],
+                keys,
+            )
         return self.cache[oid]
 
 
@@ -106,8 +118,9 @@ def _cap(s: str) -> str:
 class QuestionGenerator:
     """Writes one video's questions; caches the intervened simulations it needs."""
 
-    def __init__(self, scene: Scene, traj: Trajectory, observed: int, rng: np.random.Generator,
-                 cfg: QuestionConfig):
+    def __init__(
+        self, scene: Scene, traj: Trajectory, observed: int, rng: np.random.Generator, cfg: QuestionConfig
+    ):
         self.scene, self.traj, self.T, self.rng, self.cfg = scene, traj, observed, rng, cfg
         self.ref = _Ref(scene)
         self.ids = [o.object_id for o in scene.objects]
@@ -181,7 +194,9 @@ class QuestionGenerator:
         words = [attrs[k] for k in ("color", "material") if k in attrs]
         shape = attrs.get("shape")
         if plural:
-            words.append({"cube": "cubes", "sphere": "spheres", "cylinder": "cylinders", None: "objects"}[shape])
+            words.append(
+                {"cube": "cubes", "sphere": "spheres", "cylinder": "cylinders", None: "objects"}[shape]
+            )
         else:
             words.append(shape or "object")
         return " ".join(words)
@@ -190,8 +205,15 @@ class QuestionGenerator:
         moving, still = self.moving_at_end(), self.stationary_at_end()
         entering, exiting = self.entering(), self.exiting()
         out: dict[str, dict] = {}
-        makers = [self._d_count_state, self._d_count_collisions, self._d_count_events, self._d_exist_events,
-                  self._d_exist_partner, self._d_query_partner, self._d_query_event_object]
+        makers = [
+            self._d_count_state,
+            self._d_count_collisions,
+            self._d_count_events,
+            self._d_exist_events,
+            self._d_exist_partner,
+            self._d_query_partner,
+            self._d_query_event_object,
+        ]
         for _ in range(20 * max(self.cfg.descriptive, 1)):
             if len(out) >= self.cfg.descriptive:
                 break
@@ -207,8 +229,12 @@ class QuestionGenerator:
         pool = moving if is_moving else still
         n = len(self._match(f, pool))
         word = "moving" if is_moving else "stationary"
-        return _desc(f"How many {self._noun(f, True)} are {word} when the video ends?",
-                     "count", ["end", *filter_program(f), f"filter_{word}", "count"], str(n))
+        return _desc(
+            f"How many {self._noun(f, True)} are {word} when the video ends?",
+            "count",
+            ["end", *filter_program(f), f"filter_{word}", "count"],
+            str(n),
+        )
 
     def _d_count_collisions(self, *_):
         n = len(self.obs_collisions)
@@ -219,8 +245,12 @@ class QuestionGenerator:
         enter = bool(self.rng.random() < 0.5)
         n = len(self._match(f, entering if enter else exiting))
         verb, mod = ("enter", "filter_in") if enter else ("exit", "filter_out")
-        return _desc(f"How many {self._noun(f, True)} {verb} the scene?", "count",
-                     ["events", *filter_program(f), mod, "count"], str(n))
+        return _desc(
+            f"How many {self._noun(f, True)} {verb} the scene?",
+            "count",
+            ["events", *filter_program(f), mod, "count"],
+            str(n),
+        )
 
     def _d_exist_events(self, moving, still, entering, exiting):
         f = self._random_filter()
@@ -231,8 +261,9 @@ class QuestionGenerator:
             (still, "that is stationary when the video ends", ["end", "filter_stationary"]),
         ][kind]
         ans = "yes" if self._match(f, pool) else "no"
-        return _desc(f"Is there {_a(self._noun(f, False))} {text}?", "exist",
-                     [*filter_program(f), *mod, "exist"], ans)
+        return _desc(
+            f"Is there {_a(self._noun(f, False))} {text}?", "exist", [*filter_program(f), *mod, "exist"], ans
+        )
 
     def _d_exist_partner(self, *_):
         target = int(self.rng.integers(len(self.ids)))
@@ -242,8 +273,12 @@ class QuestionGenerator:
         if not cands:
             return None
         ans = "yes" if set(cands) & set(self.partners(target)) else "no"
-        return _desc(f"Is there {_a(self._noun(f, False))} that collides with {rtext}?", "exist",
-                     [*filter_program(f), "events", *rprog, "filter_collision", "get_col_partner", "exist"], ans)
+        return _desc(
+            f"Is there {_a(self._noun(f, False))} that collides with {rtext}?",
+            "exist",
+            [*filter_program(f), "events", *rprog, "filter_collision", "get_col_partner", "exist"],
+            ans,
+        )
 
     def _d_query_partner(self, *_):
         target = int(self.rng.integers(len(self.ids)))
@@ -253,8 +288,11 @@ class QuestionGenerator:
         attr = ("color", "shape", "material")[self.rng.integers(3)]
         rtext, rprog = self.ref(target)
         if len(partners) == 1:
-            obj, text, prog = partners[0], f"the object that collides with {rtext}", ["events", *rprog,
-                                                                                   "filter_collision", "unique"]
+            obj, text, prog = (
+                partners[0],
+                f"the object that collides with {rtext}",
+                ["events", *rprog, "filter_collision", "unique"],
+            )
         else:
             obj = partners[0]
             text = f"the first object that collides with {rtext}"
@@ -265,18 +303,37 @@ class QuestionGenerator:
         attr = ("color", "shape", "material")[self.rng.integers(3)]
         options = []
         if len(entering) == 1:
-            options.append((entering[0], "the object that enters the scene", ["events", "filter_in", "unique"]))
+            options.append(
+                (entering[0], "the object that enters the scene", ["events", "filter_in", "unique"])
+            )
         elif len(entering) > 1:
-            options.append((entering[0], "the first object that enters the scene",
-                            ["events", "filter_in", "filter_order_first", "unique"]))
+            options.append(
+                (
+                    entering[0],
+                    "the first object that enters the scene",
+                    ["events", "filter_in", "filter_order_first", "unique"],
+                )
+            )
         if len(exiting) == 1:
-            options.append((exiting[0], "the object that exits the scene", ["events", "filter_out", "unique"]))
+            options.append(
+                (exiting[0], "the object that exits the scene", ["events", "filter_out", "unique"])
+            )
         if len(still) == 1:
-            options.append((next(iter(still)), "the object that is stationary when the video ends",
-                            ["end", "objects", "filter_stationary", "unique"]))
+            options.append(
+                (
+                    next(iter(still)),
+                    "the object that is stationary when the video ends",
+                    ["end", "objects", "filter_stationary", "unique"],
+                )
+            )
         if len(moving) == 1:
-            options.append((next(iter(moving)), "the object that is moving when the video ends",
-                            ["end", "objects", "filter_moving", "unique"]))
+            options.append(
+                (
+                    next(iter(moving)),
+                    "the object that is moving when the video ends",
+                    ["end", "objects", "filter_moving", "unique"],
+                )
+            )
         if not options:
             return None
         obj, text, prog = options[self.rng.integers(len(options))]
@@ -284,8 +341,11 @@ class QuestionGenerator:
 
     def _query(self, attr: str, obj: int, text: str, prog: list[str]):
         value = getattr(self.scene.objects[obj], attr)
-        q = {"color": f"What color is {text}?", "shape": f"What shape is {text}?",
-             "material": f"What is the material of {text}?"}[attr]
+        q = {
+            "color": f"What color is {text}?",
+            "shape": f"What shape is {text}?",
+            "material": f"What is the material of {text}?",
+        }[attr]
         return _desc(q, f"query_{attr}", [*prog, f"query_{attr}"], value)
 
     # multiple choice ---------------------------------------------------------------------
@@ -324,16 +384,26 @@ class QuestionGenerator:
                 spec = self.scene.objects[o]
                 t, p = self.ref(o)
                 if spec.entering and o in self.entering():
-                    cands.append((f"{_cap(t)}'s entering the scene", [*p, "events", "filter_in", "belong_to"],
-                                  self.without(o)))
+                    cands.append(
+                        (
+                            f"{_cap(t)}'s entering the scene",
+                            [*p, "events", "filter_in", "belong_to"],
+                            self.without(o),
+                        )
+                    )
                 elif o not in (c.a, c.b):
                     cands.append((f"The presence of {t}", p, self.without(o)))
             for d in self.obs_collisions:
                 if d.frame < c.frame and (d.a, d.b) != (c.a, c.b):
                     ta, pa = self.ref(d.a)
                     tb, pb = self.ref(d.b)
-                    cands.append((f"The collision between {ta} and {tb}", ["events", *pa, *pb, "filter_collision",
-                                                                             "unique"], self.prevented(d.a, d.b)))
+                    cands.append(
+                        (
+                            f"The collision between {ta} and {tb}",
+                            ["events", *pa, *pb, "filter_collision", "unique"],
+                            self.prevented(d.a, d.b),
+                        )
+                    )
             correct = [(t, p) for t, p, w in cands if w.pair_count(c.a, c.b, self.T) < 1]
             wrong = [(t, p) for t, p, w in cands if w.pair_count(c.a, c.b, self.T) >= 1]
             # as in CLEVRER, the choices of an explanatory question include a cause
@@ -342,9 +412,14 @@ class QuestionGenerator:
                 continue
             ta, pa = self.ref(c.a)
             tb, pb = self.ref(c.b)
-            out.append(_mc("explanatory",
-                           f"Which of the following is responsible for the collision between {ta} and {tb}?",
-                           ["events", *pa, *pb, "filter_collision", "unique", "filter_ancestor"], choices))
+            out.append(
+                _mc(
+                    "explanatory",
+                    f"Which of the following is responsible for the collision between {ta} and {tb}?",
+                    ["events", *pa, *pb, "filter_collision", "unique", "filter_ancestor"],
+                    choices,
+                )
+            )
         return out
 
     def counterfactual(self) -> list[dict]:
@@ -365,13 +440,20 @@ class QuestionGenerator:
             lost = sorted(p for p in factual - happen if o not in p)
             never = [p for p in pairs if p not in happen and p not in factual]
             never = [never[i] for i in self.rng.permutation(len(never))[:2]]
-            choices = self._pick_choices([self._collide_text(*p) for p in correct],
-                                         [self._collide_text(*p) for p in lost + never])
+            choices = self._pick_choices(
+                [self._collide_text(*p) for p in correct], [self._collide_text(*p) for p in lost + never]
+            )
             if not choices:
                 continue
             t, p = self.ref(o)
-            out.append(_mc("counterfactual", f"Which event will happen if {t} is removed?",
-                           [*p, "get_counterfact"], choices))
+            out.append(
+                _mc(
+                    "counterfactual",
+                    f"Which event will happen if {t} is removed?",
+                    [*p, "get_counterfact"],
+                    choices,
+                )
+            )
         return out
 
     def predictive(self) -> list[dict]:
@@ -390,7 +472,9 @@ class QuestionGenerator:
         leaving = {o for _, o in self.traj.exits(self.T, T_all)}
         for o in visible:
             t, p = self.ref(o)
-            (correct if o in leaving else wrong).append((f"{_cap(t)} exits the scene", [*p, "events", "filter_out"]))
+            (correct if o in leaving else wrong).append(
+                (f"{_cap(t)} exits the scene", [*p, "events", "filter_out"])
+            )
         if len(wrong) > 3:
             wrong = [wrong[i] for i in sorted(self.rng.permutation(len(wrong))[:3])]
         # asked only when something does happen next, and one of the choices says what
@@ -409,8 +493,14 @@ class QuestionGenerator:
 def _desc(question: str, subtype: str, program: list[str], answer: str):
     if subtype == "count" and answer not in COUNT_ANSWERS:
         return None  # outside CLEVRER's answer vocabulary (0-5): not asked
-    return {"question_id": -1, "question": question, "question_type": "descriptive",
-            "question_subtype": subtype, "program": program, "answer": answer}
+    return {
+        "question_id": -1,
+        "question": question,
+        "question_type": "descriptive",
+        "question_subtype": subtype,
+        "program": program,
+        "answer": answer,
+    }
 
 
 def _mc(qtype: str, question: str, program: list[str], choices: list[tuple[object, bool]]):

@@ -1,0 +1,39 @@
+"""Shared pieces of benchmarks/: the machine's own ceiling and one JSON line per figure."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+
+
+def fp32_matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """The machine's fp32 matrix-multiply rate (GFLOP/s) with torch's current thread count."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def machine() -> dict:
+    import torch
+
+    return {
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "fp32_matmul_gflops": round(fp32_matmul_gflops(), 1),
+    }
+
+
+def emit(record: dict) -> None:
+    print(json.dumps(record), flush=True)

@@ -129,6 +129,7 @@ def plot_stats(stats: dict, path: str | os.PathLike) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     q = stats.get("questions")
     fig, axes = plt.subplots(1, 4 if q else 2, figsize=(16 if q else 8, 3.2))
@@ -141,6 +142,7 @@ def plot_stats(stats: dict, path: str | os.PathLike) -> Path:
         ax.set_title(title)
         ax.set_xlabel("count")
         ax.set_ylabel("videos")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if q:
         x = np.arange(len(QUESTION_TYPES))
         ours = [q["questions_per_video"][t] for t in QUESTION_TYPES]
@@ -154,6 +156,7 @@ def plot_stats(stats: dict, path: str | os.PathLike) -> Path:
             h = q["choices_hist"][t]
             axes[3].bar(np.array(list(h), float) + (k - 1) * 0.25, list(h.values()), 0.25, label=t)
         axes[3].set_title("choices per multiple-choice question")
+        axes[3].xaxis.set_major_locator(MaxNLocator(integer=True))
         axes[3].legend(fontsize=7)
     fig.tight_layout()
     path = Path(path)

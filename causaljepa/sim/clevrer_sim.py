@@ -283,7 +283,6 @@ def simulate(
     T = scene.num_frames
     states = np.zeros((T, n_obj, len(STATE_FIELDS)), np.float32)  # (T, O, F)
     present = np.zeros((T, n_obj), bool)
-    reach = phys.object_size * math.sqrt(2.0)
     for t in range(T):
         while pending and pending[0].enter_frame <= t:
             create(pending.pop(0))
@@ -295,8 +294,10 @@ def simulate(
             p, v = body.position, body.linearVelocity
             states[t, oid] = (p[0], p[1], v[0], v[1], body.angle, body.angularVelocity)
             present[t, oid] = True
-    x, y = states[..., 0], states[..., 1]
-    in_view = present & (np.abs(x) < VIEW_HALF_W + reach * 0.7) & (np.abs(y) < VIEW_HALF_H + reach * 0.7)
+    cube = np.zeros(n_obj, bool)
+    for o in scene.objects:
+        cube[o.object_id] = o.shape == "cube"
+    in_view = present & _overlaps_view(states[..., 0], states[..., 1], states[..., 4], cube, phys.object_size)
 
     collisions: list[Collision] = []
     last: dict[tuple[int, int], int] = {}
@@ -305,6 +306,24 @@ def simulate(
             collisions.append(Collision(frame, a, b, (float(lx), float(ly))))
         last[(a, b)] = frame
     return Trajectory(states=states, present=present, in_view=in_view, collisions=collisions)
+
+
+def _overlaps_view(x, y, angle, cube, s):
+    """Whether some part of each object lies inside the view: a disc of radius s, or (where
+    ``cube``) a square of half-side s turned by ``angle``. x, y, angle: (T, O); cube: (O,)."""
+    dx = np.maximum(np.abs(x) - VIEW_HALF_W, 0.0)
+    dy = np.maximum(np.abs(y) - VIEW_HALF_H, 0.0)
+    disc = dx * dx + dy * dy < s * s  # the disc's centre is nearer than s to the view
+    # square: no separating axis among the view's and the square's edge normals
+    c, sn = np.cos(angle), np.sin(angle)
+    ac, asn = np.abs(c), np.abs(sn)
+    square = (
+        (np.abs(x) < VIEW_HALF_W + s * (ac + asn))
+        & (np.abs(y) < VIEW_HALF_H + s * (ac + asn))
+        & (np.abs(c * x + sn * y) < s + VIEW_HALF_W * ac + VIEW_HALF_H * asn)
+        & (np.abs(-sn * x + c * y) < s + VIEW_HALF_W * asn + VIEW_HALF_H * ac)
+    )
+    return np.where(cube[None, :], square, disc)
 
 
 def _sample_attributes(rng: np.random.Generator, n: int) -> list[tuple[str, str, str]]:

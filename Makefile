@@ -19,8 +19,8 @@ $(STAMP): pyproject.toml
 # The main job on the built-in default data (clevrer_sim, quick preset).
 demo: $(STAMP)
 	$(BIN)/cjepa data generate preset=quick
-	$(BIN)/cjepa data show split=train video=0
 	$(BIN)/cjepa data stats split=train
+	$(BIN)/cjepa data show split=train video=0
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -43,14 +43,11 @@ def cmd_generate(cfg) -> None:
         out = generate(data.generator, root, workers=cfg.workers)
         for split, (store, questions) in out.items():
             print(f"{split}: {store}  {questions}")
-        from .data.stats import dataset_stats, format_stats
-
-        if "train" in out:
-            print(format_stats(dataset_stats(out["train"][0], out["train"][1])))
+        print("summary: cjepa data stats" + (f" data.root={root}" if root != Path(ClevrerSimData.root) else ""))
     elif cfg.layout == "clevrer":
         from .data.clevrer_layout import write_clevrer_layout
 
-        out = write_clevrer_layout(data.generator, root / "clevrer_layout", workers=cfg.workers)
+        write_clevrer_layout(data.generator, root / "clevrer_layout", workers=cfg.workers)
         print(f"CLEVRER layout written under {root / 'clevrer_layout'}")
     else:
         raise ValueError(f"layout={cfg.layout!r} is not known; use layout=store or layout=clevrer")

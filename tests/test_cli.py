@@ -81,7 +81,7 @@ def test_generate_stats_show(tmp_path, capsys):
     root = tmp_path / "ds"
     cli.main(["data", "generate", "preset=smoke", f"data.root={root}", "data.generator.counterfactuals=true"])
     out = capsys.readouterr().out
-    assert "| collisions |" in out and "| counterfactual |" in out
+    assert f"train: {root / 'train.h5'}" in out and "cjepa data stats" in out
     for split, n in (("train", 4), ("validation", 2), ("test", 2)):
         with VideoStore(root / f"{split}.h5") as s:
             assert len(s) == n and s.num_frames == 32 and s.has("cf_frames")
@@ -89,6 +89,8 @@ def test_generate_stats_show(tmp_path, capsys):
     assert list(Path("runs/data_generate").iterdir()), "Hydra's run folder records the composed config"
 
     cli.main(["data", "stats", f"data.root={root}", "split=validation"])
+    out = capsys.readouterr().out
+    assert "| collisions |" in out and "| counterfactual |" in out
     stats = json.loads((root / "stats" / "validation.json").read_text())
     assert stats["videos"] == 2 and stats["questions"]["videos"] == 2
     assert (root / "stats" / "validation.png").read_bytes()[:8] == PNG_MAGIC

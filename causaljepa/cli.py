@@ -43,7 +43,8 @@ def cmd_generate(cfg) -> None:
         out = generate(data.generator, root, workers=cfg.workers)
         for split, (store, questions) in out.items():
             print(f"{split}: {store}  {questions}")
-        print("summary: cjepa data stats" + (f" data.root={root}" if root != Path(ClevrerSimData.root) else ""))
+        where = "" if root == Path(ClevrerSimData.root) else f" data.root={root}"
+        print(f"summary: cjepa data stats{where}")
     elif cfg.layout == "clevrer":
         from .data.clevrer_layout import write_clevrer_layout
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .data.store import VideoStore
+from .io import save_figure
 
 # distinct overlay colours for instance ids 1..10 (0 = background is left unpainted)
 INSTANCE_COLORS = np.array(
@@ -129,10 +130,4 @@ def show_video(
     fig.tight_layout(rect=(0, 0.1 if handles else 0, 1, 1))
     if handles:
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=7, frameon=False)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.stem + ".partial.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, out)
-    return out
+    return save_figure(fig, out, dpi=110)

@@ -42,10 +42,11 @@ import av
 import numpy as np
 from tqdm import tqdm
 
+from ..io import atomic_output, write_json_atomic, write_text_atomic
 from ..sim.clevrer_sim import STATE_FIELDS
 from ..sim.generate import SPLIT_OFFSET, SPLITS, GenerateConfig, iter_videos, video_filename
 from .questions import COLORS, MATERIALS, SHAPES, load_questions
-from .store import StoreError, StoreLayout, VideoStoreWriter, write_json_atomic
+from .store import StoreError, StoreLayout, VideoStoreWriter
 
 VIDEO_RE = re.compile(r"^video_(\d{5})\.mp4$")
 ANNOTATION_RE = re.compile(r"^annotation_(\d{5})\.json$")
@@ -79,19 +80,11 @@ def question_relpath(split: str) -> Path:
     return Path("questions") / f"{split}.json"
 
 
-def _write_text_atomic(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
-
-
 # --- mp4 --------------------------------------------------------------------------------
 def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: float, crf: int = CRF) -> Path:
     """Encode ``frames`` uint8 (T, H, W, 3) RGB as H.264 (libx264, yuv420p) mp4 at ``fps``.
 
-    The file is written under ``<name>.partial`` and renamed when complete. yuv420p halves
+    The file is written under ``<name>.partial.mp4`` and renamed when complete. yuv420p halves
     the chroma resolution, so H and W must be even.
     """
     path = Path(path)
@@ -106,22 +99,15 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: float, crf: int 
             f"{path}: resolution {W}x{H} (width x height) cannot be encoded as H.264 yuv420p; "
             "width and height must both be even"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
     rate = Fraction(fps).limit_denominator(1001)
-    try:
-        with av.open(str(tmp), mode="w", format="mp4") as container:
-            stream = container.add_stream("libx264", rate=rate, options={"crf": str(crf)})
-            stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
-            for t in range(T):
-                frame = av.VideoFrame.from_ndarray(frames[t], format="rgb24")
-                frame.pts = t
-                container.mux(stream.encode(frame))
-            container.mux(stream.encode(None))
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=rate, options={"crf": str(crf)})
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+        for t in range(T):
+            frame = av.VideoFrame.from_ndarray(frames[t], format="rgb24")
+            frame.pts = t
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
     return path
 
 
@@ -191,7 +177,7 @@ def write_clevrer_layout(cfg: GenerateConfig, root: Path, workers: int = 1) -> d
             videos.append(write_mp4(root / video_relpath(split, idx), frames, cfg.physics.fps))
             if split != "test":
                 apath = root / annotation_relpath(split, idx)
-                annotations.append(_write_text_atomic(apath, rec["annotations"]))
+                annotations.append(write_text_atomic(apath, rec["annotations"]))
             questions.append(video["questions"])
         if split == "test":
             questions = strip_answers(questions)

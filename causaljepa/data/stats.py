@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io import save_figure
 from .questions import QUESTION_TYPES, load_questions, question_stats
 from .store import VideoStore
 
@@ -159,10 +160,4 @@ def plot_stats(stats: dict, path: str | os.PathLike) -> Path:
         axes[3].xaxis.set_major_locator(MaxNLocator(integer=True))
         axes[3].legend(fontsize=7)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".partial.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path, dpi=90)

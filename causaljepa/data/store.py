@@ -21,7 +21,7 @@ Fields (N videos, T frames, H x W pixels, O = max objects, F state columns):
 Root attributes: schema_version, source, generator_config (JSON), seed, fps, split,
 observed_frames, state_fields (JSON), vocab (JSON: colours, shapes, materials).
 
-Writers write ``<name>.partial`` and rename on success, so an interrupted run never leaves
+Writers write ``<name>.partial.h5`` and rename on success, so an interrupted run never leaves
 a file that looks complete. Datasets are written without timestamps, so the same inputs
 give the same bytes.
 """
@@ -35,6 +35,8 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+
+from ..io import partial_path
 
 SCHEMA_VERSION = 1
 STR = h5py.string_dtype(encoding="utf-8")
@@ -119,7 +121,7 @@ class VideoStoreWriter:
 
     def __init__(self, path: str | os.PathLike, layout: StoreLayout, attrs: dict, state_fields=()):
         self.path = Path(path)
-        self.partial = self.path.with_name(self.path.name + ".partial")
+        self.partial = partial_path(self.path)
         self.layout = layout
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.f = h5py.File(self.partial, "w", libver=("earliest", "v110"))
@@ -319,14 +321,3 @@ class VideoStore:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def write_json_atomic(path: str | os.PathLike, obj) -> Path:
-    """Write JSON to ``path`` through a temporary name."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh)
-    os.replace(tmp, path)
-    return path

@@ -384,47 +384,28 @@ def sample_scene(rng: np.random.Generator, cfg: SceneConfig, phys: PhysicsConfig
                 target = rng.uniform((-VIEW_HALF_W / 2, -VIEW_HALF_H / 2), (VIEW_HALF_W / 2, VIEW_HALF_H / 2))
             d = target - pos
             vel = speed * d / np.linalg.norm(d)
-            enter = int(rng.integers(lo, hi + 1))
-            objects.append(
-                ObjectSpec(
-                    i,
-                    color,
-                    shape,
-                    material,
-                    (float(pos[0]), float(pos[1])),
-                    (float(vel[0]), float(vel[1])),
-                    angle,
-                    max(enter, 1),
-                )
-            )
-            continue
-        pos = starts[i]
-        if rng.random() < cfg.p_moving:
-            if others and rng.random() < cfg.p_aim:
-                d = others[int(rng.integers(len(others)))] - pos
-                d = d / np.linalg.norm(d)
-                jitter = float(rng.normal(0, 0.15))
-                c, sn = math.cos(jitter), math.sin(jitter)
-                d = np.array([c * d[0] - sn * d[1], sn * d[0] + c * d[1]])
-            else:
-                a = float(rng.uniform(0, 2 * math.pi))
-                d = np.array([math.cos(a), math.sin(a)])
-            vel = speed * d
+            enter = max(int(rng.integers(lo, hi + 1)), 1)
         else:
-            vel = np.zeros(2)
-        objects.append(
-            ObjectSpec(
-                i,
-                color,
-                shape,
-                material,
-                (float(pos[0]), float(pos[1])),
-                (float(vel[0]), float(vel[1])),
-                angle,
-                0,
-            )
-        )
+            pos, vel, enter = starts[i], _start_velocity(rng, cfg, starts[i], others, speed), 0
+        start, velocity = (float(pos[0]), float(pos[1])), (float(vel[0]), float(vel[1]))
+        objects.append(ObjectSpec(i, color, shape, material, start, velocity, angle, enter))
     return Scene(objects=tuple(objects), physics=phys, num_frames=cfg.total_frames)
+
+
+def _start_velocity(rng: np.random.Generator, cfg: SceneConfig, pos: np.ndarray, others: list, speed: float):
+    """Still, or moving: mostly aimed at another object (with a little jitter), else any direction."""
+    if rng.random() < cfg.p_moving:
+        if others and rng.random() < cfg.p_aim:
+            d = others[int(rng.integers(len(others)))] - pos
+            d = d / np.linalg.norm(d)
+            jitter = float(rng.normal(0, 0.15))
+            c, sn = math.cos(jitter), math.sin(jitter)
+            d = np.array([c * d[0] - sn * d[1], sn * d[0] + c * d[1]])
+        else:
+            a = float(rng.uniform(0, 2 * math.pi))
+            d = np.array([math.cos(a), math.sin(a)])
+        return speed * d
+    return np.zeros(2)
 
 
 def sample_accepted_scene(

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..data.store import StoreLayout, VideoStoreWriter, write_json_atomic
+from ..data.store import StoreLayout, VideoStoreWriter
+from ..io import write_json_atomic
 from .clevrer_sim import (
     COLORS,
     MATERIALS,

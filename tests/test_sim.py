@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -568,3 +570,83 @@ def test_impossible_collision_range_raises():
     )
     with pytest.raises(RuntimeError, match=r"50\.\.60 collisions in 3 tries"):
         sample_accepted_scene(np.random.default_rng(0), cfg, PHYS)
+
+
+# --- what a question may say: only what the video shows, in no telling order -------------------
+
+_ATTR = "|".join([*COLORS, *MATERIALS])
+_PHRASE = re.compile(rf"\b[Tt]he ((?:(?:{_ATTR}) )*(?:object|cube|sphere|cylinder))\b")
+
+
+def _texts(q: dict) -> list[str]:
+    return [q["question"], *(c["choice"] for c in q.get("choices", []))]
+
+
+@pytest.fixture(scope="module")
+def late_entry_videos():
+    """Objects enter up to the last observed frame, so some are never seen."""
+    cfg = replace(QCFG, scene=replace(SCENE_CFG, p_entering=0.5, enter_frame_range=(25, 39)))
+    out = []
+    for i in range(24):
+        rng = np.random.default_rng(video_seed(cfg.seed, "train", i))
+        scene, traj = sample_accepted_scene(rng, cfg.scene, cfg.physics)
+        out.append((make_video(cfg, "train", i), scene, traj))
+    return out
+
+
+def test_questions_name_only_objects_the_video_shows(late_entry_videos):
+    named = unseen = 0
+    for v, scene, traj in late_entry_videos:
+        props = json.loads(v["record"]["annotations"])["object_property"]
+        seen = {o for o in range(len(scene.objects)) if traj.in_view[:OBSERVED, o].any()}
+        unseen += len(scene.objects) - len(seen)
+        for q in v["questions"]["questions"]:
+            for text in _texts(q):
+                for phrase in _PHRASE.findall(text):
+                    try:
+                        oid = resolve("the " + phrase, props)
+                    except AssertionError:
+                        continue  # not a unique reference ("the object that collides with ...")
+                    named += 1
+                    assert oid in seen, (text, oid)
+    assert named > 100 and unseen > 5  # the case this test is about does occur
+
+
+def test_collisions_are_events_the_camera_sees(videos):
+    n = 0
+    for v, _, traj in videos:
+        ann = json.loads(v["record"]["annotations"])
+        for c in ann["collision"]:
+            frame = ann["motion_trajectory"][c["frame_id"]]["objects"]
+            assert all(frame[o]["inside_camera_view"] for o in c["object_ids"]), c
+            n += 1
+        for c in traj.offscreen_collisions:
+            assert not (traj.in_view[c.frame, c.a] and traj.in_view[c.frame, c.b])
+    assert n > 20
+
+
+def test_choice_position_does_not_give_the_answer_away(videos):
+    first_correct = first_wrong = 0
+    for v, _, _ in videos:
+        for q in v["questions"]["questions"]:
+            answers = [c["answer"] for c in q.get("choices", [])]
+            if "correct" in answers and "wrong" in answers:
+                first_correct += answers[0] == "correct"
+                first_wrong += answers[0] == "wrong"
+    assert first_correct > 5 and first_wrong > 5, (first_correct, first_wrong)
+
+
+def test_explanatory_choices_are_distinct_single_events(videos):
+    for v, _, traj in videos:
+        props = json.loads(v["record"]["annotations"])["object_property"]
+        counts = Counter(_pair(c.a, c.b) for c in traj.collisions_before(OBSERVED))
+        for q in v["questions"]["questions"]:
+            if q["question_type"] != "explanatory":
+                continue
+            texts = [c["choice"] for c in q["choices"]]
+            assert len(set(texts)) == len(texts), texts
+            for t in texts:
+                m = re.fullmatch(r"The collision between (the [a-z ]+?) and (the [a-z ]+)", t)
+                if m:
+                    a, b = resolve(m.group(1), props), resolve(m.group(2), props)
+                    assert counts[_pair(a, b)] == 1, (t, counts)

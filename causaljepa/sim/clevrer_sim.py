@@ -172,7 +172,8 @@ class Trajectory:
     states: np.ndarray
     present: np.ndarray
     in_view: np.ndarray
-    collisions: list[Collision] = field(default_factory=list)
+    collisions: list[Collision] = field(default_factory=list)  # seen: both objects in view
+    offscreen_collisions: list[Collision] = field(default_factory=list)  # the camera does not see these
 
     def collisions_before(self, frame: int) -> list[Collision]:
         return [c for c in self.collisions if c.frame < frame]
@@ -299,13 +300,16 @@ def simulate(
         cube[o.object_id] = o.shape == "cube"
     in_view = present & _overlaps_view(states[..., 0], states[..., 1], states[..., 4], cube, phys.object_size)
 
+    # a collision is an event of the video only where the camera sees both objects
     collisions: list[Collision] = []
+    offscreen: list[Collision] = []
     last: dict[tuple[int, int], int] = {}
     for frame, a, b, lx, ly in rec.events:
         if frame - last.get((a, b), -(10**9)) > MERGE_FRAMES:
-            collisions.append(Collision(frame, a, b, (float(lx), float(ly))))
+            seen = collisions if in_view[frame, a] and in_view[frame, b] else offscreen
+            seen.append(Collision(frame, a, b, (float(lx), float(ly))))
         last[(a, b)] = frame
-    return Trajectory(states=states, present=present, in_view=in_view, collisions=collisions)
+    return Trajectory(states, present, in_view, collisions, offscreen)
 
 
 def _overlaps_view(x, y, angle, cube, s):

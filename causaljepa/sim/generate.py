@@ -155,6 +155,7 @@ def make_video(cfg: GenerateConfig, split: str, index: int) -> dict:
     truth = {
         "observed_frames": observed,
         "collisions": _events(traj),
+        "offscreen_collisions": [[c.frame, c.a, c.b] for c in traj.offscreen_collisions],
         "entries": [list(e) for e in traj.entries(0, T)],
         "exits": [list(e) for e in traj.exits(0, T)],
         "enter_frames": [o.enter_frame for o in scene.objects],

@@ -17,7 +17,11 @@ Four types, as in CLEVRER:
 "The collision between A and B still happens" means: the intervened world has at least as
 many A-B collisions in the observed frames as the factual world up to and including this
 one (timing may shift; the event is the same pair touching). Explanatory questions are
-only asked about pairs that collide once, so the question names one event.
+only asked about pairs that collide once, so the question names one event; the same holds
+for an earlier collision offered as a choice.
+
+Only what the camera shows is an event: a collision counts when both objects are in view,
+and questions name only objects that are in view at some observed frame.
 
 Every question and every choice carries a postfix program (CLEVRER's module vocabulary).
 """
@@ -123,7 +127,8 @@ class QuestionGenerator:
     ):
         self.scene, self.traj, self.T, self.rng, self.cfg = scene, traj, observed, rng, cfg
         self.ref = _Ref(scene)
-        self.ids = [o.object_id for o in scene.objects]
+        # questions only name objects the video shows (an object may enter after the last frame)
+        self.ids = [o.object_id for o in scene.objects if traj.in_view[:observed, o.object_id].any()]
         self._without: dict[int, Trajectory] = {}
         self._prevented: dict[tuple[int, int], Trajectory] = {}
         self.obs_collisions = traj.collisions_before(observed)
@@ -183,7 +188,7 @@ class QuestionGenerator:
         if pick == len(kinds):
             return {}
         k = kinds[pick]
-        o = self.scene.objects[self.rng.integers(len(self.ids))]
+        o = self.scene.objects[self.ids[self.rng.integers(len(self.ids))]]
         return {k: getattr(o, k)}
 
     def _match(self, attrs: dict[str, str], pool) -> list[int]:
@@ -266,7 +271,7 @@ class QuestionGenerator:
         )
 
     def _d_exist_partner(self, *_):
-        target = int(self.rng.integers(len(self.ids)))
+        target = self.ids[self.rng.integers(len(self.ids))]
         f = self._random_filter()
         rtext, rprog = self.ref(target)
         cands = [o for o in self._match(f, self.ids) if o != target]
@@ -281,7 +286,7 @@ class QuestionGenerator:
         )
 
     def _d_query_partner(self, *_):
-        target = int(self.rng.integers(len(self.ids)))
+        target = self.ids[self.rng.integers(len(self.ids))]
         partners = self.partners(target)
         if not partners:
             return None
@@ -361,7 +366,9 @@ class QuestionGenerator:
         k = int(self.rng.integers(2, min(self.cfg.max_choices, len(pool)) + 1))
         forced = [int(i) for i in self.rng.permutation(len(correct))[:min_correct]]
         rest = [int(i) for i in self.rng.permutation(len(pool)) if i not in forced][: k - len(forced)]
-        return [pool[i] for i in sorted(forced + rest)]
+        chosen = forced + rest
+        # shuffled: the position of a choice must not tell whether it is correct
+        return [pool[chosen[j]] for j in self.rng.permutation(len(chosen))]
 
     def _collide_text(self, a: int, b: int) -> tuple[str, list[str]]:
         ta, pa = self.ref(a)
@@ -393,8 +400,10 @@ class QuestionGenerator:
                     )
                 elif o not in (c.a, c.b):
                     cands.append((f"The presence of {t}", p, self.without(o)))
+            # an earlier collision is a choice only if its pair collides once, so that the text
+            # names one event and making that pair pass through each other removes just it
             for d in self.obs_collisions:
-                if d.frame < c.frame and (d.a, d.b) != (c.a, c.b):
+                if d.frame < c.frame and (d.a, d.b) != (c.a, c.b) and counts[(d.a, d.b)] == 1:
                     ta, pa = self.ref(d.a)
                     tb, pb = self.ref(d.b)
                     cands.append(
@@ -436,8 +445,9 @@ class QuestionGenerator:
             happen = {(c.a, c.b) for c in cf.collisions_before(self.T)}
             others = [i for i in self.ids if i != o]
             pairs = list(itertools.combinations(others, 2))
-            correct = sorted(happen)
-            lost = sorted(p for p in factual - happen if o not in p)
+            shown = set(self.ids)  # a choice names only objects the video shows
+            correct = sorted(p for p in happen if set(p) <= shown)
+            lost = sorted(p for p in factual - happen if o not in p and set(p) <= shown)
             never = [p for p in pairs if p not in happen and p not in factual]
             never = [never[i] for i in self.rng.permutation(len(never))[:2]]
             choices = self._pick_choices(
@@ -460,7 +470,10 @@ class QuestionGenerator:
         if self.cfg.predictive == 0:
             return []
         T_all = self.traj.states.shape[0]
-        future = {(c.a, c.b) for c in self.traj.collisions if self.T <= c.frame < T_all}
+        shown = set(self.ids)  # an object that enters after the video cannot be named
+        future = {
+            (c.a, c.b) for c in self.traj.collisions if self.T <= c.frame < T_all and {c.a, c.b} <= shown
+        }
         # wrong candidates: pairs that do not collide, nearest first (plausible distractors)
         pos = self.traj.states[self.T - 1, :, :2]
         visible = [o for o in self.ids if self.traj.in_view[self.T - 1, o]]

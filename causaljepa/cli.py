@@ -22,6 +22,7 @@ import hydra
 from omegaconf import DictConfig
 
 from .config import ClevrerSimData, check_split, config_dir, register_configs, to_object
+from .io import write_text_atomic
 
 log = logging.getLogger("cjepa")
 
@@ -44,7 +45,7 @@ def cmd_generate(cfg) -> None:
         for split, (store, questions) in out.items():
             print(f"{split}: {store}  {questions}")
         where = "" if root == Path(ClevrerSimData.root) else f" data.root={root}"
-        print(f"summary: cjepa data stats{where}")
+        print(f"summary: cjepa data stats{where} split={next(iter(out))}")
     elif cfg.layout == "clevrer":
         from .data.clevrer_layout import write_clevrer_layout
 
@@ -78,7 +79,7 @@ def cmd_stats(cfg) -> None:
     stats = dataset_stats(root / f"{split}.h5", qpath if qpath.exists() else None)
     out = Path(cfg.out) if cfg.out else root / "stats"
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{split}.json").write_text(json.dumps(stats, indent=1))
+    write_text_atomic(out / f"{split}.json", json.dumps(stats, indent=1))
     png = plot_stats(stats, out / f"{split}.png")
     print(format_stats(stats))
     print(f"written: {out / f'{split}.json'}  {png}")

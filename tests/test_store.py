@@ -252,3 +252,29 @@ def test_generated_store_contents(tmp_path):
     assert sum(stats["questions"]["questions_per_type"].values()) == sum(
         len(v["questions"]) for v in json.loads(qpath.read_text())
     )
+
+
+def test_failed_writer_setup_leaves_nothing(tmp_path):
+    with pytest.raises(ValueError, match="needs the names of its state columns"):
+        VideoStoreWriter(tmp_path / "s.h5", LAYOUT, {"source": "test"})  # no state_fields
+    with pytest.raises(TypeError):
+        VideoStoreWriter(tmp_path / "t.h5", LAYOUT, {"source": None}, STATE_FIELDS)  # h5py cannot store None
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_counterfactual_videos_without_states(tmp_path):
+    path = _write(tmp_path / "s.h5")
+    with h5py.File(path, "a") as f:
+        for name in ("states", "present", "in_view", "object_properties", "masks"):
+            del f[name]
+        f.create_dataset("cf_frames", data=np.zeros((3, 1, 10, 8, 12, 3), np.uint8))
+    with pytest.raises(StoreError, match=r"s\.h5: inconsistent set of fields: .*counterfactual"):
+        VideoStore(path)
+
+
+def test_observed_frames_beyond_the_video(tmp_path):
+    path = _write(tmp_path / "s.h5")
+    with h5py.File(path, "a") as f:
+        f.attrs["observed_frames"] = 11
+    with pytest.raises(StoreError, match=r"s\.h5: attribute observed_frames=11 must be in 1\.\.10"):
+        VideoStore(path)

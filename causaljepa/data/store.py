@@ -123,8 +123,22 @@ class VideoStoreWriter:
         self.path = Path(path)
         self.partial = partial_path(self.path)
         self.layout = layout
+        if layout.max_objects and not state_fields:
+            raise ValueError(
+                f"{self.path}: a store with object fields (max_objects={layout.max_objects}) "
+                "needs the names of its state columns (state_fields)"
+            )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.f = h5py.File(self.partial, "w", libver=("earliest", "v110"))
+        try:
+            self._create(attrs, state_fields)
+        except BaseException:
+            self.abort()
+            raise
+        self.written = np.zeros(layout.num_videos, bool)
+
+    def _create(self, attrs: dict, state_fields) -> None:
+        layout = self.layout
         root = dict(attrs)
         root["schema_version"] = SCHEMA_VERSION
         root["state_fields"] = json.dumps(list(state_fields))
@@ -139,7 +153,6 @@ class VideoStoreWriter:
             self.ds[name] = self.f.create_dataset(
                 name, shape=shape, dtype=dtype, chunks=chunks, track_times=False, **kw
             )
-        self.written = np.zeros(layout.num_videos, bool)
 
     def write(self, i: int, record: dict) -> None:
         """Write video ``i``; ``record`` maps field names to arrays without the leading N."""
@@ -235,16 +248,19 @@ class VideoStore:
             raise self._err(f"field 'frames' has shape {fr.shape}, expected (N, T, H, W, 3)")
         N, T, H, W, _ = fr.shape
         O = self.f["states"].shape[2] if "states" in self.f else 0
-        layout = StoreLayout(
-            N,
-            T,
-            H,
-            W,
-            max_objects=O,
-            masks="masks" in self.f,
-            truth="truth" in self.f,
-            counterfactuals="cf_frames" in self.f,
-        )
+        try:
+            layout = StoreLayout(
+                N,
+                T,
+                H,
+                W,
+                max_objects=O,
+                masks="masks" in self.f,
+                truth="truth" in self.f,
+                counterfactuals="cf_frames" in self.f,
+            )
+        except ValueError as e:  # e.g. counterfactual videos without masks or states
+            raise self._err(f"inconsistent set of fields: {e}") from e
         for name, (dtype, shape) in layout.fields(len(self.state_fields)).items():
             if name not in self.f:
                 raise self._err(f"field '{name}' is missing (expected with the other fields present)")
@@ -262,6 +278,10 @@ class VideoStore:
         self.fps = float(a.get("fps", 0.0))
         self.source = str(a.get("source", ""))
         self.observed_frames = int(a.get("observed_frames", T))
+        if not 1 <= self.observed_frames <= T:
+            raise self._err(
+                f"attribute observed_frames={self.observed_frames} must be in 1..{T} (the frame count)"
+            )
 
     # access --------------------------------------------------------------------------------
     def __len__(self) -> int:

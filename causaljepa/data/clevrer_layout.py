@@ -44,14 +44,13 @@ from tqdm import tqdm
 
 from ..io import atomic_output, write_json_atomic, write_text_atomic
 from ..sim.clevrer_sim import STATE_FIELDS
-from ..sim.generate import SPLIT_OFFSET, SPLITS, GenerateConfig, iter_videos, video_filename
-from .questions import COLORS, MATERIALS, SHAPES, load_questions
+from ..sim.generate import SPLIT_OFFSET, SPLITS, GenerateConfig, iter_videos, video_filename, video_id
+from .questions import VOCAB, load_questions, property_ids
 from .store import StoreError, StoreLayout, VideoStoreWriter
 
 VIDEO_RE = re.compile(r"^video_(\d{5})\.mp4$")
 ANNOTATION_RE = re.compile(r"^annotation_(\d{5})\.json$")
 CRF = 18  # H.264 quality of written videos: visually lossless, decodes close to the source
-_PROPERTY_VOCAB = (("color", COLORS), ("shape", SHAPES), ("material", MATERIALS))  # object_properties columns
 
 
 # --- paths ------------------------------------------------------------------------------
@@ -294,15 +293,7 @@ def _object_properties(ann: dict, path: Path) -> dict[int, tuple[int, int, int]]
             raise ValueError(
                 f"{path}: object_property entry {obj!r} needs a non-negative integer 'object_id'"
             )
-        ids = []
-        for key, vocab in _PROPERTY_VOCAB:
-            value = obj.get(key)
-            if value not in vocab:
-                raise ValueError(
-                    f"{path}: object {oid} has unknown {key} {value!r}; known values are {list(vocab)}"
-                )
-            ids.append(vocab.index(value))
-        props[oid] = tuple(ids)
+        props[oid] = property_ids(obj, str(path))
     return props
 
 
@@ -446,7 +437,7 @@ def prepare_clevrer(
         "fps": fps,
         "split": split,
         "observed_frames": T,
-        "vocab": {"colors": list(COLORS), "shapes": list(SHAPES), "materials": list(MATERIALS)},
+        "vocab": VOCAB,
     }
     with VideoStoreWriter(out, layout, attrs, STATE_FIELDS) as w:
         bar = tqdm(total=len(videos), desc=f"clevrer {split}", unit="video", dynamic_ncols=True)
@@ -461,7 +452,7 @@ def prepare_clevrer(
                     )
                 record = {
                     "frames": frames,
-                    "video_ids": video_filename(idx)[:-4],
+                    "video_ids": video_id(idx),
                     "scene_index": idx,
                     "annotations": "",
                 }

@@ -17,6 +17,9 @@ from pathlib import Path
 COLORS = ("gray", "red", "blue", "green", "brown", "purple", "cyan", "yellow")
 SHAPES = ("cube", "sphere", "cylinder")
 MATERIALS = ("rubber", "metal")
+# the columns of a store's object_properties, and the vocabulary stored with it
+PROPERTY_VOCAB = (("color", COLORS), ("shape", SHAPES), ("material", MATERIALS))
+VOCAB = {"colors": list(COLORS), "shapes": list(SHAPES), "materials": list(MATERIALS)}
 QUESTION_TYPES = ("descriptive", "explanatory", "predictive", "counterfactual")
 DESCRIPTIVE_SUBTYPES = ("count", "exist", "query_color", "query_shape", "query_material")
 # CLEVRER's 21 descriptive answers
@@ -30,6 +33,20 @@ _SUBTYPE_ANSWERS = {
     "query_shape": SHAPES,
     "query_material": MATERIALS,
 }
+
+
+def property_ids(obj: dict, where: str) -> tuple[int, int, int]:
+    """(colour, shape, material) indices of an annotation's object_property entry."""
+    ids = []
+    for key, vocab in PROPERTY_VOCAB:
+        value = obj.get(key)
+        if value not in vocab:
+            raise ValueError(
+                f"{where}: object {obj.get('object_id')} has unknown {key} {value!r}; "
+                f"known values are {list(vocab)}"
+            )
+        ids.append(vocab.index(value))
+    return ids[0], ids[1], ids[2]
 
 
 class QuestionFileError(ValueError):

@@ -16,13 +16,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ..data.questions import VOCAB, property_ids
 from ..data.store import StoreLayout, VideoStoreWriter
 from ..io import write_json_atomic
 from .clevrer_sim import (
-    COLORS,
-    MATERIALS,
     OBJECT_HEIGHT,
-    SHAPES,
     STATE_FIELDS,
     PhysicsConfig,
     Scene,
@@ -81,8 +79,12 @@ def video_seed(seed: int, split: str, index: int) -> np.random.SeedSequence:
     return np.random.SeedSequence([seed, SPLITS.index(split), index])
 
 
+def video_id(scene_index: int) -> str:
+    return f"video_{scene_index:05d}"
+
+
 def video_filename(scene_index: int) -> str:
-    return f"video_{scene_index:05d}.mp4"
+    return video_id(scene_index) + ".mp4"
 
 
 def annotation_json(scene: Scene, traj: Trajectory, scene_index: int, observed: int) -> dict:
@@ -122,8 +124,8 @@ def annotation_json(scene: Scene, traj: Trajectory, scene_index: int, observed: 
     }
 
 
-def _events(traj: Trajectory) -> list[list[int]]:
-    return [[c.frame, c.a, c.b] for c in traj.collisions]
+def _events(collisions) -> list[list[int]]:
+    return [[c.frame, c.a, c.b] for c in collisions]
 
 
 def make_video(cfg: GenerateConfig, split: str, index: int) -> dict:
@@ -146,16 +148,16 @@ def make_video(cfg: GenerateConfig, split: str, index: int) -> dict:
     states, present, in_view = pad_states(traj)
     props = np.full((O, 3), -1, np.int8)
     for o in scene.objects:
-        props[o.object_id] = (COLORS.index(o.color), SHAPES.index(o.shape), MATERIALS.index(o.material))
+        props[o.object_id] = property_ids(o.describe(), "clevrer_sim")
 
     qgen = QuestionGenerator(scene, traj, observed, rng, cfg.questions)
     questions = qgen.all()
     # counterfactual events for every object (the questions use some of these worlds already)
-    cf_events = {str(o.object_id): _events(qgen.without(o.object_id)) for o in scene.objects}
+    cf_events = {str(o.object_id): _events(qgen.without(o.object_id).collisions) for o in scene.objects}
     truth = {
         "observed_frames": observed,
-        "collisions": _events(traj),
-        "offscreen_collisions": [[c.frame, c.a, c.b] for c in traj.offscreen_collisions],
+        "collisions": _events(traj.collisions),
+        "offscreen_collisions": _events(traj.offscreen_collisions),
         "entries": [list(e) for e in traj.entries(0, T)],
         "exits": [list(e) for e in traj.exits(0, T)],
         "enter_frames": [o.enter_frame for o in scene.objects],
@@ -168,7 +170,7 @@ def make_video(cfg: GenerateConfig, split: str, index: int) -> dict:
         "present": present,
         "in_view": in_view,
         "object_properties": props,
-        "video_ids": video_filename(scene_index)[:-4],
+        "video_ids": video_id(scene_index),
         "scene_index": scene_index,
         "annotations": json.dumps(annotation_json(scene, traj, scene_index, observed)),
         "truth": json.dumps(truth),
@@ -217,7 +219,7 @@ def store_attrs(cfg: GenerateConfig, split: str) -> dict:
         "fps": cfg.physics.fps,
         "split": split,
         "observed_frames": cfg.scene.observed_frames,
-        "vocab": {"colors": list(COLORS), "shapes": list(SHAPES), "materials": list(MATERIALS)},
+        "vocab": VOCAB,
     }
 
 
@@ -232,8 +234,7 @@ def iter_videos(cfg: GenerateConfig, split: str, workers: int, desc: str):
                 yield _worker(job)
                 bar.update()
         else:
-            ctx = mp.get_context("spawn" if mp.get_start_method(allow_none=True) == "spawn" else "fork")
-            with ctx.Pool(workers) as pool:
+            with mp.Pool(workers) as pool:
                 for item in pool.imap(_worker, jobs, chunksize=1):
                     yield item
                     bar.update()

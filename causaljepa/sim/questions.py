@@ -96,11 +96,20 @@ class _Ref:
         return self.cache[oid]
 
 
+_PLURAL = {"cube": "cubes", "sphere": "spheres", "cylinder": "cylinders", None: "objects"}
+
+
+def noun(attrs: dict[str, str], plural: bool = False) -> str:
+    """'red metal sphere', 'cube', 'gray object' (plural: 'gray objects')."""
+    words = [attrs[k] for k in ("color", "material") if k in attrs]
+    shape = attrs.get("shape")
+    words.append(_PLURAL[shape] if plural else shape or "object")
+    return " ".join(words)
+
+
 def phrase(attrs: dict[str, str]) -> str:
     """'the red metal sphere', 'the cube', 'the gray object'."""
-    words = [attrs[k] for k in ("color", "material") if k in attrs]
-    words.append(attrs.get("shape", "object"))
-    return "the " + " ".join(words)
+    return "the " + noun(attrs)
 
 
 def filter_program(attrs: dict[str, str]) -> list[str]:
@@ -111,8 +120,13 @@ def filter_program(attrs: dict[str, str]) -> list[str]:
     return prog
 
 
-def _a(noun: str) -> str:
-    return ("an " if noun[0] in "aeiou" else "a ") + noun
+def _a(word: str) -> str:
+    return ("an " if word[0] in "aeiou" else "a ") + word
+
+
+def _first_each(items) -> list[int]:
+    """Distinct items in order of first appearance."""
+    return list(dict.fromkeys(items))
 
 
 def _cap(s: str) -> str:
@@ -132,6 +146,15 @@ class QuestionGenerator:
         self._without: dict[int, Trajectory] = {}
         self._prevented: dict[tuple[int, int], Trajectory] = {}
         self.obs_collisions = traj.collisions_before(observed)
+        # facts about the observed video, computed once
+        end = observed - 1
+        fast = np.linalg.norm(traj.states[end, :, 2:4], axis=-1) > MOVING_SPEED
+        shown_at_end = [o for o in self.ids if traj.in_view[end, o]]
+        self.moving = {o for o in shown_at_end if fast[o]}
+        self.still = {o for o in shown_at_end if not fast[o]}
+        # objects coming into view after the first frame / leaving it, in order of first event
+        self.entering = _first_each(o for _, o in traj.entries(0, observed) if scene.objects[o].entering)
+        self.exiting = _first_each(o for _, o in traj.exits(0, observed))
 
     # intervened worlds -------------------------------------------------------------
     def without(self, oid: int) -> Trajectory:
@@ -145,45 +168,12 @@ class QuestionGenerator:
             self._prevented[key] = simulate(self.scene, prevented=key)
         return self._prevented[key]
 
-    # facts about the observed video --------------------------------------------------
-    def _speed(self, t: int) -> np.ndarray:
-        return np.linalg.norm(self.traj.states[t, :, 2:4], axis=-1)
-
-    def moving_at_end(self) -> set[int]:
-        t = self.T - 1
-        return {o for o in self.ids if self.traj.in_view[t, o] and self._speed(t)[o] > MOVING_SPEED}
-
-    def stationary_at_end(self) -> set[int]:
-        t = self.T - 1
-        return {o for o in self.ids if self.traj.in_view[t, o] and self._speed(t)[o] <= MOVING_SPEED}
-
-    def entering(self) -> list[int]:
-        """Objects that come into view after the first frame, in order of entry."""
-        seen: list[int] = []
-        for _, o in self.traj.entries(0, self.T):
-            if o not in seen and self.scene.objects[o].entering:
-                seen.append(o)
-        return seen
-
-    def exiting(self) -> list[int]:
-        seen: list[int] = []
-        for _, o in self.traj.exits(0, self.T):
-            if o not in seen:
-                seen.append(o)
-        return seen
-
     def partners(self, oid: int) -> list[int]:
-        out: list[int] = []
-        for c in self.obs_collisions:
-            if oid in (c.a, c.b):
-                p = c.b if c.a == oid else c.a
-                if p not in out:
-                    out.append(p)
-        return out
+        return _first_each(c.b if c.a == oid else c.a for c in self.obs_collisions if oid in (c.a, c.b))
 
     # descriptive ---------------------------------------------------------------------
-    def _random_filter(self, exclude: str | None = None) -> dict[str, str]:
-        kinds = [k for k in ("color", "shape", "material") if k != exclude]
+    def _random_filter(self) -> dict[str, str]:
+        kinds = ["color", "shape", "material"]
         pick = self.rng.integers(len(kinds) + 1)
         if pick == len(kinds):
             return {}
@@ -194,21 +184,7 @@ class QuestionGenerator:
     def _match(self, attrs: dict[str, str], pool) -> list[int]:
         return [o for o in pool if all(getattr(self.scene.objects[o], k) == v for k, v in attrs.items())]
 
-    @staticmethod
-    def _noun(attrs: dict[str, str], plural: bool) -> str:
-        words = [attrs[k] for k in ("color", "material") if k in attrs]
-        shape = attrs.get("shape")
-        if plural:
-            words.append(
-                {"cube": "cubes", "sphere": "spheres", "cylinder": "cylinders", None: "objects"}[shape]
-            )
-        else:
-            words.append(shape or "object")
-        return " ".join(words)
-
     def descriptive(self) -> list[dict]:
-        moving, still = self.moving_at_end(), self.stationary_at_end()
-        entering, exiting = self.entering(), self.exiting()
         out: dict[str, dict] = {}
         makers = [
             self._d_count_state,
@@ -223,41 +199,42 @@ class QuestionGenerator:
             if len(out) >= self.cfg.descriptive:
                 break
             make = makers[self.rng.integers(len(makers))]
-            q = make(moving, still, entering, exiting)
+            q = make()
             if q is not None and q["question"] not in out:
                 out[q["question"]] = q
         return list(out.values())
 
-    def _d_count_state(self, moving, still, entering, exiting):
+    def _d_count_state(self):
         f = self._random_filter()
         is_moving = bool(self.rng.random() < 0.5)
-        pool = moving if is_moving else still
+        pool = self.moving if is_moving else self.still
         n = len(self._match(f, pool))
         word = "moving" if is_moving else "stationary"
         return _desc(
-            f"How many {self._noun(f, True)} are {word} when the video ends?",
+            f"How many {noun(f, plural=True)} are {word} when the video ends?",
             "count",
             ["end", *filter_program(f), f"filter_{word}", "count"],
             str(n),
         )
 
-    def _d_count_collisions(self, *_):
+    def _d_count_collisions(self):
         n = len(self.obs_collisions)
         return _desc("How many collisions happen?", "count", ["events", "filter_collision", "count"], str(n))
 
-    def _d_count_events(self, moving, still, entering, exiting):
+    def _d_count_events(self):
         f = self._random_filter()
         enter = bool(self.rng.random() < 0.5)
-        n = len(self._match(f, entering if enter else exiting))
+        n = len(self._match(f, self.entering if enter else self.exiting))
         verb, mod = ("enter", "filter_in") if enter else ("exit", "filter_out")
         return _desc(
-            f"How many {self._noun(f, True)} {verb} the scene?",
+            f"How many {noun(f, plural=True)} {verb} the scene?",
             "count",
             ["events", *filter_program(f), mod, "count"],
             str(n),
         )
 
-    def _d_exist_events(self, moving, still, entering, exiting):
+    def _d_exist_events(self):
+        entering, exiting, still = self.entering, self.exiting, self.still
         f = self._random_filter()
         kind = int(self.rng.integers(3))
         pool, text, mod = [
@@ -266,11 +243,9 @@ class QuestionGenerator:
             (still, "that is stationary when the video ends", ["end", "filter_stationary"]),
         ][kind]
         ans = "yes" if self._match(f, pool) else "no"
-        return _desc(
-            f"Is there {_a(self._noun(f, False))} {text}?", "exist", [*filter_program(f), *mod, "exist"], ans
-        )
+        return _desc(f"Is there {_a(noun(f))} {text}?", "exist", [*filter_program(f), *mod, "exist"], ans)
 
-    def _d_exist_partner(self, *_):
+    def _d_exist_partner(self):
         target = self.ids[self.rng.integers(len(self.ids))]
         f = self._random_filter()
         rtext, rprog = self.ref(target)
@@ -279,13 +254,13 @@ class QuestionGenerator:
             return None
         ans = "yes" if set(cands) & set(self.partners(target)) else "no"
         return _desc(
-            f"Is there {_a(self._noun(f, False))} that collides with {rtext}?",
+            f"Is there {_a(noun(f))} that collides with {rtext}?",
             "exist",
             [*filter_program(f), "events", *rprog, "filter_collision", "get_col_partner", "exist"],
             ans,
         )
 
-    def _d_query_partner(self, *_):
+    def _d_query_partner(self):
         target = self.ids[self.rng.integers(len(self.ids))]
         partners = self.partners(target)
         if not partners:
@@ -304,7 +279,8 @@ class QuestionGenerator:
             prog = ["events", *rprog, "filter_collision", "filter_order_first", "unique"]
         return self._query(attr, obj, text, [*prog, "get_col_partner"])
 
-    def _d_query_event_object(self, moving, still, entering, exiting):
+    def _d_query_event_object(self):
+        entering, exiting, still, moving = self.entering, self.exiting, self.still, self.moving
         attr = ("color", "shape", "material")[self.rng.integers(3)]
         options = []
         if len(entering) == 1:
@@ -390,7 +366,7 @@ class QuestionGenerator:
             for o in self.ids:
                 spec = self.scene.objects[o]
                 t, p = self.ref(o)
-                if spec.entering and o in self.entering():
+                if spec.entering and o in self.entering:
                     cands.append(
                         (
                             f"{_cap(t)}'s entering the scene",

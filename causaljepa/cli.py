@@ -13,7 +13,6 @@ config into dataclasses and calls the library.
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -23,8 +22,6 @@ from omegaconf import DictConfig
 
 from .config import ClevrerSimData, check_split, config_dir, register_configs, to_object
 from .io import write_text_atomic
-
-log = logging.getLogger("cjepa")
 
 
 def _require_sim(data, command: str) -> ClevrerSimData:

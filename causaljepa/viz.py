@@ -72,10 +72,10 @@ def show_video(
         ts = np.unique(
             np.linspace(0, store.num_frames - 1, min(num_frames, store.num_frames)).round().astype(int)
         )
-        frames = store.read("frames", video)[ts]  # (n, H, W, 3)
+        frames = store.read("frames", video, times=ts)  # (n, H, W, 3)
         rows = [("frames", frames)]
         if store.has("masks"):
-            rows.append(("instance masks", overlay_masks(frames, store.read("masks", video)[ts])))
+            rows.append(("instance masks", overlay_masks(frames, store.read("masks", video, times=ts))))
         ann = store.annotation(video)
         if counterfactual is not None:
             if not store.has("cf_frames"):
@@ -88,8 +88,8 @@ def show_video(
                 or not store.read("cf_valid", video)[counterfactual]
             ):
                 raise ValueError(f"{store_path}: video {video} has no object {counterfactual}")
-            cf = store.read("cf_frames", video)[counterfactual][ts]
-            cfm = store.read("cf_masks", video)[counterfactual][ts]
+            cf = store.read("cf_frames", video, times=ts, removed=counterfactual)
+            cfm = store.read("cf_masks", video, times=ts, removed=counterfactual)
             rows.append((f"without object {counterfactual}", overlay_masks(cf, cfm)))
         vid = store.video_ids[video]
         observed = store.observed_frames

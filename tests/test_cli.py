@@ -100,11 +100,16 @@ def test_generate_stats_show(tmp_path, capsys):
     assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 10_000
 
 
-def test_show_without_counterfactual_videos_fails(tmp_path):
+def test_show_without_counterfactual_videos_fails(tmp_path, capsys):
     root = tmp_path / "ds"
     cli.main(["data", "generate", "preset=smoke", f"data.root={root}", "data.generator.videos={train: 1}"])
-    with pytest.raises(SystemExit):  # Hydra reports the error and exits 1
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:  # Hydra reports the error and exits 1
         cli.main(["data", "show", f"data.root={root}", "counterfactual=0"])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "train.h5: no counterfactual videos in this store" in err
+    assert "counterfactuals=true" in err
 
 
 def test_clevrer_layout_then_prepare(tmp_path):

@@ -60,6 +60,11 @@ def test_round_trip_and_windows(tmp_path):
         np.testing.assert_array_equal(s.read("frames", 1), want["frames"])
         np.testing.assert_array_equal(s.read("frames", 1, 2, 9, 3), want["frames"][2:9:3])
         np.testing.assert_array_equal(s.read("states", 1, 4, 6), want["states"][4:6])
+        np.testing.assert_array_equal(s.read("masks", 1, times=[0, 3, 9]), want["masks"][[0, 3, 9]])
+        with pytest.raises(IndexError, match="must be increasing"):
+            s.read("frames", 1, times=[3, 1])
+        with pytest.raises(IndexError, match="must be increasing"):
+            s.read("frames", 1, times=[2, 10])
         np.testing.assert_array_equal(s.read("object_properties", 1), want["object_properties"])
         assert s.annotation(2) == {"scene_index": 2}
         with pytest.raises(IndexError, match="out of range"):
@@ -240,9 +245,13 @@ def test_generated_store_contents(tmp_path):
             valid = s.read("cf_valid", i)
             assert valid[:n].all() and not valid[n:].any()
             cfp = s.read("cf_present", i)
+            cf_masks = s.read("cf_masks", i)
             for o in range(n):
                 assert not cfp[o, :, o].any()
-                assert o + 1 not in np.unique(s.read("cf_masks", i)[o])
+                assert o + 1 not in np.unique(cf_masks[o])
+                np.testing.assert_array_equal(
+                    s.read("cf_masks", i, times=[0, 5, 25], removed=o), cf_masks[o][[0, 5, 25]]
+                )
             assert sorted(truth["counterfactual_collisions"]) == [str(o) for o in range(n)]
             for o, events in truth["counterfactual_collisions"].items():
                 assert all(int(o) not in e[1:] for e in events)

@@ -299,22 +299,46 @@ class VideoStore:
             raise IndexError(f"{self.path}: video index {i} out of range [0, {self.num_videos})")
         return i % self.num_videos
 
-    def read(self, name: str, i: int, t0: int = 0, t1: int | None = None, stride: int = 1) -> np.ndarray:
-        """Frames t0:t1:stride of field ``name`` for video ``i`` (one slice, no whole-file read)."""
+    def read(
+        self,
+        name: str,
+        i: int,
+        t0: int = 0,
+        t1: int | None = None,
+        stride: int = 1,
+        *,
+        times=None,
+        removed: int | None = None,
+    ) -> np.ndarray:
+        """Frames t0:t1:stride of field ``name`` for video ``i``; only those chunks are read.
+
+        times:   explicit increasing frame indices instead of t0:t1:stride
+        removed: for the cf_* fields, only the world without this object (default: all of them)
+        """
         if name not in self.f:
             raise KeyError(f"{self.path}: field '{name}' is not in this store (fields: {sorted(self.f)})")
         i = self._check_index(i)
         ds = self.f[name]
-        if ds.ndim == 1:
+        if ds.ndim == 1 or name in ("object_properties", "cf_valid"):  # no time axis
             return ds[i]
-        t1 = self.num_frames if t1 is None else t1
-        if not 0 <= t0 < t1 <= self.num_frames or stride < 1:
-            raise IndexError(f"{self.path}: frame range {t0}:{t1}:{stride} is outside [0, {self.num_frames})")
-        if name in ("object_properties", "cf_valid"):
-            return ds[i]
+        if times is not None:
+            sel = [int(t) for t in times]
+            if not sel or sel != sorted(set(sel)) or not 0 <= sel[0] <= sel[-1] < self.num_frames:
+                raise IndexError(
+                    f"{self.path}: frames {sel} must be increasing, within [0, {self.num_frames})"
+                )
+        else:
+            t1 = self.num_frames if t1 is None else t1
+            if not 0 <= t0 < t1 <= self.num_frames or stride < 1:
+                raise IndexError(
+                    f"{self.path}: frame range {t0}:{t1}:{stride} is outside [0, {self.num_frames})"
+                )
+            sel = slice(t0, t1, stride)
         if name.startswith("cf_"):
-            return ds[i, :, t0:t1:stride]
-        return ds[i, t0:t1:stride]
+            if removed is not None and not 0 <= removed < self.max_objects:
+                raise IndexError(f"{self.path}: removed object {removed} is outside [0, {self.max_objects})")
+            return ds[i, slice(None) if removed is None else removed, sel]
+        return ds[i, sel]
 
     def _json(self, name: str, i: int) -> dict:
         raw = self.read(name, i)

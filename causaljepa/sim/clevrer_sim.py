@@ -18,7 +18,6 @@ World units: the camera sees x in [-3, 3], y in [-2, 2] (CLEVRER's 3:2 aspect), 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -426,7 +425,3 @@ def sample_accepted_scene(
         f"clevrer_sim: no scene with {cfg.min_collisions}..{cfg.max_collisions} collisions in "
         f"{cfg.max_tries} tries; widen the collision range or raise p_moving / p_aim"
     )
-
-
-def scene_with(scene: Scene, **changes) -> Scene:
-    return dataclasses.replace(scene, **changes)

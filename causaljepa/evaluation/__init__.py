@@ -1,0 +1,1 @@
+"""Evaluation: object discovery, QA, influence graphs, PHYRE metrics."""

@@ -1,0 +1,242 @@
+"""Object-discovery metrics of a slot-attention encoder against ground-truth instance masks.
+
+Inputs are integer id maps. Ground truth: ``0`` is background and ``1..O`` are objects. Prediction:
+the slot id ``0..K-1`` of every pixel (the argmax over slots of the decoder's alpha masks). ``uint8``
+or any other integer dtype is accepted and cast to ``long``; floating-point maps are refused
+(``TypeError``), as are negative ids and true/pred maps of different shapes (``ValueError``).
+
+Every metric builds per-row contingency tables with a single ``torch.bincount`` over the whole batch
+(each row's cells offset by ``row * num_true * num_pred``), so nothing loops over pixels or rows.
+
+Metrics
+-------
+``adjusted_rand_index``
+    The Hubert–Arabie adjusted Rand index between two partitions of the valid pixels of each row,
+    from the ``n choose 2`` pair counts of the contingency table, in float64. Its conventions are
+    those of scikit-learn's ``adjusted_rand_score``: two identical partitions (including the trivial
+    cases "one cluster in both" and "every point alone in both") score 1.0. A row with fewer than
+    two valid pixels has no pairs, so its ARI is undefined: NaN (scikit-learn would say 1.0).
+``fg_ari``
+    FG-ARI (Greff et al., 2019, "Multi-Object Representation Learning with Iterative Variational
+    Inference"): the ARI restricted to the pixels whose ground truth is foreground (``true > 0``);
+    how the prediction splits the background does not matter. Every trailing dimension is one
+    pixel set: ``[B*T, H, W]`` gives per-frame FG-ARI, while a whole video ``[B, T, H, W]`` gives
+    the spatio-temporal "video FG-ARI" of SAVi (Kipf et al., 2022, "Conditional Object-Centric
+    Learning from Video"), which also rewards a slot for keeping its object over time. A row with
+    fewer than two foreground pixels is NaN. A row whose foreground is a single object scores 1.0
+    only if the prediction also keeps it in one segment, else 0.0 (the usual ARI behaviour).
+``mean_best_overlap``
+    mBO: for every ground-truth object present in a row (at least one pixel), the best IoU with any
+    predicted segment (segments are whole, background pixels included), averaged over the row's
+    objects. Background is not an object. NaN for a row without any object. Same shape rules as
+    ``fg_ari``.
+``temporal_consistency``
+    For each video and object: in every frame where the object has at least ``min_pixels`` pixels,
+    its slot is the predicted id covering most of them (ties go to the lowest id); the object is
+    consistent if that slot is the same in all those frames. Returns counts, so that several
+    batches add up.
+``summarize``
+    The nanmean of per-row values as a Python float, so NaN rows (undefined metric) are left out.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "adjusted_rand_index",
+    "fg_ari",
+    "mean_best_overlap",
+    "summarize",
+    "temporal_consistency",
+]
+
+
+def _as_ids(x: Tensor, name: str) -> Tensor:
+    """``x`` as a ``long`` tensor of non-negative ids."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.is_floating_point() or x.is_complex():
+        raise TypeError(f"{name} must hold integer ids, got dtype {x.dtype}")
+    x = x.long()
+    if x.numel() and bool((x < 0).any()):
+        raise ValueError(f"{name} has negative ids (min {int(x.min())}); ids must be >= 0")
+    return x
+
+
+def _check_pair(true: Tensor, pred: Tensor, min_ndim: int) -> tuple[Tensor, Tensor]:
+    """Validate a (true, pred) pair of id maps of one shape with at least ``min_ndim`` dims."""
+    if tuple(true.shape) != tuple(pred.shape):
+        raise ValueError(f"true and pred shapes differ: true {tuple(true.shape)} vs pred {tuple(pred.shape)}")
+    if true.dim() < min_ndim:
+        raise ValueError(f"expected at least {min_ndim} dims, got shape {tuple(true.shape)}")
+    return _as_ids(true, "true"), _as_ids(pred, "pred")
+
+
+def _num_labels(x: Tensor, given: int | None, name: str) -> int:
+    """Number of label values the table for ``x`` needs: ``given``, checked, else ``max + 1``."""
+    top = int(x.max()) if x.numel() else 0
+    if given is None:
+        return top + 1
+    if given < 1 or top >= given:
+        raise ValueError(f"{name}={given} but the ids go up to {top}")
+    return given
+
+
+def _contingency(true: Tensor, pred: Tensor, kt: int, kp: int, valid: Tensor | None = None) -> Tensor:
+    """Per-row contingency tables: ``(N, P)`` id maps -> ``(N, kt, kp)`` int64 pixel counts.
+
+    ``true < kt`` and ``pred < kp`` are assumed; only pixels where ``valid`` is True are counted.
+    """
+    n = true.shape[0]
+    row = torch.arange(n, device=true.device).unsqueeze(1)  # (N, 1)
+    cell = (row * kt + true) * kp + pred  # (N, P)
+    cell = cell[valid] if valid is not None else cell.reshape(-1)
+    return torch.bincount(cell, minlength=n * kt * kp).view(n, kt, kp)
+
+
+def _comb2(x: Tensor) -> Tensor:
+    """``x choose 2``, exact in int64."""
+    return x * (x - 1) // 2
+
+
+def adjusted_rand_index(
+    true: Tensor,
+    pred: Tensor,
+    valid: Tensor | None = None,
+    num_true: int | None = None,
+    num_pred: int | None = None,
+) -> Tensor:
+    """Adjusted Rand index of each row's two partitions over its valid pixels.
+
+    Args:
+        true: ``(B, P)`` integer ids of the reference partition.
+        pred: ``(B, P)`` integer ids of the predicted partition.
+        valid: ``(B, P)`` bool, the pixels to compare (all when None).
+        num_true, num_pred: table sizes (every id must be below them); ``max + 1`` when None.
+
+    Returns:
+        ``(B,)`` float64. Exact Hubert–Arabie ARI from the ``n choose 2`` pair counts. As in
+        scikit-learn's ``adjusted_rand_score``, identical partitions (all valid pixels in one cluster
+        in both, every pixel its own cluster in both, or any other exact agreement up to relabelling)
+        give 1.0, as does a zero denominator. A row with fewer than 2 valid pixels has no pairs and
+        the ARI is undefined there: NaN (use ``summarize`` to average while skipping them).
+    """
+    true, pred = _check_pair(true, pred, min_ndim=2)
+    if true.dim() != 2:
+        raise ValueError(f"adjusted_rand_index takes (B, P) id maps, got shape {tuple(true.shape)}")
+    if valid is not None:
+        if tuple(valid.shape) != tuple(true.shape):
+            raise ValueError(
+                f"valid shape {tuple(valid.shape)} does not match true/pred shape {tuple(true.shape)}"
+            )
+        if valid.dtype != torch.bool:
+            raise TypeError(f"valid must be a bool tensor, got dtype {valid.dtype}")
+        # Ids of ignored pixels must not widen the table.
+        true = true.masked_fill(~valid, 0)  # (B, P)
+        pred = pred.masked_fill(~valid, 0)  # (B, P)
+    kt = _num_labels(true, num_true, "num_true")
+    kp = _num_labels(pred, num_pred, "num_pred")
+
+    table = _contingency(true, pred, kt, kp, valid)  # (B, Kt, Kp)
+    n = table.sum((1, 2))  # (B,)
+    index = _comb2(table).sum((1, 2))  # (B,) pairs together in both
+    sum_a = _comb2(table.sum(2)).sum(1)  # (B,) pairs together in true
+    sum_b = _comb2(table.sum(1)).sum(1)  # (B,) pairs together in pred
+    total = _comb2(n)  # (B,) all pairs
+    # Same partition: no pair is together in one and apart in the other.
+    identical = (index == sum_a) & (index == sum_b)  # (B,)
+
+    # Hubert–Arabie, numerator and denominator both multiplied by C(n, 2):
+    #   (index - sum_a*sum_b/total) / ((sum_a + sum_b)/2 - sum_a*sum_b/total)
+    # The denominator is rewritten as a sum of non-negative terms, so it does not cancel.
+    idx, sa, sb, tot = (v.double() for v in (index, sum_a, sum_b, total))
+    num = idx * tot - sa * sb  # (B,)
+    den = 0.5 * (sa * (tot - sb) + sb * (tot - sa))  # (B,)
+    ari = num / torch.where(den == 0, torch.ones_like(den), den)
+    ari = torch.where(identical | (den == 0), torch.ones_like(ari), ari)
+    return torch.where(n < 2, torch.full_like(ari, float("nan")), ari)
+
+
+def _flatten_rows(true: Tensor, pred: Tensor) -> tuple[Tensor, Tensor]:
+    """Validate and flatten ``[B, ...]`` id maps to ``(B, P)``."""
+    true, pred = _check_pair(true, pred, min_ndim=2)
+    b = true.shape[0]
+    return true.reshape(b, -1), pred.reshape(b, -1)
+
+
+def fg_ari(true_masks: Tensor, pred_masks: Tensor) -> Tensor:
+    """FG-ARI: ARI over the foreground pixels (``true_masks > 0``) of each row.
+
+    Args:
+        true_masks: ``(B, ...)`` ground-truth ids, 0 = background; trailing dims are flattened.
+        pred_masks: ``(B, ...)`` predicted slot ids, same shape.
+
+    Returns:
+        ``(B,)`` float64; NaN for a row with fewer than 2 foreground pixels. ``(B, T, H, W)`` gives
+        the spatio-temporal video FG-ARI, ``(B*T, H, W)`` the per-frame FG-ARI.
+    """
+    true, pred = _flatten_rows(true_masks, pred_masks)  # (B, P)
+    return adjusted_rand_index(true, pred, valid=true > 0)
+
+
+def mean_best_overlap(true_masks: Tensor, pred_masks: Tensor) -> Tensor:
+    """mBO: mean over a row's ground-truth objects of the best IoU with any predicted segment.
+
+    Args:
+        true_masks: ``(B, ...)`` ground-truth ids, 0 = background (not an object).
+        pred_masks: ``(B, ...)`` predicted slot ids, same shape.
+
+    Returns:
+        ``(B,)`` float64; NaN for a row without any object pixel.
+    """
+    true, pred = _flatten_rows(true_masks, pred_masks)  # (B, P)
+    kt, kp = _num_labels(true, None, "num_true"), _num_labels(pred, None, "num_pred")
+    inter = _contingency(true, pred, kt, kp).double()  # (B, Kt, Kp)
+    area_t = inter.sum(2)  # (B, Kt)
+    area_p = inter.sum(1)  # (B, Kp)
+    union = area_t.unsqueeze(2) + area_p.unsqueeze(1) - inter  # (B, Kt, Kp)
+    iou = inter / union.clamp_min(1)  # (B, Kt, Kp); union >= area_t >= 1 for present objects
+    best = iou.amax(2)[:, 1:]  # (B, O)
+    present = area_t[:, 1:] > 0  # (B, O)
+    return (best * present).sum(1) / present.sum(1)  # 0/0 = NaN without objects
+
+
+def temporal_consistency(true_masks: Tensor, pred_masks: Tensor, min_pixels: int = 1) -> tuple[int, int]:
+    """Count the objects that keep one slot throughout a video.
+
+    Args:
+        true_masks: ``(B, T, ...)`` ground-truth ids per frame, 0 = background.
+        pred_masks: ``(B, T, ...)`` predicted slot ids, same shape.
+        min_pixels: a frame counts for an object when the object has at least this many pixels in it.
+
+    Returns:
+        ``(consistent, counted)``: ``counted`` is the number of (video, object) pairs seen in at
+        least one frame; ``consistent`` those whose best slot (the predicted id covering most of the
+        object's pixels in a frame, ties to the lowest id) is the same in all the frames counted.
+    """
+    if min_pixels < 1:
+        raise ValueError(f"min_pixels must be >= 1, got {min_pixels}")
+    true, pred = _check_pair(true_masks, pred_masks, min_ndim=2)
+    b, t = true.shape[:2]
+    true = true.reshape(b * t, -1)  # (B*T, P)
+    pred = pred.reshape(b * t, -1)  # (B*T, P)
+    kt, kp = _num_labels(true, None, "num_true"), _num_labels(pred, None, "num_pred")
+    if b * t == 0 or kt == 1:
+        return 0, 0
+    table = _contingency(true, pred, kt, kp).view(b, t, kt, kp)[:, :, 1:]  # (B, T, O, Kp)
+    present = table.sum(3) >= min_pixels  # (B, T, O)
+    slot = table.argmax(3)  # (B, T, O); argmax returns the first maximum: the lowest id
+    lo = torch.where(present, slot, torch.full_like(slot, kp)).amin(1)  # (B, O)
+    hi = torch.where(present, slot, torch.full_like(slot, -1)).amax(1)  # (B, O)
+    seen = present.any(1)  # (B, O)
+    return int((seen & (lo == hi)).sum()), int(seen.sum())
+
+
+def summarize(values: Tensor) -> float:
+    """NaN-ignoring mean of per-row metric values as a Python float (NaN if none is defined)."""
+    values = torch.as_tensor(values, dtype=torch.float64)
+    if values.numel() == 0:
+        return float("nan")
+    return float(values.nanmean())

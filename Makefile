@@ -16,11 +16,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $@
 
-# The main job on the built-in default data (clevrer_sim, quick preset).
+# The main job on the built-in default data (clevrer_sim, quick preset). Rerunning it
+# continues an interrupted encoder run instead of starting again.
+ENCODER_RUN ?= runs/demo/encoder
 demo: $(STAMP)
 	$(BIN)/cjepa data generate preset=quick
 	$(BIN)/cjepa data stats split=train
 	$(BIN)/cjepa data show split=train video=0
+	$(BIN)/cjepa train-encoder preset=quick out=$(ENCODER_RUN) resume=auto
+	$(BIN)/cjepa extract-slots checkpoint=$(ENCODER_RUN)/encoder.pt
+	$(BIN)/cjepa show-slots checkpoint=$(ENCODER_RUN)/encoder.pt split=validation video=0
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -33,6 +38,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/generate.py
+	$(BIN)/python benchmarks/encoder.py
 
 clean-data:
 	rm -rf datasets/clevrer_sim/*.h5 datasets/clevrer_sim/questions datasets/clevrer_sim/show datasets/clevrer_sim/stats

@@ -4,6 +4,9 @@
     cjepa data prepare-clevrer   source=DIR [...]  real CLEVRER layout -> HDF5 stores
     cjepa data stats             [...]             dataset statistics against CLEVRER's
     cjepa data show              [...]             PNG strip of frames with masks
+    cjepa train-encoder          [preset=quick ...] the slot-attention video encoder
+    cjepa extract-slots          checkpoint=PT [...]  slot stores of every split (+ FG-ARI, mBO)
+    cjepa show-slots             checkpoint=PT [...]  PNG of frames, reconstructions, per-slot masks
 
 Everything after the subcommand is Hydra's: overrides (``data.generator.height=128``),
 ``--cfg job`` to print the composed config, ``--help``. Each handler here only turns the
@@ -20,7 +23,14 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from .config import ClevrerSimData, check_split, config_dir, register_configs, to_object
+from .config import (
+    ClevrerSimData,
+    check_split,
+    config_dir,
+    preset_overrides,
+    register_configs,
+    to_object,
+)
 from .io import write_text_atomic
 
 
@@ -91,12 +101,106 @@ def cmd_show(cfg) -> None:
     print(f"written: {out}")
 
 
+def cmd_train_encoder(cfg) -> None:
+    from .training.checkpoint import load_checkpoint
+    from .training.encoder import train_encoder
+
+    out = Path(cfg.out)
+    last = out / "checkpoints" / "last.pt"
+    resume = cfg.resume
+    if resume == "auto":  # continue the run in out/ if there is one, else start it
+        resume = last if last.exists() else None
+    elif resume is None and last.exists():
+        raise ValueError(
+            f"{out} already holds a run; continue it with resume=auto (or resume={last}) "
+            "or choose another out="
+        )
+    path = train_encoder(
+        cfg.data.root,
+        cfg.encoder,
+        cfg.train,
+        cfg.trainer,
+        cfg.clips,
+        out,
+        seed=cfg.seed,
+        resume=resume,
+        extra={"data": cfg.data.name},
+    )
+    val = load_checkpoint(path, "encoder")["extra"]["val"]
+    write_text_atomic(out / "val.json", json.dumps(val, indent=1))
+    print(f"encoder: {path}")
+    if val:
+        print("validation: " + "  ".join(f"{k}={v:.4f}" for k, v in val.items()))
+    print(f"next: cjepa extract-slots checkpoint={path}")
+
+
+def cmd_extract_slots(cfg) -> None:
+    from .data.slot_store import extract_slots
+    from .training.checkpoint import file_hash
+    from .training.encoder import load_encoder
+
+    model, _ = load_encoder(cfg.checkpoint, cfg.device)
+    digest = file_hash(cfg.checkpoint)
+    root = Path(cfg.data.root)
+    out = Path(cfg.out) if cfg.out else root / "slots"
+    for split in cfg.splits:
+        src = root / f"{check_split(split)}.h5"
+        if not src.exists():
+            raise FileNotFoundError(
+                f"{src} does not exist; splits={list(cfg.splits)} names a split with no store"
+            )
+    report = {}
+    for split in cfg.splits:
+        metrics = extract_slots(
+            model,
+            root / f"{split}.h5",
+            out / f"{split}.h5",
+            encoder_hash=digest,
+            device=cfg.device,
+            precision=cfg.precision,
+            batch_size=cfg.batch_size,
+            chunk=cfg.chunk,
+            seed=cfg.seed + 1234,
+        )
+        report[split] = metrics
+        shown = "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+        print(f"{split}: {out / f'{split}.h5'}  {shown or '(no masks: no metrics)'}")
+    write_text_atomic(
+        out / "metrics.json",
+        json.dumps({"encoder": str(cfg.checkpoint), "sha256": digest, **report}, indent=1),
+    )
+    print(f"written: {out / 'metrics.json'}")
+
+
+def cmd_show_slots(cfg) -> None:
+    from .training.encoder import load_encoder
+    from .viz import show_slots
+
+    model, _ = load_encoder(cfg.checkpoint)
+    split = check_split(cfg.split)
+    out = (
+        Path(cfg.out) if cfg.out else Path(cfg.checkpoint).parent / f"show_slots_{split}_{cfg.video:05d}.png"
+    )
+    show_slots(
+        model,
+        Path(cfg.data.root) / f"{split}.h5",
+        cfg.video,
+        out,
+        num_frames=cfg.frames,
+        seed=cfg.seed + 1234,
+    )
+    print(f"written: {out}")
+
+
 # (words on the command line) -> (primary config, handler)
 COMMANDS: dict[tuple[str, ...], tuple[str, Callable]] = {
     ("data", "generate"): ("data_generate", cmd_generate),
     ("data", "prepare-clevrer"): ("data_prepare_clevrer", cmd_prepare_clevrer),
     ("data", "stats"): ("data_stats", cmd_stats),
     ("data", "show"): ("data_show", cmd_show),
+    ("train-encoder",): ("train_encoder", cmd_train_encoder),
+    ("extract-slots",): ("extract_slots", cmd_extract_slots),
+    ("show-slots",): ("show_slots", cmd_show_slots),
 }
 
 
@@ -124,7 +228,7 @@ def run(words: tuple[str, ...], overrides: list[str]) -> None:
         handler(to_object(cfg))
 
     argv0 = sys.argv[0]
-    sys.argv = [f"cjepa {' '.join(words)}", *overrides]
+    sys.argv = [f"cjepa {' '.join(words)}", *preset_overrides(config_name, overrides)]
     try:
         app()
     finally:

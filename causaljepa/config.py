@@ -15,7 +15,10 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
+from .models.savi import EncoderConfig
 from .sim.generate import SPLITS, GenerateConfig
+from .training.encoder import ClipConfig
+from .training.loop import OptimConfig, TrainerConfig
 
 
 @dataclass(frozen=True)
@@ -84,11 +87,58 @@ class DataShowCommand:
     out: str | None = None  # default: <data.root>/show/<split>_<video>.png
 
 
+@dataclass
+class TrainEncoderCommand:
+    """cjepa train-encoder"""
+
+    data: Any = MISSING
+    seed: int = 0
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    train: OptimConfig = field(default_factory=OptimConfig)
+    clips: ClipConfig = field(default_factory=ClipConfig)
+    out: str = MISSING  # the run directory (default: Hydra's run dir)
+    resume: str | None = (
+        None  # a checkpoint to continue from, or "auto": <out>/checkpoints/last.pt if it exists
+    )
+
+
+@dataclass
+class ExtractSlotsCommand:
+    """cjepa extract-slots"""
+
+    data: Any = MISSING
+    seed: int = 0
+    checkpoint: str = MISSING  # encoder.pt from cjepa train-encoder
+    splits: list[str] = field(default_factory=lambda: ["train", "validation", "test"])
+    out: str | None = None  # default: <data.root>/slots
+    device: str = "cpu"
+    precision: str = "fp32"  # fp32 | bf16
+    batch_size: int = 16  # videos encoded together
+    chunk: int = 32  # frames per forward pass; slots are carried across chunks
+
+
+@dataclass
+class ShowSlotsCommand:
+    """cjepa show-slots"""
+
+    data: Any = MISSING
+    seed: int = 0
+    checkpoint: str = MISSING  # encoder.pt from cjepa train-encoder
+    split: str = "validation"
+    video: int = 0
+    frames: int = 8  # evenly spaced over the video
+    out: str | None = None  # default: next to the encoder, show_slots_<split>_<video>.png
+
+
 COMMAND_SCHEMAS = {
     "data_generate": DataGenerateCommand,
     "data_prepare_clevrer": DataPrepareClevrerCommand,
     "data_stats": DataStatsCommand,
     "data_show": DataShowCommand,
+    "train_encoder": TrainEncoderCommand,
+    "extract_slots": ExtractSlotsCommand,
+    "show_slots": ShowSlotsCommand,
 }
 DATA_SCHEMAS = {"clevrer_sim": ClevrerSimData, "clevrer": ClevrerData}
 
@@ -107,7 +157,7 @@ def _writable(node):
 def register_configs() -> None:
     cs = ConfigStore.instance()
     for name, schema in COMMAND_SCHEMAS.items():
-        cs.store(name=f"{name}_schema", node=schema)
+        cs.store(name=f"{name}_schema", node=_writable(OmegaConf.structured(schema)))
     for name, schema in DATA_SCHEMAS.items():
         cs.store(group="data", name=f"{name}_schema", node=_writable(OmegaConf.structured(schema)))
 
@@ -121,6 +171,24 @@ def config_dir() -> Path:
             "package from a clone with 'pip install -e .' so the commands find their configs"
         )
     return here
+
+
+def preset_overrides(config_name: str, overrides: list[str]) -> list[str]:
+    """``preset=NAME`` selects configs/preset/<command>/NAME.yaml: one word for every command.
+
+    Each command has presets of its own (the data generator's sizes, a training budget), kept
+    in a group per command so that a preset only sets keys its command has.
+    """
+    out = []
+    for o in overrides:
+        key, sep, value = o.partition("=")
+        if sep and key == "preset":
+            group = config_dir() / "preset" / config_name
+            if not group.is_dir():
+                raise ValueError(f"preset={value}: this command ({config_name}) has no presets")
+            o = f"preset/{config_name}={value}"
+        out.append(o)
+    return out
 
 
 def to_object(cfg: DictConfig):

@@ -131,3 +131,62 @@ def show_video(
     if handles:
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=7, frameon=False)
     return save_figure(fig, out, dpi=110)
+
+
+def show_slots(model, store_path: str | os.PathLike, video: int, out: str | os.PathLike, num_frames: int = 8,
+               seed: int = 1234) -> Path:  # fmt: skip
+    """Save a PNG of what the encoder sees in one video.
+
+    The encoder runs over the whole video (slots carried from frame to frame, as in
+    extraction); ``num_frames`` evenly spaced frames are shown. Rows: the frames; the
+    reconstructions; the segmentation (each pixel tinted by the slot that owns it); then one
+    row per slot, that slot's colours weighted by its alpha mask. A slot that keeps its object
+    keeps its row.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    if num_frames < 1:
+        raise ValueError(f"show_slots: num_frames must be >= 1, got {num_frames}")
+    with VideoStore(store_path) as store:
+        frames = torch.from_numpy(store.read("frames", video))[None]  # (1, T, H, W, 3)
+        vid, T = store.video_ids[video], store.num_frames
+    init = model.corrector.init_slots(1, model.cfg.num_slots, torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        o = model.eval()(frames, initial_slots=init)
+    ts = np.unique(np.linspace(0, T - 1, min(num_frames, T)).round().astype(int))
+
+    def to_img(x):  # (..., 3, R, R) in [-1, 1] -> (..., R, R, 3) uint8
+        return ((x.float().clamp(-1, 1) + 1) * 127.5).round().byte().movedim(-3, -1).numpy()
+
+    recon = to_img(o.recon[0, ts])  # (n, R, R, 3)
+    target = to_img(o.target[0, ts])
+    seg = o.alpha[0, ts].argmax(dim=1).numpy()  # (n, R, R)
+    white = torch.ones_like(o.rgb[0, ts])
+    per_slot = to_img(o.alpha[0, ts][:, :, None] * o.rgb[0, ts] + (1 - o.alpha[0, ts][:, :, None]) * white)
+    rows = [
+        ("input", target),
+        ("reconstruction", recon),
+        ("segmentation", overlay_masks(target, seg + 1, alpha=0.6)),
+    ]
+    share = o.alpha[0].mean(dim=(0, 2, 3))  # (K,) the slot's mean alpha over the video
+    rows += [(f"slot {k} ({100 * float(share[k]):.0f}%)", per_slot[:, k]) for k in range(model.cfg.num_slots)]
+    n = len(ts)
+    fig, axes = plt.subplots(len(rows), n, figsize=(n * 1.3 + 1.0, len(rows) * 1.3 + 0.6), squeeze=False)
+    for r, (label, imgs) in enumerate(rows):
+        for k, t in enumerate(ts):
+            ax = axes[r, k]
+            ax.imshow(imgs[k], interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(f"t={t}", fontsize=7)
+            if k == 0:
+                ax.set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
+    fig.suptitle(f"{vid}: slots of the encoder ({model.cfg.num_slots} slots at {model.cfg.resolution}px)",
+                 fontsize=9)  # fmt: skip
+    fig.tight_layout()
+    return save_figure(fig, out, dpi=110)

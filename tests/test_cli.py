@@ -10,7 +10,14 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 
 from causaljepa import cli
-from causaljepa.config import COMMAND_SCHEMAS, ClevrerSimData, config_dir, register_configs, to_object
+from causaljepa.config import (
+    COMMAND_SCHEMAS,
+    ClevrerSimData,
+    config_dir,
+    preset_overrides,
+    register_configs,
+    to_object,
+)
 from causaljepa.data.questions import load_questions
 from causaljepa.data.store import VideoStore
 
@@ -25,13 +32,18 @@ def _in_tmp(tmp_path, monkeypatch):
 def _compose(name: str, overrides: list[str]):
     register_configs()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return compose(config_name=name, overrides=overrides)
+        return compose(config_name=name, overrides=preset_overrides(name, overrides))
 
 
 @pytest.mark.parametrize("name", sorted(COMMAND_SCHEMAS))
 def test_every_primary_config_composes(name):
-    overrides = ["source=somewhere"] if name == "data_prepare_clevrer" else []
-    cfg = to_object(_compose(name, overrides))
+    required = {  # keys without a default (??? in the YAML), and Hydra's run dir outside a run
+        "data_prepare_clevrer": ["source=somewhere"],
+        "train_encoder": ["out=somewhere"],
+        "extract_slots": ["checkpoint=somewhere"],
+        "show_slots": ["checkpoint=somewhere"],
+    }
+    cfg = to_object(_compose(name, required.get(name, [])))
     assert isinstance(cfg, COMMAND_SCHEMAS[name])
 
 

@@ -1,0 +1,110 @@
+"""Training speed of the slot-attention video encoder: images/s and achieved GFLOP/s.
+
+    python benchmarks/encoder.py [--encoder savi_32] [--batch 8] [--clip 6] [--steps 10]
+        [--precision bf16|fp32] [--device cpu|cuda]
+
+FLOPs of one training step (forward and backward) are counted by torch's FlopCounterMode
+(matrix multiplies and convolutions; element-wise work is not counted, so the figure is a
+lower bound of the work done). Prints one JSON line per precision measured, with the
+machine's fp32 (and bf16) matrix-multiply rate measured in the same run: the fraction of
+the fp32 peak is the figure of issue 3 (target >= 40 % on CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from torch.utils.flop_counter import FlopCounterMode
+
+from causaljepa.benchmarking import emit, machine
+from causaljepa.models.savi import EncoderConfig, SAVi
+from causaljepa.training.loop import autocast, train_step
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "encoder"
+
+
+def matmul_gflops(dtype: torch.dtype, device: torch.device, n: int = 2048, repeats: int = 5) -> float:
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    best = float("inf")
+    for _ in range(repeats + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--encoder", default="savi_32", help="a config in configs/encoder/")
+    p.add_argument("--batch", type=int, default=8, help="clips per step")
+    p.add_argument("--clip", type=int, default=6, help="frames per clip")
+    p.add_argument("--steps", type=int, default=10, help="timed steps (after 3 warm-up steps)")
+    p.add_argument(
+        "--size", type=int, default=64, help="stored frame size (frames are resized to the model's)"
+    )
+    p.add_argument("--precision", choices=["bf16", "fp32", "both"], default="both")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    a = p.parse_args()
+    device = torch.device(a.device)
+    cfg = EncoderConfig(**yaml.safe_load((CONFIGS / f"{a.encoder}.yaml").read_text()))
+    info = machine()
+    peak_bf16 = matmul_gflops(torch.bfloat16, device)
+    peak_fp32 = info["fp32_matmul_gflops"] if device.type == "cpu" else matmul_gflops(torch.float32, device)
+    frames = torch.randint(0, 256, (a.batch, a.clip, a.size, a.size, 3), dtype=torch.uint8, device=device)
+    for precision in ("fp32", "bf16") if a.precision == "both" else (a.precision,):
+        torch.manual_seed(0)
+        model = SAVi(cfg).to(device)
+        opt = torch.optim.Adam(model.parameters(), 1e-4)
+        counter = FlopCounterMode(display=False)
+        with counter, autocast(device, precision):
+            loss, _ = model.training_loss(frames)
+            loss.backward()
+        flops = counter.get_total_flops()  # forward + backward of one step
+        opt.zero_grad(set_to_none=True)
+
+        def step():
+            train_step(model, frames, opt, lr=1e-4, grad_clip=1.0, device=device, precision=precision)  # noqa: B023
+
+        for _ in range(3):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(a.steps):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        dt = (time.perf_counter() - t) / a.steps
+        achieved = flops / dt / 1e9
+        emit(
+            {
+                "benchmark": "encoder_train_step",
+                "precision": precision,
+                "images_per_s": round(a.batch * a.clip / dt, 1),
+                "step_s": round(dt, 4),
+                "gflop_per_step": round(flops / 1e9, 2),
+                "achieved_gflops": round(achieved, 1),
+                "fraction_of_fp32_peak": round(achieved / peak_fp32, 3),
+                "fraction_of_bf16_peak": round(achieved / peak_bf16, 3),
+                "config": {"encoder": a.encoder, **cfg.to_dict(), "batch": a.batch, "clip": a.clip},
+                "machine": {
+                    **info,
+                    "device": str(device),
+                    "fp32_matmul_gflops": round(peak_fp32, 1),
+                    "bf16_matmul_gflops": round(peak_bf16, 1),
+                },
+            }
+        )
+
+
+if __name__ == "__main__":
+    main()

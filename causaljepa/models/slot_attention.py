@@ -1,0 +1,129 @@
+"""Slot attention (Locatello et al. 2020) with optional implicit differentiation (Chang et al. 2022).
+
+Slots compete for input features: the attention is a softmax over *slots* (each input goes
+to the slots that explain it), then normalised over *inputs* (each slot takes a weighted
+mean of what it won). A GRU and a residual MLP update the slots; the step is repeated.
+
+Every slot goes through the same weights, and the initial slots are drawn from one shared
+learnable Gaussian, so slots are exchangeable: permuting the initial slots permutes the
+output slots and the attention rows and changes nothing else.
+
+Shapes: B batch, N inputs, K slots, D slot width, C input width.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class SlotAttention(nn.Module):
+    """``forward(inputs (B, N, C), slots (B, K, D)) -> slots (B, K, D), attn (B, K, N)``.
+
+    ``implicit=True`` runs all but the last iteration without gradient and passes the
+    gradient of the last one straight through to the initial slots (first-order implicit
+    differentiation): constant memory in the number of iterations, and the known cure for
+    the unstable gradients of unrolled slot attention.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        input_dim: int,
+        iters: int = 3,
+        mlp_hidden: int = 128,
+        implicit: bool = True,
+        eps: float = 1e-8,
+    ):
+        super().__init__()
+        if iters < 1:
+            raise ValueError(f"SlotAttention: iters must be >= 1, got {iters}")
+        self.dim, self.iters, self.implicit, self.eps = dim, iters, implicit, eps
+        self.scale = dim**-0.5
+        self.norm_inputs = nn.LayerNorm(input_dim)
+        self.norm_slots = nn.LayerNorm(dim)
+        self.norm_mlp = nn.LayerNorm(dim)
+        self.to_q = nn.Linear(dim, dim, bias=False)
+        self.to_k = nn.Linear(input_dim, dim, bias=False)
+        self.to_v = nn.Linear(input_dim, dim, bias=False)
+        self.gru = nn.GRUCell(dim, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_hidden), nn.ReLU(), nn.Linear(mlp_hidden, dim))
+        # the shared Gaussian every initial slot is drawn from
+        self.init_mu = nn.Parameter(torch.empty(dim))
+        self.init_log_sigma = nn.Parameter(torch.empty(dim))
+        bound = math.sqrt(6.0 / (2 * dim))  # xavier-uniform of a (1, dim) tensor, as in the paper
+        nn.init.uniform_(self.init_mu, -bound, bound)
+        nn.init.uniform_(self.init_log_sigma, -bound, bound)
+
+    def init_slots(
+        self, batch: int, num_slots: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """(B, K, D) i.i.d. draws from the shared Gaussian; ``generator`` makes them reproducible."""
+        mu = self.init_mu
+        where = mu.device if generator is None else generator.device
+        noise = torch.randn(batch, num_slots, self.dim, generator=generator, device=where).to(mu)
+        return mu + self.init_log_sigma.exp() * noise
+
+    def step(
+        self, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One iteration. slots (B, K, D), k and v (B, N, D) -> slots (B, K, D), attn (B, K, N)."""
+        B, K, D = slots.shape
+        q = self.to_q(self.norm_slots(slots))  # (B, K, D)
+        logits = torch.einsum("bkd,bnd->bkn", q, k) * self.scale  # (B, K, N)
+        attn = logits.float().softmax(dim=1).to(v.dtype)  # competition between slots
+        weights = attn + self.eps
+        weights = weights / weights.sum(dim=-1, keepdim=True)  # weighted mean over inputs
+        updates = torch.einsum("bkn,bnd->bkd", weights, v)  # (B, K, D)
+        slots = self.gru(updates.reshape(B * K, D), slots.reshape(B * K, D)).reshape(B, K, D)
+        slots = slots + self.mlp(self.norm_mlp(slots))
+        return slots, attn
+
+    def forward(
+        self, inputs: torch.Tensor, slots: torch.Tensor, iters: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        iters = self.iters if iters is None else iters
+        if iters < 1:
+            raise ValueError(f"SlotAttention: iters must be >= 1, got {iters}")
+        inputs = self.norm_inputs(inputs)
+        k, v = self.to_k(inputs), self.to_v(inputs)  # (B, N, D)
+        if not self.implicit:
+            for _ in range(iters):
+                slots, attn = self.step(slots, k, v)
+            return slots, attn
+        start = slots
+        with torch.no_grad():
+            for _ in range(iters - 1):
+                slots, _ = self.step(slots, k, v)
+        # straight-through: the value of the fixed point, the gradient of the initial slots
+        slots = slots.detach() + (start - start.detach())
+        return self.step(slots, k, v)
+
+
+class SlotPredictor(nn.Module):
+    """One pre-norm transformer block over the slots of a frame: carries slots to the next frame.
+
+    No slot-index embedding, so it is permutation-equivariant. (B, K, D) -> (B, K, D).
+    """
+
+    def __init__(self, dim: int, heads: int = 4, mlp_hidden: int = 256):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"SlotPredictor: dim {dim} is not divisible by heads {heads}")
+        self.heads = heads
+        self.norm_attn = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm_mlp = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_hidden), nn.GELU(), nn.Linear(mlp_hidden, dim))
+
+    def forward(self, slots: torch.Tensor) -> torch.Tensor:
+        B, K, D = slots.shape
+        qkv = self.qkv(self.norm_attn(slots)).reshape(B, K, 3, self.heads, D // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, heads, K, D/heads)
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, K, D)
+        slots = slots + self.proj(out)
+        return slots + self.mlp(self.norm_mlp(slots))

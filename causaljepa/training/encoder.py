@@ -1,0 +1,157 @@
+"""Training the slot-attention video encoder (``cjepa train-encoder``).
+
+Clips of ``clip_length`` frames are drawn from the training store; the model learns to
+reconstruct them. Validation runs the encoder over the first ``val_frames`` frames of the
+first ``val_videos`` validation videos (a fixed set, fixed initial slots) and scores the
+alpha masks against the simulator's instance masks: video FG-ARI, per-frame FG-ARI, mBO.
+
+Outputs in the run directory (besides the trainer's metrics.csv, tb/, checkpoints/last.pt):
+
+    encoder.pt    the trained encoder (weights + config; what ``cjepa extract-slots`` reads)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from ..data.clips import ClipSampler
+from ..data.store import VideoStore
+from ..evaluation.object_discovery import fg_ari, mean_best_overlap, summarize
+from ..models.savi import EncoderConfig, SAVi, segmentation
+from .checkpoint import load_checkpoint, save_checkpoint
+from .loop import OptimConfig, Trainer, TrainerConfig
+
+KIND = "encoder"
+VAL_SEED = 1234  # the initial slots of validation and extraction
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    """What the encoder sees in training and validation (the ``clips`` section)."""
+
+    length: int = 6  # frames per training clip
+    stride: int = 1  # frame stride inside a clip
+    val_videos: int = 16
+    val_frames: int = 24  # frames from the start of each validation video (at the same stride)
+
+    def __post_init__(self) -> None:
+        for name in ("length", "stride", "val_videos", "val_frames"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"clips.{name} must be >= 1, got {getattr(self, name)}")
+
+
+def discovery_metrics(alpha: torch.Tensor, masks: torch.Tensor) -> dict[str, float]:
+    """alpha (B, T, K, R, R), masks (B, T, H, W) -> video FG-ARI, frame FG-ARI, mBO (nan-means)."""
+    seg = segmentation(alpha, tuple(masks.shape[-2:])).cpu()  # (B, T, H, W)
+    masks = masks.long().cpu()
+    return {
+        "fg_ari": summarize(fg_ari(masks, seg)),
+        "frame_fg_ari": summarize(fg_ari(masks.flatten(0, 1), seg.flatten(0, 1))),
+        "mbo": summarize(mean_best_overlap(masks.flatten(0, 1), seg.flatten(0, 1))),
+    }
+
+
+class Validator:
+    """Fixed validation clips, encoded from fixed initial slots, scored against instance masks."""
+
+    def __init__(self, store: VideoStore, clips: ClipConfig, batch_size: int):
+        n = min(clips.val_videos, store.num_videos)
+        span = min((clips.val_frames - 1) * clips.stride + 1, store.num_frames)
+        self.frames = torch.stack(
+            [torch.from_numpy(store.read("frames", i, 0, span, clips.stride)) for i in range(n)]
+        )
+        self.masks = torch.stack(
+            [torch.from_numpy(store.read("masks", i, 0, span, clips.stride)) for i in range(n)]
+        )
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def __call__(self, model: SAVi) -> dict[str, float]:
+        model.eval()
+        device = next(model.parameters()).device
+        gen = torch.Generator().manual_seed(VAL_SEED)
+        init = model.corrector.init_slots(len(self.frames), model.cfg.num_slots, gen)  # (B, K, D)
+        alphas, losses = [], []
+        for i in range(0, len(self.frames), self.batch_size):
+            sl = slice(i, i + self.batch_size)
+            out = model(self.frames[sl].to(device), initial_slots=init[sl].to(device))
+            alphas.append(out.alpha.float().cpu())
+            losses.append(SAVi.loss(out) * len(out.alpha))
+        model.train()
+        metrics = discovery_metrics(torch.cat(alphas), self.masks)
+        metrics["mse"] = float(sum(losses) / len(self.frames))
+        return metrics
+
+
+def train_encoder(
+    data_root: str | os.PathLike,
+    encoder: EncoderConfig,
+    optim: OptimConfig,
+    trainer: TrainerConfig,
+    clips: ClipConfig,
+    run_dir: str | os.PathLike,
+    *,
+    seed: int = 0,
+    resume: str | os.PathLike | None = None,
+    extra: dict | None = None,
+) -> Path:
+    """Train an encoder on <data_root>/train.h5, validate on validation.h5; returns encoder.pt."""
+    root, run_dir = Path(data_root), Path(run_dir)
+    torch.manual_seed(seed)
+    model = SAVi(encoder)
+    train_store = VideoStore(root / "train.h5")
+    sampler = ClipSampler(train_store, clips.length, clips.stride)
+    validate = None
+    val_path = root / "validation.h5"
+    if val_path.exists():
+        val_store = VideoStore(val_path)
+        if val_store.has("masks"):
+            validate = Validator(val_store, clips, optim.batch_size)
+        val_store.close()
+    if validate is None:
+        print(f"no validation: {val_path} is missing or has no instance masks (real CLEVRER has none)")
+    t = Trainer(
+        model,
+        optim,
+        trainer,
+        run_dir,
+        kind=KIND,
+        model_config=encoder.to_dict(),
+        seed=seed,
+        extra={"data_root": str(root), "clips": asdict(clips), **(extra or {})},
+    )
+    if resume is not None:
+        t.resume(resume)
+        print(f"resumed from {resume} at step {t.step}")
+    try:
+        t.fit(lambda g: sampler.sample(optim.batch_size, g)[0], validate)
+    finally:
+        train_store.close()
+    out = run_dir / "encoder.pt"
+    save_checkpoint(
+        out,
+        kind=KIND,
+        model_config=encoder.to_dict(),
+        model=t.model.state_dict(),
+        step=t.step,
+        extra={"val": t.last_val, **t.extra},
+    )
+    return out
+
+
+def load_encoder(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[SAVi, dict]:
+    """A trained encoder (encoder.pt or a training checkpoint) in eval mode, and its checkpoint."""
+    ckpt = load_checkpoint(path, KIND)
+    try:
+        cfg = EncoderConfig(**ckpt["model_config"])
+    except TypeError as e:
+        raise ValueError(
+            f"{path}: its model_config does not match this causaljepa's EncoderConfig: {e}"
+        ) from e
+    model = SAVi(cfg)
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval(), ckpt

@@ -1,0 +1,321 @@
+"""The training loop shared by every model: schedule, precision, logging, checkpoints, resume.
+
+A model trained here has ``training_loss(batch) -> (loss, metrics)``. The loop owns what
+is the same for every model: AdamW with linear warm-up and cosine decay, gradient
+clipping, bf16 autocast, a CSV and TensorBoard log, periodic validation, a progress bar,
+atomic checkpoints every ``ckpt_every`` steps and when the run is interrupted, and resume
+from such a checkpoint to the same numbers.
+
+Run directory:
+
+    metrics.csv           one row per logged step (train) or validation (val/...)
+    tb/                   TensorBoard events
+    checkpoints/last.pt   the full training state (resume from here)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+
+PRECISIONS = ("fp32", "bf16")
+DEVICES = ("cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """Where and how to compute (configs/trainer/*.yaml)."""
+
+    device: str = "cpu"  # cpu | cuda
+    precision: str = "bf16"  # fp32 | bf16 (autocast; weights and optimizer stay fp32)
+    threads: int = 0  # torch CPU threads; 0 keeps torch's default (one per core)
+    progress: bool = True  # a tqdm bar on the terminal
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise ValueError(f"trainer.device must be one of {DEVICES}, got {self.device!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"trainer.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.threads < 0:
+            raise ValueError(f"trainer.threads must be >= 0, got {self.threads}")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """The optimisation schedule (the ``train`` section of a training command)."""
+
+    steps: int = 1000
+    batch_size: int = 8
+    lr: float = 1e-3
+    warmup_steps: int = 200
+    final_lr_ratio: float = 0.0  # the cosine decays to lr * final_lr_ratio at the last step
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+    log_every: int = 25
+    val_every: int = 250  # 0: validate only at the end
+    ckpt_every: int = 250
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "log_every", "ckpt_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "val_every", "weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"train.lr must be > 0, got {self.lr}")
+        if not 0 <= self.final_lr_ratio <= 1:
+            raise ValueError(f"train.final_lr_ratio must be in [0, 1], got {self.final_lr_ratio}")
+
+
+def lr_at(step: int, cfg: OptimConfig) -> float:
+    """Learning rate for optimizer step ``step`` (0-based): linear warm-up, then cosine decay."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.steps - 1 - cfg.warmup_steps)  # the last step, steps - 1, ends the decay
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    floor = cfg.lr * cfg.final_lr_ratio
+    return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def resolve_device(cfg: TrainerConfig) -> torch.device:
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("trainer.device=cuda but no CUDA device is available; use trainer=cpu")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    return torch.device(cfg.device)
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast on CPU or CUDA, or nothing for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def train_step(
+    model: torch.nn.Module,
+    batch,
+    optimizer: torch.optim.Optimizer,
+    *,
+    lr: float,
+    grad_clip: float,
+    device: torch.device,
+    precision: str,
+) -> dict[str, float]:
+    """One optimizer step on one batch; returns the model's metrics plus loss, lr and grad norm."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    model.train()
+    with autocast(device, precision):
+        loss, metrics = model.training_loss(batch)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"the training loss is {loss.item()}; lower train.lr or check the data")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    if grad_clip > 0:
+        norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    else:
+        norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
+    optimizer.step()
+    return {"loss": float(loss.detach()), "lr": lr, "grad_norm": float(norm), **metrics}
+
+
+class RunLog:
+    """metrics.csv plus TensorBoard. A resumed run drops CSV rows after the checkpoint's step."""
+
+    def __init__(self, run_dir: Path, resume_step: int | None = None):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.csv_path = run_dir / "metrics.csv"
+        self.rows: list[dict] = []
+        if resume_step is not None and self.csv_path.exists():
+            with open(self.csv_path, newline="") as f:
+                self.rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        self._rewrite()
+        self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step)
+
+    def _rewrite(self) -> None:
+        with open(self.csv_path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["step", "name", "value"])
+            w.writeheader()
+            w.writerows(self.rows)
+
+    def log(self, step: int, metrics: dict[str, float], prefix: str) -> None:
+        new = [{"step": step, "name": f"{prefix}/{k}", "value": repr(float(v))} for k, v in metrics.items()]
+        self.rows += new
+        with open(self.csv_path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=["step", "name", "value"]).writerows(new)
+        for r in new:
+            self.tb.add_scalar(r["name"], float(r["value"]), step)
+        self.tb.flush()
+
+    def close(self) -> None:
+        self.tb.close()
+
+
+class Trainer:
+    """Runs ``model.training_loss`` over batches from ``next_batch(generator)``.
+
+    ``kind`` and ``model_config`` go into every checkpoint so that it can be rebuilt and
+    checked; ``extra`` (plain values: data paths, the resolved command config) too.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optim: OptimConfig,
+        trainer: TrainerConfig,
+        run_dir: str | os.PathLike,
+        *,
+        kind: str,
+        model_config: dict,
+        seed: int,
+        extra: dict | None = None,
+    ):
+        self.device = resolve_device(trainer)
+        self.model = model.to(self.device)
+        self.optim, self.trainer = optim, trainer
+        self.run_dir = Path(run_dir)
+        self.kind, self.model_config, self.extra = kind, model_config, extra or {}
+        decay = [p for p in model.parameters() if p.ndim >= 2]
+        rest = [p for p in model.parameters() if p.ndim < 2]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": optim.weight_decay}, {"params": rest, "weight_decay": 0.0}],
+            lr=optim.lr,
+        )
+        self.generator = torch.Generator().manual_seed(seed)  # draws the training batches
+        torch.manual_seed(seed)
+        self.step = 0
+        self.last_val: dict[str, float] = {}
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / "checkpoints" / "last.pt"
+
+    def save(self, path: Path | None = None) -> Path:
+        return save_checkpoint(
+            path or self.checkpoint_path,
+            kind=self.kind,
+            model_config=self.model_config,
+            model=self.model.state_dict(),
+            optimizer=self.optimizer.state_dict(),
+            step=self.step,
+            rng=rng_state(self.generator),
+            extra={**self.extra, "optim": asdict(self.optim), "last_val": self.last_val},
+        )
+
+    def resume(self, path: str | os.PathLike) -> None:
+        ckpt = load_checkpoint(path, self.kind)
+        if ckpt["model_config"] != self.model_config:
+            diff = {
+                k: (ckpt["model_config"].get(k), v)
+                for k, v in self.model_config.items()
+                if ckpt["model_config"].get(k) != v
+            }
+            raise ValueError(f"{path}: was trained with another model config; (checkpoint, now): {diff}")
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        set_rng_state(ckpt["rng"], self.generator)
+        self.step = int(ckpt["step"])
+        self.last_val = dict(ckpt["extra"].get("last_val", {}))
+
+    def fit(
+        self,
+        next_batch: Callable[[torch.Generator], object],
+        validate: Callable[[torch.nn.Module], dict[str, float]] | None = None,
+    ) -> dict[str, float]:
+        """Train up to ``optim.steps``; returns the last validation metrics."""
+        from tqdm import tqdm
+
+        o = self.optim
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        log = RunLog(self.run_dir, resume_step=self.step if self.step else None)
+        bar = tqdm(
+            total=o.steps, initial=self.step, disable=not self.trainer.progress, desc=self.kind, unit="step"
+        )
+        t_start, done_at_start = time.perf_counter(), self.step
+        self._batch_rng: dict | None = None
+        try:
+            with _deferred_interrupts() as stop:
+                self._loop(next_batch, validate, log, bar, t_start, done_at_start, stop)
+        except KeyboardInterrupt:
+            if self._batch_rng is not None:  # the step in progress did not count: draw its batch again
+                set_rng_state(self._batch_rng, self.generator)
+            self.save()
+            bar.write(f"interrupted at step {self.step}; resume with resume={self.checkpoint_path}")
+            raise
+        finally:
+            bar.close()
+            log.close()
+        return self.last_val
+
+    def _loop(self, next_batch, validate, log, bar, t_start, done_at_start, stop) -> None:
+        o = self.optim
+        while self.step < o.steps:
+            if stop.is_set():  # Ctrl-C or SIGTERM between two steps: the state is whole
+                raise KeyboardInterrupt
+            self._batch_rng = rng_state(self.generator)  # restored if this step is cut short
+            batch = next_batch(self.generator)
+            metrics = train_step(
+                self.model,
+                batch,
+                self.optimizer,
+                lr=lr_at(self.step, o),
+                grad_clip=o.grad_clip,
+                device=self.device,
+                precision=self.trainer.precision,
+            )
+            self.step += 1
+            self._batch_rng = None
+            bar.update(1)
+            if self.step % o.log_every == 0 or self.step == o.steps:
+                elapsed = time.perf_counter() - t_start
+                metrics["steps_per_s"] = (self.step - done_at_start) / max(elapsed, 1e-9)
+                log.log(self.step, metrics, "train")
+                bar.set_postfix(
+                    loss=f"{metrics['loss']:.4g}", **{k: f"{v:.3f}" for k, v in self.last_val.items()}
+                )
+            final = self.step == o.steps
+            if validate is not None and (final or (o.val_every and self.step % o.val_every == 0)):
+                with autocast(self.device, self.trainer.precision):
+                    self.last_val = validate(self.model)
+                log.log(self.step, self.last_val, "val")
+            if final or self.step % o.ckpt_every == 0:
+                self.save()
+
+
+@contextlib.contextmanager
+def _deferred_interrupts():
+    """SIGINT and SIGTERM set a flag instead of raising mid-step; the loop stops at the next
+    step boundary and saves, so the checkpoint resumes to the same numbers. A second Ctrl-C
+    raises at once. Outside the main thread, signals are left alone."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)

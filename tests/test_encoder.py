@@ -224,13 +224,27 @@ def test_strided_encoder_has_fewer_features():
     assert out.alpha.shape == (1, 2, CFG.num_slots, 16, 16)
 
 
-@pytest.mark.parametrize("decoder_size", [4, 8, 16])
-def test_broadcast_decoder_shapes(decoder_size):
-    dec = BroadcastDecoder(replace(CFG, decoder_size=decoder_size))
-    recon, alpha, rgb = dec(torch.randn(5, CFG.num_slots, CFG.slot_dim))
+@pytest.mark.parametrize("layers", [2, 3, 4])
+def test_broadcast_decoder_shapes(layers):
+    dec = BroadcastDecoder(replace(CFG, decoder_layers=layers))
+    attn = torch.rand(5, CFG.num_slots, 16, 16).softmax(dim=1)
+    recon, alpha, rgb = dec(torch.randn(5, CFG.num_slots, CFG.slot_dim), attn)
     assert recon.shape == (5, 3, 16, 16) and alpha.shape == (5, 3, 16, 16) and rgb.shape == (5, 3, 3, 16, 16)
     torch.testing.assert_close(alpha.sum(dim=1), torch.ones(5, 16, 16))
     torch.testing.assert_close(recon, (alpha[:, :, None] * rgb).sum(dim=1))
+
+
+def test_alpha_starts_as_the_attention_and_the_decoder_can_move_it():
+    dec = BroadcastDecoder(CFG)
+    attn = torch.rand(2, CFG.num_slots, 16, 16).softmax(dim=1)
+    slots = torch.randn(2, CFG.num_slots, CFG.slot_dim)
+    _, alpha, _ = dec(slots, attn)
+    torch.testing.assert_close(alpha, attn)  # the logit layer starts at zero
+    with torch.no_grad():
+        dec.logit.bias.fill_(1.0)
+        dec.logit.weight.normal_()
+    _, moved, _ = dec(slots, attn)
+    assert (moved - attn).abs().max() > 1e-3
 
 
 def test_frames_to_input():
@@ -272,9 +286,8 @@ def test_segmentation():
             {"resolution": 15, "cnn_stride": 2},
             "encoder.resolution 15 must be divisible by encoder.cnn_stride",
         ),
-        ({"decoder_size": 0}, "encoder.decoder_size"),
-        ({"decoder_size": 6}, r"encoder.resolution \(16\) must be encoder.decoder_size \(6\)"),
-        ({"resolution": 24, "decoder_size": 8}, r"encoder.resolution \(24\) must be encoder.decoder_size"),
+        ({"decoder_layers": 1}, "encoder.decoder_layers must be >= 2"),
+        ({"decoder_hidden": 0}, "encoder.decoder_hidden"),
         ({"num_slots": 0}, "encoder.num_slots"),
         ({"iters": 0}, "encoder.iters"),
         ({"slot_dim": 15}, "encoder.slot_dim 15 must be divisible by encoder.predictor_heads"),

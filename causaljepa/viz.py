@@ -48,6 +48,31 @@ def overlay_masks(frames: np.ndarray, masks: np.ndarray, alpha: float = 0.55) ->
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
+def image_grid(rows: list[tuple[str, np.ndarray]], titles: list[str], panel: float, aspect: float = 1.0,
+               label_size: int = 8, extra_height: float = 1.0):  # fmt: skip
+    """A figure of image rows: rows[r] = (label, images (n, H, W, 3)), one column per title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(titles)
+    fig, axes = plt.subplots(
+        len(rows), n, figsize=(n * panel + 0.6, len(rows) * panel * aspect + extra_height), squeeze=False
+    )
+    for r, (label, imgs) in enumerate(rows):
+        for k, title in enumerate(titles):
+            ax = axes[r, k]
+            ax.imshow(imgs[k], interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(title, fontsize=7)
+            if k == 0:
+                ax.set_ylabel(label, fontsize=label_size)
+    return fig
+
+
 def show_video(
     store_path: str | os.PathLike,
     video: int,
@@ -61,10 +86,6 @@ def show_video(
     without object ``counterfactual`` (stores generated with counterfactual videos).
     Frames with a collision (within +-1 frame) are marked in their title.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     with VideoStore(store_path) as store:
         if num_frames < 1:
@@ -96,25 +117,16 @@ def show_video(
     hits = {}
     for c in ann.get("collision", []):
         hits.setdefault(int(c["frame_id"]), []).append(tuple(c["object_ids"]))
-    n, H, W = len(ts), frames.shape[1], frames.shape[2]
-    panel = 1.8  # inches per panel width; height follows the frame's aspect
-    fig, axes = plt.subplots(
-        len(rows), n, figsize=(n * panel + 0.6, len(rows) * panel * H / W + 1.0), squeeze=False
-    )
-    for r, (label, imgs) in enumerate(rows):
-        for k, t in enumerate(ts):
-            ax = axes[r, k]
-            ax.imshow(imgs[k], interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                near = [p for f, ps in hits.items() if abs(f - int(t)) <= 1 for p in ps]
-                title = f"t={t}" + ("" if t < observed else " (future)")
-                if near:
-                    title += "\ncollision " + ", ".join(f"{a}-{b}" for a, b in near)
-                ax.set_title(title, fontsize=7)
-            if k == 0:
-                ax.set_ylabel(label, fontsize=8)
+    titles = []
+    for t in ts:
+        near = [p for f, ps in hits.items() if abs(f - int(t)) <= 1 for p in ps]
+        title = f"t={t}" + ("" if t < observed else " (future)")
+        if near:
+            title += "\ncollision " + ", ".join(f"{a}-{b}" for a, b in near)
+        titles.append(title)
+    H, W = frames.shape[1], frames.shape[2]
+    # 1.8 inches per panel width; the height follows the frame's aspect
+    fig = image_grid(rows, titles, panel=1.8, aspect=H / W)
     # legend: object id (as in the collision labels), its mask colour and its description
     from matplotlib.patches import Patch
 
@@ -143,10 +155,6 @@ def show_slots(model, store_path: str | os.PathLike, video: int, out: str | os.P
     row per slot, that slot's colours weighted by its alpha mask. A slot that keeps its object
     keeps its row.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import torch
 
     if num_frames < 1:
@@ -174,18 +182,7 @@ def show_slots(model, store_path: str | os.PathLike, video: int, out: str | os.P
     ]
     share = o.alpha[0].mean(dim=(0, 2, 3))  # (K,) the slot's mean alpha over the video
     rows += [(f"slot {k} ({100 * float(share[k]):.0f}%)", per_slot[:, k]) for k in range(model.cfg.num_slots)]
-    n = len(ts)
-    fig, axes = plt.subplots(len(rows), n, figsize=(n * 1.3 + 1.0, len(rows) * 1.3 + 0.6), squeeze=False)
-    for r, (label, imgs) in enumerate(rows):
-        for k, t in enumerate(ts):
-            ax = axes[r, k]
-            ax.imshow(imgs[k], interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(f"t={t}", fontsize=7)
-            if k == 0:
-                ax.set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
+    fig = image_grid(rows, [f"t={t}" for t in ts], panel=1.3, label_size=7, extra_height=0.6)
     fig.suptitle(f"{vid}: slots of the encoder ({model.cfg.num_slots} slots at {model.cfg.resolution}px)",
                  fontsize=9)  # fmt: skip
     fig.tight_layout()

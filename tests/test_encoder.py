@@ -52,12 +52,8 @@ PERM = [2, 0, 1]
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The models are tiny: one thread is as fast, and far faster on a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """The models are tiny (see conftest.one_thread)."""
 
 
 def _model(seed: int = 0, cfg: EncoderConfig = CFG) -> SAVi:

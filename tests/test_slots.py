@@ -40,12 +40,8 @@ SMOKE_ENCODER = {"resolution": 16, "num_slots": 3, "slot_dim": 16}
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The models are tiny: one thread is as fast, and far faster on a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """The models are tiny (see conftest.one_thread)."""
 
 
 def _write_store(path: Path, videos: int = 2, frames: int = 6, size: int = 24, masks=None) -> Path:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..io import atomic_output
-from .store import STR, StoreError, VideoStore
+from .store import STR, H5Reader, StoreError, VideoStore
 
 SLOT_SCHEMA_VERSION = 1
 REQUIRED = ("slots", "segments", "video_ids")
@@ -51,7 +51,7 @@ def match_slots_to_objects(segments: torch.Tensor, masks: torch.Tensor, num_slot
     return best.reshape(B, T, num_slots).to(torch.int8)
 
 
-class SlotStore:
+class SlotStore(H5Reader):
     """Read access to a slot store, validated on open."""
 
     def __init__(self, path: str | os.PathLike):
@@ -117,18 +117,6 @@ class SlotStore:
             raise IndexError(f"{self.path}: video index {i} out of range [0, {self.num_videos})")
         return self.f["slots"][i, t0:t1:stride]
 
-    def has(self, name: str) -> bool:
-        return name in self.f
-
-    def close(self) -> None:
-        self.f.close()
-
-    def __enter__(self) -> SlotStore:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
 
 @torch.no_grad()
 def extract_slots(
@@ -152,11 +140,14 @@ def extract_slots(
 
     from ..evaluation.object_discovery import fg_ari, mean_best_overlap, temporal_consistency
     from ..models.savi import segmentation
+    from ..training.allocator import keep_freed_memory
     from ..training.loop import autocast
 
     if batch_size < 1 or chunk < 1:
         raise ValueError(f"batch_size ({batch_size}) and chunk ({chunk}) must be >= 1")
     device = torch.device(device)
+    if device.type == "cpu":
+        keep_freed_memory()
     model = model.to(device).eval()
     cfg = model.cfg
     K, D, R = cfg.num_slots, cfg.slot_dim, cfg.resolution

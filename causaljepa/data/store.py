@@ -196,7 +196,25 @@ class VideoStoreWriter:
             self.abort()
 
 
-class VideoStore:
+class H5Reader:
+    """What every read-only store shares: its open HDF5 file ``f``, ``has``, closing."""
+
+    f: h5py.File
+
+    def has(self, name: str) -> bool:
+        return name in self.f
+
+    def close(self) -> None:
+        self.f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class VideoStore(H5Reader):
     """Read access to a video store, validated on open.
 
     Every problem is reported with the file name, the field and what was expected.
@@ -291,9 +309,6 @@ class VideoStore:
     def video_ids(self) -> list[str]:
         return [v.decode() if isinstance(v, bytes) else v for v in self.f["video_ids"][:]]
 
-    def has(self, name: str) -> bool:
-        return name in self.f
-
     def _check_index(self, i: int) -> int:
         if not -self.num_videos <= i < self.num_videos:
             raise IndexError(f"{self.path}: video index {i} out of range [0, {self.num_videos})")
@@ -356,12 +371,3 @@ class VideoStore:
 
     def truth(self, i: int) -> dict:
         return self._json("truth", i)
-
-    def close(self) -> None:
-        self.f.close()
-
-    def __enter__(self) -> VideoStore:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

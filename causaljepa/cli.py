@@ -102,7 +102,6 @@ def cmd_show(cfg) -> None:
 
 
 def cmd_train_encoder(cfg) -> None:
-    from .training.checkpoint import load_checkpoint
     from .training.encoder import train_encoder
 
     out = Path(cfg.out)
@@ -126,8 +125,7 @@ def cmd_train_encoder(cfg) -> None:
         resume=resume,
         extra={"data": cfg.data.name},
     )
-    val = load_checkpoint(path, "encoder")["extra"]["val"]
-    write_text_atomic(out / "val.json", json.dumps(val, indent=1))
+    val = json.loads((out / "val.json").read_text())
     print(f"encoder: {path}")
     if val:
         print("validation: " + "  ".join(f"{k}={v:.4f}" for k, v in val.items()))

@@ -55,20 +55,7 @@ class SlotStore(H5Reader):
     """Read access to a slot store, validated on open."""
 
     def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        if not self.path.exists():
-            raise FileNotFoundError(
-                f"slot store {self.path} does not exist; write it with 'cjepa extract-slots'"
-            )
-        try:
-            self.f = h5py.File(self.path, "r")
-        except OSError as e:
-            raise StoreError(f"{self.path}: not a readable HDF5 file (truncated or corrupt?): {e}") from e
-        try:
-            self._validate()
-        except Exception:
-            self.f.close()
-            raise
+        self._open(path, "write it with 'cjepa extract-slots'", self._validate)
 
     def _validate(self) -> None:
         a = self.f.attrs

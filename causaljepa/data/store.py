@@ -200,6 +200,22 @@ class H5Reader:
     """What every read-only store shares: its open HDF5 file ``f``, ``has``, closing."""
 
     f: h5py.File
+    path: Path
+
+    def _open(self, path, missing: str, validate, **h5_options) -> None:
+        """Open ``path`` read-only and run ``validate``; every failure names the file."""
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"{self.path} does not exist; {missing}")
+        try:
+            self.f = h5py.File(self.path, "r", **h5_options)
+        except OSError as e:
+            raise StoreError(f"{self.path}: not a readable HDF5 file (truncated or corrupt?): {e}") from e
+        try:
+            validate()
+        except Exception:
+            self.f.close()
+            raise
 
     def has(self, name: str) -> bool:
         return name in self.f
@@ -223,22 +239,13 @@ class VideoStore(H5Reader):
     REQUIRED = ("frames", "video_ids", "scene_index", "annotations")
 
     def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        if not self.path.exists():
-            raise FileNotFoundError(
-                f"video store {self.path} does not exist; generate it with "
-                "'cjepa data generate' or 'cjepa data prepare-clevrer'"
-            )
-        try:
+        self._open(
+            path,
+            "generate the video store with 'cjepa data generate' or 'cjepa data prepare-clevrer'",
+            self._validate,
             # a larger chunk cache than h5py's 1 MiB default: one frame chunk of a 480x320 video is 3.7 MB
-            self.f = h5py.File(self.path, "r", rdcc_nbytes=64 * 2**20)
-        except OSError as e:
-            raise StoreError(f"{self.path}: not a readable HDF5 file (truncated or corrupt?): {e}") from e
-        try:
-            self._validate()
-        except Exception:
-            self.f.close()
-            raise
+            rdcc_nbytes=64 * 2**20,
+        )
 
     def _err(self, msg: str) -> StoreError:
         return StoreError(f"{self.path}: {msg}")

@@ -8,6 +8,7 @@ alpha masks against the simulator's instance masks: video FG-ARI, per-frame FG-A
 Outputs in the run directory (besides the trainer's metrics.csv, tb/, checkpoints/last.pt):
 
     encoder.pt    the trained encoder (weights + config; what ``cjepa extract-slots`` reads)
+    val.json      the last validation metrics ({} without a validation store with masks)
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from ..data.clips import ClipSampler
 from ..data.store import VideoStore
 from ..evaluation.object_discovery import fg_ari, mean_best_overlap, summarize
+from ..io import write_json_atomic
 from ..models.savi import EncoderConfig, SAVi, segmentation
 from .checkpoint import load_checkpoint, save_checkpoint
 from .loop import OptimConfig, Trainer, TrainerConfig
@@ -140,6 +142,7 @@ def train_encoder(
         step=t.step,
         extra={"val": t.last_val, **t.extra},
     )
+    write_json_atomic(run_dir / "val.json", t.last_val)
     return out
 
 

@@ -9,21 +9,28 @@ import re
 from collections import Counter
 from dataclasses import replace
 
+import h5py
 import numpy as np
 import pytest
 
 from causaljepa.data.questions import COLORS, MATERIALS, SHAPES, validate_question
+from causaljepa.data.store import StoreError, StoreLayout, VideoStore, VideoStoreWriter
+from causaljepa.sim import clevrer_sim
 from causaljepa.sim.clevrer_sim import (
+    ACTION_FIELDS,
     VIEW_HALF_H,
     VIEW_HALF_W,
     ObjectSpec,
     PhysicsConfig,
+    Push,
     Scene,
     SceneConfig,
+    actions_array,
     sample_accepted_scene,
+    sample_scene,
     simulate,
 )
-from causaljepa.sim.generate import GenerateConfig, make_video, video_seed
+from causaljepa.sim.generate import GenerateConfig, generate_split, make_video, video_seed
 from causaljepa.sim.questions import QuestionConfig
 from causaljepa.sim.render import Renderer
 
@@ -650,3 +657,204 @@ def test_explanatory_choices_are_distinct_single_events(videos):
                 if m:
                     a, b = resolve(m.group(1), props), resolve(m.group(2), props)
                     assert counts[_pair(a, b)] == 1, (t, counts)
+
+
+# --- external pushes (actions) ----------------------------------------------------------------
+
+
+def _mass(shape: str, material: str) -> float:
+    density = PHYS.density_metal if material == "metal" else PHYS.density_rubber
+    return density * (4 * S * S if shape == "cube" else math.pi * S * S)
+
+
+@pytest.mark.parametrize("shape, material", [("sphere", "rubber"), ("cube", "metal")])
+def test_push_changes_velocity_by_impulse_over_mass_from_the_next_frame(shape, material):
+    f, impulse = 10, (0.3, -0.6)
+    base = make_scene(obj(0, 0.0, 0.0, 0.5, 0.0, shape=shape, material=material), obj(1, -2.4, 1.5))
+    plain, pushed = simulate(base), simulate(replace(base, pushes=(Push(f, 0, impulse),)))
+    # frames 0..f show no effect; frame f + 1 is the first that does
+    np.testing.assert_array_equal(pushed.states[: f + 1], plain.states[: f + 1])
+    # a free body: the velocity change is impulse / mass, then one frame of linear damping
+    damping = {"sphere": PHYS.damping_sphere, "cube": PHYS.damping_cube}[shape]
+    h = 1.0 / (PHYS.fps * PHYS.substeps)
+    kept = (1.0 + h * damping) ** -PHYS.substeps
+    dv = pushed.states[f + 1, 0, 2:4] - plain.states[f + 1, 0, 2:4]
+    np.testing.assert_allclose(dv, np.array(impulse) / _mass(shape, material) * kept, rtol=1e-4)
+    assert not np.allclose(pushed.states[-1, 0, :2], plain.states[-1, 0, :2], atol=0.1)
+    np.testing.assert_array_equal(pushed.states[:, 1], plain.states[:, 1])  # the other is untouched
+
+
+def test_push_on_an_object_not_there_does_nothing():
+    # object 1 enters at frame 20: a push at frame 5 finds no body
+    base = make_scene(obj(0, -1.5, 0.0, 1.0, 0.0), obj(1, 2.0, 1.2, -1.0, 0.0, enter=20))
+    traj = simulate(replace(base, pushes=(Push(5, 1, (1.0, 0.0)),)))
+    np.testing.assert_array_equal(traj.states, simulate(base).states)
+    assert not actions_array(replace(base, pushes=(Push(5, 1, (1.0, 0.0)),)), traj).any()
+
+
+def test_push_can_cause_a_collision():
+    base = make_scene(obj(0, -1.0, 0.0), obj(1, 1.0, 0.0), obj(2, -2.4, 1.5))
+    assert pairs(simulate(base)) == []
+    traj = simulate(replace(base, pushes=(Push(3, 0, (1.0, 0.0)),)))  # ~2.6 units/s towards 1
+    assert pairs(traj) == [(0, 1)]
+    assert traj.states[-1, 1, 0] > 1.5  # and object 1 was knocked on
+
+
+def test_counterfactual_without_the_pushed_object_has_no_push():
+    # 0 is pushed towards 1; in the world without 0 the push does nothing and 1 never moves
+    base = make_scene(obj(0, -1.0, 0.0), obj(1, 1.0, 0.0), obj(2, -2.0, -1.4, 0.0, 1.0))
+    scene = replace(base, pushes=(Push(3, 0, (1.0, 0.0)),))
+    assert pairs(simulate(scene)) == [(0, 1)]
+    without = simulate(scene, removed=0)
+    np.testing.assert_array_equal(without.states, simulate(base, removed=0).states)
+    assert without.collisions == [] and np.all(without.states[:, 1, 2:4] == 0)
+    assert not actions_array(scene, without).any()
+    # a push on an object that stays apart from the others does not change them either
+    apart = replace(base, pushes=(Push(3, 2, (0.0, -0.3)),))
+    np.testing.assert_array_equal(simulate(apart).states[:, :2], simulate(base).states[:, :2])
+    # the push acts in the prevented world too
+    prevented = simulate(scene, prevented=(0, 1))
+    assert prevented.collisions == [] and prevented.states[-1, 0, 0] > 1.0
+
+
+def test_actions_array_rows():
+    scene = replace(
+        make_scene(obj(0, -1.5, 0.0, 1.0, 0.0), obj(1, 2.0, 1.2)),
+        pushes=(Push(4, 0, (0.2, 0.1)), Push(7, 1, (-0.3, 0.0))),
+    )
+    traj = simulate(scene)
+    a = actions_array(scene, traj)
+    assert a.shape == (T, len(ACTION_FIELDS)) and a.dtype == np.float32
+    assert np.flatnonzero(a[:, 0]).tolist() == [4, 7]
+    np.testing.assert_array_equal(a[4], np.float32([1.0, *traj.states[4, 0, :2], 0.2, 0.1]))
+    np.testing.assert_array_equal(a[7], np.float32([1.0, *traj.states[7, 1, :2], -0.3, 0.0]))
+    assert not np.delete(a, [4, 7], axis=0).any()
+
+
+def test_scene_rejects_bad_pushes():
+    with pytest.raises(ValueError, match="at most one push per frame"):
+        Scene(
+            objects=(obj(0, 0.0, 0.0), obj(1, 1.0, 1.0)),
+            physics=PHYS,
+            num_frames=T,
+            pushes=(Push(3, 0, (1.0, 0.0)), Push(3, 1, (1.0, 0.0))),
+        )
+    with pytest.raises(ValueError, match="must name one of the scene's objects"):
+        replace(make_scene(obj(0, 0.0, 0.0)), pushes=(Push(3, 5, (1.0, 0.0)),))
+
+
+def test_sampled_pushes():
+    cfg = replace(SCENE_CFG, pushes=12, p_entering=0.5, push_strength=(0.5, 0.8))
+    for seed in range(10):
+        scene = sample_scene(np.random.default_rng(seed), cfg, PHYS)
+        frames = [p.frame for p in scene.pushes]
+        assert len(frames) == 12 and frames == sorted(set(frames))
+        assert all(1 <= f <= OBSERVED - 1 for f in frames)
+        for p in scene.pushes:
+            assert scene.objects[p.object_id].enter_frame <= p.frame  # present then
+            assert 0.5 <= math.hypot(*p.impulse) <= 0.8
+        # pushes are drawn after everything else: the objects are those of the push-free scene
+        plain = sample_scene(np.random.default_rng(seed), replace(cfg, pushes=0), PHYS)
+        assert scene.objects == plain.objects and plain.pushes == ()
+
+
+def test_no_pushes_draws_nothing_extra(monkeypatch):
+    """pushes=0 must leave existing seeds' scenes, stores and questions byte-identical."""
+
+    def never(*args):
+        raise AssertionError("pushes=0 sampled pushes")
+
+    monkeypatch.setattr(clevrer_sim, "_sample_pushes", never)
+    other = replace(SCENE_CFG, push_strength=(5.0, 9.0))
+    for seed in range(4):
+        rng_a, rng_b = np.random.default_rng(seed), np.random.default_rng(seed)
+        a, ta = sample_accepted_scene(rng_a, SCENE_CFG, PHYS)
+        b, tb = sample_accepted_scene(rng_b, other, PHYS)
+        assert a.pushes == () and a == b and np.array_equal(ta.states, tb.states)
+        assert rng_a.bit_generator.state == rng_b.bit_generator.state
+    # nothing about pushes reaches the stored bytes: no actions, no truth key, no config keys
+    cfg = replace(QCFG, scene=other)
+    v = make_video(cfg, "train", 0)["record"]
+    assert "actions" not in v and "pushes" not in json.loads(v["truth"])
+    assert "push" not in cfg.to_json()
+    assert "push" in replace(cfg, scene=replace(other, pushes=1)).to_json()
+
+
+def test_generated_store_with_pushes(tmp_path):
+    scene = SceneConfig(observed_frames=20, future_frames=6, enter_frame_range=(2, 10), pushes=3)
+    cfg = GenerateConfig(videos={"validation": 2}, height=16, width=16, scene=scene)
+    store_path, qpath = generate_split(cfg, "validation", tmp_path)
+    with VideoStore(store_path) as s:
+        assert s.has("actions") and s.action_fields == ACTION_FIELDS
+        assert s.f["actions"].shape == (2, 26, 5) and s.f["actions"].dtype == np.float32
+        for i in range(len(s)):
+            a, states, truth = s.read("actions", i), s.read("states", i), s.truth(i)
+            rows = np.flatnonzero(np.any(a != 0, axis=1))
+            assert len(rows) == 3 and np.all(a[rows, 0] == 1)
+            assert rows.tolist() == [p["frame"] for p in truth["pushes"]]
+            for p in truth["pushes"]:
+                t, o = p["frame"], p["object_id"]
+                np.testing.assert_array_equal(a[t, 1:3], states[t, o, :2])
+                np.testing.assert_allclose(a[t, 3:], p["impulse"], rtol=1e-6)
+            np.testing.assert_array_equal(s.read("actions", i, 2, 20, 3), a[2:20:3])
+    assert all(v["questions"] for v in json.loads(qpath.read_text()))  # the questions were made
+
+
+def _actions_store(path, actions=5):
+    layout = StoreLayout(num_videos=2, num_frames=6, height=4, width=4, actions=actions)
+    names = ACTION_FIELDS[:actions]
+    with VideoStoreWriter(path, layout, {"source": "test"}, action_fields=names) as w:
+        for i in range(2):
+            w.write(
+                i,
+                {
+                    "frames": np.zeros((6, 4, 4, 3), np.uint8),
+                    "video_ids": f"video_{i:05d}",
+                    "scene_index": i,
+                    "annotations": "",
+                    "actions": np.full((6, actions), i, np.float32),
+                },
+            )
+    return path
+
+
+def test_store_actions_round_trip_and_bad_files(tmp_path):
+    path = _actions_store(tmp_path / "s.h5")
+    with VideoStore(path) as s:
+        assert s.has("actions") and s.action_fields == ACTION_FIELDS
+        np.testing.assert_array_equal(s.read("actions", 1, 0, 6, 2), np.ones((3, 5), np.float32))
+    with pytest.raises(ValueError, match=r"5 action columns but 0 action_fields"):
+        VideoStoreWriter(tmp_path / "t.h5", StoreLayout(2, 6, 4, 4, actions=5), {"source": "test"})
+    for bad, msg in [
+        (np.zeros((2, 6, 5), np.float64), r"field 'actions' has dtype float64, expected float32"),
+        (np.zeros((2, 6, 4), np.float32), r"field 'actions' has shape \(2, 6, 4\), expected \(2, 6, 5\)"),
+        (np.zeros((2, 6), np.float32), r"field 'actions' has shape \(2, 6\), expected \(2, 6, 5\)"),
+    ]:
+        path = _actions_store(tmp_path / "bad.h5")
+        with h5py.File(path, "a") as f:
+            del f["actions"]
+            f.create_dataset("actions", data=bad)
+        with pytest.raises(StoreError, match=r"bad\.h5: " + msg):
+            VideoStore(path)
+    path = _actions_store(tmp_path / "noattr.h5")
+    with h5py.File(path, "a") as f:
+        del f.attrs["action_fields"]
+    with pytest.raises(StoreError, match=r"noattr\.h5: field 'actions' is present but the 'action_fields'"):
+        VideoStore(path)
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"pushes": -1}, r"pushes \(-1\) must be in 0\.\.39"),
+        ({"pushes": 40}, r"pushes \(40\) must be in 0\.\.39"),
+        ({"pushes": 1.5}, r"pushes must be an integer, got 1\.5"),
+        ({"push_strength": (0.0, 1.0)}, r"push_strength \(0\.0, 1\.0\) must be finite with 0 < min <= max"),
+        ({"push_strength": (2.0, 1.0)}, r"push_strength \(2\.0, 1\.0\) must be"),
+        ({"push_strength": (1.0,)}, r"push_strength must be a pair"),
+        ({"push_strength": (1.0, math.inf)}, r"push_strength .* must be finite"),
+    ],
+)
+def test_push_config_validation(kw, match):
+    with pytest.raises(ValueError, match=match):
+        replace(SCENE_CFG, **kw)

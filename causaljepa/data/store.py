@@ -1,6 +1,6 @@
 """The video store: one HDF5 file per split (DESIGN.md §4).
 
-Fields (N videos, T frames, H x W pixels, O = max objects, F state columns):
+Fields (N videos, T frames, H x W pixels, O = max objects, F state columns, A action columns):
 
     frames             uint8   (N, T, H, W, 3)  chunked (1, t, H, W, 3), compressed
     video_ids          str     (N,)             e.g. "video_00012"
@@ -12,6 +12,8 @@ Fields (N videos, T frames, H x W pixels, O = max objects, F state columns):
     in_view            bool    (N, T, O)        object (partly) inside the view       [annotated]
     object_properties  int8    (N, O, 3)        colour, shape, material ids, -1 = none  [annotated]
     truth              str     (N,)             JSON: events, counterfactual events    [simulated]
+    actions            float32 (N, T, A)        per-frame actions, columns in
+                                                attrs["action_fields"]        [actions=A > 0]
     cf_frames          uint8   (N, O, T, H, W, 3)  the video without object o   [counterfactuals=true]
     cf_masks           uint8   (N, O, T, H, W)
     cf_states          float32 (N, O, T, O, F)
@@ -19,7 +21,8 @@ Fields (N videos, T frames, H x W pixels, O = max objects, F state columns):
     cf_valid           bool    (N, O)           False where object o does not exist
 
 Root attributes: schema_version, source, generator_config (JSON), seed, fps, split,
-observed_frames, state_fields (JSON), vocab (JSON: colours, shapes, materials).
+observed_frames, state_fields (JSON), vocab (JSON: colours, shapes, materials), and
+action_fields (JSON) only in a store with actions.
 
 Writers write ``<name>.partial.h5`` and rename on success, so an interrupted run never leaves
 a file that looks complete. Datasets are written without timestamps, so the same inputs
@@ -58,6 +61,7 @@ class StoreLayout:
     masks: bool = False
     truth: bool = False
     counterfactuals: bool = False
+    actions: int = 0  # A, the action columns of the `actions` field; 0: no actions
     frame_chunk: int = 8
     compression_level: int = 1
 
@@ -67,6 +71,8 @@ class StoreLayout:
                 raise ValueError(f"StoreLayout.{name} must be >= 1, got {getattr(self, name)}")
         if self.counterfactuals and not (self.masks and self.max_objects):
             raise ValueError("StoreLayout: counterfactual videos need masks and object fields")
+        if self.actions < 0:
+            raise ValueError(f"StoreLayout.actions must be >= 0 (0: no actions field), got {self.actions}")
 
     def fields(self, num_state_fields: int) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
         N, T, H, W, O, F = (
@@ -92,6 +98,8 @@ class StoreLayout:
             f["object_properties"] = (np.dtype(np.int8), (N, O, 3))
         if self.truth:
             f["truth"] = (STR, (N,))
+        if self.actions:
+            f["actions"] = (np.dtype(np.float32), (N, T, self.actions))
         if self.counterfactuals:
             f["cf_frames"] = (np.dtype(np.uint8), (N, O, T, H, W, 3))
             f["cf_masks"] = (np.dtype(np.uint8), (N, O, T, H, W))
@@ -108,7 +116,7 @@ def _chunks(name: str, shape: tuple[int, ...], t_chunk: int) -> tuple[int, ...] 
         return (1, t, *shape[2:])
     if name in ("cf_frames", "cf_masks"):
         return (1, 1, min(t_chunk, shape[2]), *shape[3:])
-    if name in ("states", "present", "in_view"):
+    if name in ("states", "present", "in_view", "actions"):
         return (1, shape[1], *shape[2:])
     return None
 
@@ -119,7 +127,9 @@ class VideoStoreWriter:
     Use as a context manager: an exception inside the block removes the partial file.
     """
 
-    def __init__(self, path: str | os.PathLike, layout: StoreLayout, attrs: dict, state_fields=()):
+    def __init__(
+        self, path: str | os.PathLike, layout: StoreLayout, attrs: dict, state_fields=(), action_fields=()
+    ):
         self.path = Path(path)
         self.partial = partial_path(self.path)
         self.layout = layout
@@ -128,20 +138,27 @@ class VideoStoreWriter:
                 f"{self.path}: a store with object fields (max_objects={layout.max_objects}) "
                 "needs the names of its state columns (state_fields)"
             )
+        if len(action_fields) != layout.actions:
+            raise ValueError(
+                f"{self.path}: the layout has {layout.actions} action columns but {len(action_fields)} "
+                f"action_fields were named ({list(action_fields)}); name one per column, none without actions"
+            )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.f = h5py.File(self.partial, "w", libver=("earliest", "v110"))
         try:
-            self._create(attrs, state_fields)
+            self._create(attrs, state_fields, action_fields)
         except BaseException:
             self.abort()
             raise
         self.written = np.zeros(layout.num_videos, bool)
 
-    def _create(self, attrs: dict, state_fields) -> None:
+    def _create(self, attrs: dict, state_fields, action_fields) -> None:
         layout = self.layout
         root = dict(attrs)
         root["schema_version"] = SCHEMA_VERSION
         root["state_fields"] = json.dumps(list(state_fields))
+        if layout.actions:  # only then: a store without actions keeps its bytes
+            root["action_fields"] = json.dumps(list(action_fields))
         for k in sorted(root):
             v = root[k]
             self.f.attrs[k] = json.dumps(v) if isinstance(v, dict | list) else v
@@ -264,6 +281,7 @@ class VideoStore(H5Reader):
                 raise self._err(f"required field '{name}' is missing")
         try:
             self.state_fields = tuple(json.loads(a.get("state_fields", "[]")))
+            self.action_fields = tuple(json.loads(a.get("action_fields", "[]")))
             self.generator_config = json.loads(a.get("generator_config", "{}"))
             self.vocab = json.loads(a.get("vocab", "{}"))
         except json.JSONDecodeError as e:
@@ -273,6 +291,12 @@ class VideoStore(H5Reader):
             raise self._err(f"field 'frames' has shape {fr.shape}, expected (N, T, H, W, 3)")
         N, T, H, W, _ = fr.shape
         O = self.f["states"].shape[2] if "states" in self.f else 0
+        if "actions" in self.f and not self.action_fields:
+            raise self._err(
+                "field 'actions' is present but the 'action_fields' attribute (a JSON list naming "
+                "its A columns) is missing or empty"
+            )
+        A = len(self.action_fields) if "actions" in self.f else 0
         try:
             layout = StoreLayout(
                 N,
@@ -283,6 +307,7 @@ class VideoStore(H5Reader):
                 masks="masks" in self.f,
                 truth="truth" in self.f,
                 counterfactuals="cf_frames" in self.f,
+                actions=A,
             )
         except ValueError as e:  # e.g. counterfactual videos without masks or states
             raise self._err(f"inconsistent set of fields: {e}") from e

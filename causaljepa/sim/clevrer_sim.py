@@ -13,6 +13,12 @@ Everything a question needs is answered by simulation, never by a heuristic:
   (``simulate(scene, prevented=(a, b))``), which is how a collision is tested as the cause
   of a later one.
 
+Optionally the world has actions: external pushes (``Push``), linear impulses given to one
+object at one frame. ``SceneConfig.pushes`` sets how many a sampled video gets (default 0:
+none, and then the sampler draws exactly what it drew before pushes existed, so existing
+seeds give the same scenes and bytes). ``actions_array`` turns a scene's pushes into the
+per-frame action rows of the store's ``actions`` field.
+
 World units: the camera sees x in [-3, 3], y in [-2, 2] (CLEVRER's 3:2 aspect), y up.
 """
 
@@ -44,6 +50,9 @@ OBJECT_HEIGHT = 0.35  # z of an object's centre in the annotations' 3-D location
 
 # Per-frame object state columns in the store's `states` array.
 STATE_FIELDS = ("x", "y", "vx", "vy", "angle", "angular_velocity")
+# Per-frame action columns in the store's `actions` array (see actions_array): push is 1 at
+# a frame with a push, x, y the pushed object's position then, ix, iy the impulse.
+ACTION_FIELDS = ("push", "x", "y", "ix", "iy")
 
 
 @dataclass(frozen=True)
@@ -89,6 +98,12 @@ class SceneConfig:
     min_collisions: int = 1
     max_collisions: int = 5
     max_tries: int = 200
+    # external pushes (actions) per video, at distinct frames in [1, observed_frames - 1]
+    pushes: int = 0
+    # range of a push's impulse magnitude (N*s). A rubber sphere has mass 0.38, a rubber cube
+    # 0.49, metal ones three times that, so 0.4..1.2 changes a rubber object's velocity by
+    # about 0.8..3.1 units/s (a metal one's by 0.3..1.0), like the sampled speeds (1.5..3).
+    push_strength: tuple[float, float] = (0.4, 1.2)
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_objects <= self.max_objects <= 10:
@@ -111,6 +126,25 @@ class SceneConfig:
             raise ValueError(
                 f"SceneConfig: enter_frame_range {self.enter_frame_range} must lie in "
                 f"[0, observed_frames={self.observed_frames})"
+            )
+        if isinstance(self.pushes, bool) or not isinstance(self.pushes, int | np.integer):
+            raise ValueError(f"SceneConfig: pushes must be an integer, got {self.pushes!r}")
+        if not 0 <= self.pushes <= self.observed_frames - 1:
+            raise ValueError(
+                f"SceneConfig: pushes ({self.pushes}) must be in 0..{self.observed_frames - 1}: at most "
+                f"one push per frame, at frames 1..observed_frames-1 (observed_frames={self.observed_frames})"
+            )
+        try:
+            plo, phi = (float(v) for v in self.push_strength)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"SceneConfig: push_strength must be a pair (min, max) of impulse magnitudes, "
+                f"got {self.push_strength!r}"
+            ) from None
+        if not (math.isfinite(plo) and math.isfinite(phi) and 0 < plo <= phi):
+            raise ValueError(
+                f"SceneConfig: push_strength {tuple(self.push_strength)} must be finite with "
+                "0 < min <= max (impulse magnitudes in N*s, e.g. (0.4, 1.2))"
             )
 
     @property
@@ -145,10 +179,44 @@ class ObjectSpec:
 
 
 @dataclass(frozen=True)
+class Push:
+    """An external push: a linear impulse (world units, N*s) given at the centre of object
+    ``object_id``'s body at frame ``frame``.
+
+    Timing: the push acts at the instant of frame ``frame``, after that frame's state is
+    recorded and before the physics substeps that lead to frame ``frame + 1``. So
+    ``states[frame]`` shows no effect yet and ``states[frame + 1]`` is the first to show it:
+    there the object's velocity has changed by impulse / mass (less the linear damping of
+    one frame, and any contact within it). A push on an object that is not present at that
+    frame (not entered yet, or removed in a counterfactual world) does nothing.
+    """
+
+    frame: int
+    object_id: int
+    impulse: tuple[float, float]
+
+
+@dataclass(frozen=True)
 class Scene:
+    """Objects and their initial conditions, the physics, the length, and the pushes
+    (at most one per frame, ordered by frame)."""
+
     objects: tuple[ObjectSpec, ...]
     physics: PhysicsConfig
     num_frames: int
+    pushes: tuple[Push, ...] = ()
+
+    def __post_init__(self) -> None:
+        ids = {o.object_id for o in self.objects}
+        frames = [p.frame for p in self.pushes]
+        for p in self.pushes:
+            if p.object_id not in ids or not 0 <= p.frame < self.num_frames:
+                raise ValueError(
+                    f"Scene: push {p} must name one of the scene's objects {sorted(ids)} at a frame "
+                    f"in [0, num_frames={self.num_frames})"
+                )
+        if len(set(frames)) != len(frames):
+            raise ValueError(f"Scene: pushes at frames {frames}; at most one push per frame is allowed")
 
 
 @dataclass(frozen=True)
@@ -236,6 +304,9 @@ def simulate(
 
     removed:   an object id that is never there (the counterfactual world without it)
     prevented: a pair of object ids that pass through each other instead of colliding
+
+    The scene's pushes act in every world; see ``Push`` for their timing. A push on an
+    object that is not present (removed, or not entered yet) does nothing.
     """
     phys = scene.physics
     n_obj = len(scene.objects)
@@ -281,6 +352,7 @@ def simulate(
         bodies[o.object_id] = body
 
     T = scene.num_frames
+    pushes = {p.frame: p for p in scene.pushes}
     states = np.zeros((T, n_obj, len(STATE_FIELDS)), np.float32)  # (T, O, F)
     present = np.zeros((T, n_obj), bool)
     for t in range(T):
@@ -294,6 +366,10 @@ def simulate(
             p, v = body.position, body.linearVelocity
             states[t, oid] = (p[0], p[1], v[0], v[1], body.angle, body.angularVelocity)
             present[t, oid] = True
+        push = pushes.get(t)
+        if push is not None and push.object_id in bodies:  # after frame t's state, before t -> t+1
+            body = bodies[push.object_id]
+            body.ApplyLinearImpulse(push.impulse, body.worldCenter, True)
     cube = np.zeros(n_obj, bool)
     for o in scene.objects:
         cube[o.object_id] = o.shape == "cube"
@@ -392,7 +468,44 @@ def sample_scene(rng: np.random.Generator, cfg: SceneConfig, phys: PhysicsConfig
             pos, vel, enter = starts[i], _start_velocity(rng, cfg, starts[i], others, speed), 0
         start, velocity = (float(pos[0]), float(pos[1])), (float(vel[0]), float(vel[1]))
         objects.append(ObjectSpec(i, color, shape, material, start, velocity, angle, enter))
-    return Scene(objects=tuple(objects), physics=phys, num_frames=cfg.total_frames)
+    # drawn last, and only if asked for: with pushes == 0 the generator's draws are unchanged
+    pushes = _sample_pushes(rng, cfg, objects) if cfg.pushes else ()
+    return Scene(objects=tuple(objects), physics=phys, num_frames=cfg.total_frames, pushes=pushes)
+
+
+def _sample_pushes(rng: np.random.Generator, cfg: SceneConfig, objects: list[ObjectSpec]) -> tuple[Push, ...]:
+    """``cfg.pushes`` pushes at distinct frames (a frame already taken is drawn again), each:
+    frame uniform in [1, observed_frames - 1], object uniform among those present then
+    (enter_frame <= frame), direction uniform, magnitude uniform in ``cfg.push_strength``."""
+    out: dict[int, Push] = {}
+    lo, hi = cfg.push_strength
+    while len(out) < cfg.pushes:
+        frame = int(rng.integers(1, cfg.observed_frames))
+        if frame in out:
+            continue
+        there = [o.object_id for o in objects if o.enter_frame <= frame]  # never empty: one starts at 0
+        oid = there[int(rng.integers(len(there)))]
+        a = float(rng.uniform(0, 2 * math.pi))
+        m = float(rng.uniform(lo, hi))
+        out[frame] = Push(frame, oid, (m * math.cos(a), m * math.sin(a)))
+    return tuple(out[f] for f in sorted(out))
+
+
+def actions_array(scene: Scene, trajectory: Trajectory) -> np.ndarray:
+    """The scene's pushes as per-frame action rows: (T, A) float32, columns ACTION_FIELDS.
+
+    Row t is (1, x, y, ix, iy) where a push acts at frame t (there is at most one per frame):
+    x, y the pushed object's position at frame t (``trajectory.states``), ix, iy the impulse;
+    zeros at frames without a push, and where the pushed object is not present in
+    ``trajectory`` at frame t (the push does nothing there). T = the trajectory's length.
+    """
+    T = trajectory.states.shape[0]
+    out = np.zeros((T, len(ACTION_FIELDS)), np.float32)  # (T, A)
+    for p in scene.pushes:
+        if p.frame < T and trajectory.present[p.frame, p.object_id]:
+            x, y = trajectory.states[p.frame, p.object_id, :2]
+            out[p.frame] = (1.0, x, y, p.impulse[0], p.impulse[1])
+    return out
 
 
 def _start_velocity(rng: np.random.Generator, cfg: SceneConfig, pos: np.ndarray, others: list, speed: float):

@@ -4,6 +4,11 @@ Each video is made from its own seed, derived from (seed, split, index), so a vi
 not depend on the number of worker processes or on the other videos; workers run in
 parallel and the main process writes in index order, so the same seed and config give
 the same bytes.
+
+With ``scene.pushes > 0`` the videos have actions: the store gets an ``actions`` field
+(N, T, A), columns ACTION_FIELDS, and each video's ``truth`` lists its pushes. With
+``pushes == 0`` (the default) neither appears, and the push keys are left out of the stored
+generator config, so such a dataset has the bytes it had before pushes existed.
 """
 
 from __future__ import annotations
@@ -20,12 +25,14 @@ from ..data.questions import VOCAB, property_ids
 from ..data.store import StoreLayout, VideoStoreWriter
 from ..io import write_json_atomic
 from .clevrer_sim import (
+    ACTION_FIELDS,
     OBJECT_HEIGHT,
     STATE_FIELDS,
     PhysicsConfig,
     Scene,
     SceneConfig,
     Trajectory,
+    actions_array,
     sample_accepted_scene,
 )
 from .questions import QuestionConfig, QuestionGenerator
@@ -72,7 +79,12 @@ class GenerateConfig:
             )
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        """The config as stored in a store's ``generator_config``. Without pushes the push keys
+        are left out, so a store without actions has the bytes it had before they existed."""
+        d = asdict(self)
+        if not self.scene.pushes:
+            del d["scene"]["pushes"], d["scene"]["push_strength"]
+        return json.dumps(d, sort_keys=True)
 
 
 def video_seed(seed: int, split: str, index: int) -> np.random.SeedSequence:
@@ -163,6 +175,10 @@ def make_video(cfg: GenerateConfig, split: str, index: int) -> dict:
         "enter_frames": [o.enter_frame for o in scene.objects],
         "counterfactual_collisions": cf_events,
     }
+    if cfg.scene.pushes:  # only then: a video without actions keeps its bytes
+        truth["pushes"] = [
+            {"frame": p.frame, "object_id": p.object_id, "impulse": list(p.impulse)} for p in scene.pushes
+        ]
     record = {
         "frames": frames,
         "masks": masks,
@@ -175,6 +191,8 @@ def make_video(cfg: GenerateConfig, split: str, index: int) -> dict:
         "annotations": json.dumps(annotation_json(scene, traj, scene_index, observed)),
         "truth": json.dumps(truth),
     }
+    if cfg.scene.pushes:
+        record["actions"] = actions_array(scene, traj)  # (T, A)
     if cfg.counterfactuals:
         H, W = cfg.height, cfg.width
         cf_frames = np.zeros((O, T, H, W, 3), np.uint8)  # (O, T, H, W, 3)
@@ -256,11 +274,13 @@ def generate_split(cfg: GenerateConfig, split: str, root: Path, workers: int = 1
         masks=True,
         truth=True,
         counterfactuals=cfg.counterfactuals,
+        actions=len(ACTION_FIELDS) if cfg.scene.pushes else 0,
         compression_level=cfg.compression_level,
     )
     store_path = Path(root) / f"{split}.h5"
     questions = []
-    with VideoStoreWriter(store_path, layout, store_attrs(cfg, split), STATE_FIELDS) as w:
+    action_fields = ACTION_FIELDS if cfg.scene.pushes else ()
+    with VideoStoreWriter(store_path, layout, store_attrs(cfg, split), STATE_FIELDS, action_fields) as w:
         for i, video in iter_videos(cfg, split, workers, desc=f"clevrer_sim {split}"):
             w.write(i, video["record"])
             questions.append(video["questions"])

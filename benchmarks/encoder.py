@@ -20,27 +20,12 @@ import torch
 import yaml
 from torch.profiler import ProfilerActivity, profile
 
-from causaljepa.benchmarking import emit, machine
+from causaljepa.benchmarking import emit, machine, matmul_gflops
 from causaljepa.models.savi import EncoderConfig, SAVi
 from causaljepa.training.allocator import keep_freed_memory
 from causaljepa.training.loop import train_step
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "encoder"
-
-
-def matmul_gflops(dtype: torch.dtype, device: torch.device, n: int = 2048, repeats: int = 5) -> float:
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    best = float("inf")
-    for _ in range(repeats + 1):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        a @ b
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
 
 
 def main() -> None:

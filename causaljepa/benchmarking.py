@@ -22,6 +22,24 @@ def fp32_matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
+def matmul_gflops(dtype, device, n: int = 2048, repeats: int = 5) -> float:
+    """The matrix-multiply rate (GFLOP/s) of ``device`` in ``dtype``: best of ``repeats``."""
+    import torch
+
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    best = float("inf")
+    for _ in range(repeats + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
 def machine() -> dict:
     import torch
 

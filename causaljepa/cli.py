@@ -7,6 +7,10 @@
     cjepa train-encoder          [preset=quick ...] the slot-attention video encoder
     cjepa extract-slots          checkpoint=PT [...]  slot stores of every split (+ FG-ARI, mBO)
     cjepa show-slots             checkpoint=PT [...]  PNG of frames, reconstructions, per-slot masks
+    cjepa oracle-slots           [...]             slot stores from the simulator's object states
+    cjepa train                  [slots=learned|oracle masking=object|none|token|tube ...]  the predictor
+    cjepa rollout                checkpoint=PT [...]  predicted slots past the observed frames (+ errors)
+    cjepa intervene              checkpoint=PT [...]  latent interventions against counterfactual truth
 
 Everything after the subcommand is Hydra's: overrides (``data.generator.height=128``),
 ``--cfg job`` to print the composed config, ``--help``. Each handler here only turns the
@@ -101,19 +105,24 @@ def cmd_show(cfg) -> None:
     print(f"written: {out}")
 
 
-def cmd_train_encoder(cfg) -> None:
-    from .training.encoder import train_encoder
-
-    out = Path(cfg.out)
+def _resume(out: Path, resume: str | None) -> Path | None:
+    """resume=auto continues the run in ``out`` if there is one; a run there is never overwritten."""
     last = out / "checkpoints" / "last.pt"
-    resume = cfg.resume
-    if resume == "auto":  # continue the run in out/ if there is one, else start it
-        resume = last if last.exists() else None
-    elif resume is None and last.exists():
+    if resume == "auto":
+        return last if last.exists() else None
+    if resume is None and last.exists():
         raise ValueError(
             f"{out} already holds a run; continue it with resume=auto (or resume={last}) "
             "or choose another out="
         )
+    return None if resume is None else Path(resume)
+
+
+def cmd_train_encoder(cfg) -> None:
+    from .training.encoder import train_encoder
+
+    out = Path(cfg.out)
+    resume = _resume(out, cfg.resume)
     path = train_encoder(
         cfg.data.root,
         cfg.encoder,
@@ -159,6 +168,7 @@ def cmd_extract_slots(cfg) -> None:
             batch_size=cfg.batch_size,
             chunk=cfg.chunk,
             seed=cfg.seed + 1234,
+            counterfactuals=cfg.counterfactuals,
         )
         report[split] = metrics
         shown = "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
@@ -190,6 +200,122 @@ def cmd_show_slots(cfg) -> None:
     print(f"written: {out}")
 
 
+def _splits(root: Path, splits) -> list[str]:
+    """The splits, each checked to have a video store under ``root``."""
+    for split in splits:
+        if not (root / f"{check_split(split)}.h5").exists():
+            raise FileNotFoundError(f"{root / f'{split}.h5'} does not exist; splits={list(splits)} names it")
+    return list(splits)
+
+
+def cmd_oracle_slots(cfg) -> None:
+    from .data.oracle import write_oracle_slots
+
+    root = Path(cfg.data.root)
+    out = Path(cfg.out) if cfg.out else root / "oracle_slots"
+    for split in _splits(root, cfg.splits):
+        print(f"{split}: {write_oracle_slots(root / f'{split}.h5', out / f'{split}.h5')}")
+
+
+def cmd_train(cfg) -> None:
+    from .training.predictor import resolve_slots, train_predictor
+
+    out = Path(cfg.out)
+    slot_dir = resolve_slots(cfg.data.root, cfg.slots)
+    if not (slot_dir / "train.h5").exists():
+        make = {
+            "learned": "cjepa extract-slots checkpoint=<encoder.pt>",
+            "oracle": "cjepa oracle-slots",
+        }.get(cfg.slots, "a slot store directory")
+        raise FileNotFoundError(
+            f"{slot_dir / 'train.h5'} does not exist (slots={cfg.slots}); make it with {make}"
+        )
+    path = train_predictor(
+        slot_dir,
+        cfg.predictor,
+        cfg.masking,
+        cfg.train,
+        cfg.trainer,
+        cfg.windows,
+        out,
+        seed=cfg.seed,
+        resume=_resume(out, cfg.resume),
+        extra={"data": cfg.data.name, "slots": cfg.slots},
+    )
+    val = json.loads((out / "val.json").read_text())
+    print(f"predictor: {path}")
+    if val:
+        print("validation: " + "  ".join(f"{k}={v:.4g}" for k, v in val.items()))
+    print(f"next: cjepa rollout checkpoint={path}")
+
+
+def _predictor_and_store(cfg):
+    from .data.slot_store import SlotStore
+    from .training.predictor import load_predictor
+
+    model, ckpt = load_predictor(cfg.checkpoint, cfg.device)
+    slot_dir = Path(cfg.slots) if cfg.slots else Path(ckpt["extra"]["slot_dir"])
+    store = SlotStore(slot_dir / f"{check_split(cfg.split)}.h5")
+    if store.encoder_hash != ckpt["extra"]["encoder_hash"]:
+        raise ValueError(
+            f"{store.path} holds slots of encoder {store.encoder_hash[:12]}, the predictor was trained on "
+            f"{ckpt['extra']['encoder_hash'][:12]}; give slots= a directory made by the same encoder"
+        )
+    return model, ckpt, store
+
+
+def cmd_rollout(cfg) -> None:
+    from .evaluation.dynamics import rollout_store
+    from .io import write_json_atomic
+    from .viz import plot_curves
+
+    model, ckpt, store = _predictor_and_store(cfg)
+    stride = int(ckpt["extra"]["windows"]["stride"])
+    tag = "" if cfg.actions else "_no_actions"
+    out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint).parent / f"rollout_{cfg.split}{tag}.h5"
+    with store:
+        result = rollout_store(
+            model, store, out, stride=stride, end=cfg.end, batch_size=cfg.batch_size, commit=cfg.commit,
+            use_actions=cfg.actions,
+        )  # fmt: skip
+    result = {"checkpoint": str(cfg.checkpoint), "slots": str(store.path), **result}
+    write_json_atomic(out.with_suffix(".json"), result)
+    print(f"rollout: {out}  ({result['steps']} steps of {stride} frames)")
+    if "horizon_mse" in result:
+        per = result["horizon_mse"]
+        png = plot_curves(
+            per, result["frame_index"], out.with_suffix(".png"), xlabel="video frame", ylabel="slot MSE",
+            title=f"rollout error, {cfg.split} ({Path(cfg.checkpoint).parent.name})",
+        )  # fmt: skip
+        print("horizon  " + "  ".join(f"{k:>10}" for k in per))
+        for h in range(result["steps"]):
+            print(f"{h + 1:>7}  " + "  ".join(f"{per[k][h]:10.4g}" for k in per))
+        print(f"beats copy-last and linear at every horizon >= 2: {result['beats_baselines_from_h2']}")
+        print(f"written: {out.with_suffix('.json')}  {png}")
+
+
+def cmd_intervene(cfg) -> None:
+    from .evaluation.dynamics import intervention_errors
+    from .io import write_json_atomic
+
+    model, ckpt, store = _predictor_and_store(cfg)
+    stride = int(ckpt["extra"]["windows"]["stride"])
+    out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint).parent / f"interventions_{cfg.split}.json"
+    with store:
+        result = intervention_errors(
+            model, store, stride=stride, steps=cfg.steps, batch_size=cfg.batch_size, commit=cfg.commit
+        )
+    write_json_atomic(out, {"checkpoint": str(cfg.checkpoint), "slots": str(store.path), **result})
+    for part in ("all", "most_affected_half"):
+        r = result[part]
+        print(
+            f"{part:>18}: {r['cases']} cases  intervened MSE {r['intervened_mse']:.4g}  factual MSE "
+            f"{r['factual_mse']:.4g}  (intervened lower in {100 * r['intervened_lower_fraction']:.0f} %; "
+            f"truth gap {r['truth_gap_mse']:.4g})"
+        )
+    print(f"written: {out}")
+
+
 # (words on the command line) -> (primary config, handler)
 COMMANDS: dict[tuple[str, ...], tuple[str, Callable]] = {
     ("data", "generate"): ("data_generate", cmd_generate),
@@ -199,6 +325,10 @@ COMMANDS: dict[tuple[str, ...], tuple[str, Callable]] = {
     ("train-encoder",): ("train_encoder", cmd_train_encoder),
     ("extract-slots",): ("extract_slots", cmd_extract_slots),
     ("show-slots",): ("show_slots", cmd_show_slots),
+    ("oracle-slots",): ("oracle_slots", cmd_oracle_slots),
+    ("train",): ("train", cmd_train),
+    ("rollout",): ("rollout", cmd_rollout),
+    ("intervene",): ("intervene", cmd_intervene),
 }
 
 

@@ -15,10 +15,13 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
+from .masking import MaskConfig
+from .models.predictor import PredictorConfig
 from .models.savi import EncoderConfig
 from .sim.generate import SPLITS, GenerateConfig
 from .training.encoder import ClipConfig
 from .training.loop import OptimConfig, TrainerConfig
+from .training.predictor import WindowConfig
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,7 @@ class ExtractSlotsCommand:
     precision: str = "fp32"  # fp32 | bf16
     batch_size: int = 16  # videos encoded together
     chunk: int = 32  # frames per forward pass; slots are carried across chunks
+    counterfactuals: bool = False  # also encode the counterfactual videos (cf_slots; O x the work)
 
 
 @dataclass
@@ -131,6 +135,65 @@ class ShowSlotsCommand:
     out: str | None = None  # default: next to the encoder, show_slots_<split>_<video>.png
 
 
+@dataclass
+class OracleSlotsCommand:
+    """cjepa oracle-slots"""
+
+    data: Any = MISSING
+    seed: int = 0
+    splits: list[str] = field(default_factory=lambda: ["train", "validation", "test"])
+    out: str | None = None  # default: <data.root>/oracle_slots
+
+
+@dataclass
+class TrainCommand:
+    """cjepa train (the C-JEPA predictor)"""
+
+    data: Any = MISSING
+    seed: int = 0
+    slots: str = "learned"  # learned (<root>/slots) | oracle (<root>/oracle_slots) | a directory
+    predictor: PredictorConfig = field(default_factory=PredictorConfig)
+    masking: MaskConfig = field(default_factory=MaskConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    train: OptimConfig = field(default_factory=OptimConfig)
+    windows: WindowConfig = field(default_factory=WindowConfig)
+    out: str = MISSING
+    resume: str | None = None  # a checkpoint, or "auto": <out>/checkpoints/last.pt if it exists
+
+
+@dataclass
+class RolloutCommand:
+    """cjepa rollout"""
+
+    data: Any = MISSING
+    seed: int = 0
+    checkpoint: str = MISSING  # predictor.pt from cjepa train
+    split: str = "validation"
+    slots: str | None = None  # a slot store directory; default: the one the predictor trained on
+    end: int | None = None  # the last history frame; default: the store's last observed frame
+    commit: int = 1  # predicted frames that join the chain per forward pass
+    actions: bool = True  # False: roll out with every action zeroed (does the action matter?)
+    batch_size: int = 64
+    device: str = "cpu"
+    out: str | None = None  # default: next to the checkpoint, rollout_<split>.h5 (+ .json, .png)
+
+
+@dataclass
+class InterveneCommand:
+    """cjepa intervene"""
+
+    data: Any = MISSING
+    seed: int = 0
+    checkpoint: str = MISSING  # predictor.pt from cjepa train
+    split: str = "validation"
+    slots: str | None = None  # a slot store directory with cf_slots; default: the training one
+    steps: int = 16  # rollout steps after the first window's history
+    commit: int = 1
+    batch_size: int = 64
+    device: str = "cpu"
+    out: str | None = None  # default: next to the checkpoint, interventions_<split>.json
+
+
 COMMAND_SCHEMAS = {
     "data_generate": DataGenerateCommand,
     "data_prepare_clevrer": DataPrepareClevrerCommand,
@@ -139,6 +202,10 @@ COMMAND_SCHEMAS = {
     "train_encoder": TrainEncoderCommand,
     "extract_slots": ExtractSlotsCommand,
     "show_slots": ShowSlotsCommand,
+    "oracle_slots": OracleSlotsCommand,
+    "train": TrainCommand,
+    "rollout": RolloutCommand,
+    "intervene": InterveneCommand,
 }
 DATA_SCHEMAS = {"clevrer_sim": ClevrerSimData, "clevrer": ClevrerData}
 

@@ -187,3 +187,27 @@ def show_slots(model, store_path: str | os.PathLike, video: int, out: str | os.P
                  fontsize=9)  # fmt: skip
     fig.tight_layout()
     return save_figure(fig, out, dpi=110)
+
+
+def plot_curves(
+    curves: dict[str, list[float]], x: list[float], out: str | os.PathLike, *, title: str, xlabel: str,
+    ylabel: str, log: bool = True,
+) -> Path:  # fmt: skip
+    """Line plot of named curves over x (e.g. rollout error per horizon against the baselines)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, ys in curves.items():
+        ax.plot(x, ys, marker="o", markersize=3, label=name)
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return save_figure(fig, out)

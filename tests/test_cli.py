@@ -42,6 +42,9 @@ def test_every_primary_config_composes(name):
         "train_encoder": ["out=somewhere"],
         "extract_slots": ["checkpoint=somewhere"],
         "show_slots": ["checkpoint=somewhere"],
+        "train": ["out=somewhere"],
+        "rollout": ["checkpoint=somewhere"],
+        "intervene": ["checkpoint=somewhere"],
     }
     cfg = to_object(_compose(name, required.get(name, [])))
     assert isinstance(cfg, COMMAND_SCHEMAS[name])

@@ -447,8 +447,8 @@ def test_slot_store_rejects_other_files(smoke, tmp_path):
     partial = tmp_path / "partial.h5"
     shutil.copy(good, partial)
     with h5py.File(partial, "a") as f:
-        del f["segments"]
-    with pytest.raises(StoreError, match=r"partial\.h5: required field 'segments' is missing"):
+        del f["video_ids"]
+    with pytest.raises(StoreError, match=r"partial\.h5: required field 'video_ids' is missing"):
         SlotStore(partial)
     wrong = tmp_path / "wrong.h5"
     shutil.copy(good, wrong)

@@ -3,14 +3,20 @@
 One HDF5 file per split, next to nothing else:
 
     slots        float32 (N, T, K, D)  corrected slots, carried through each whole video
-    segments     uint8   (N, T, R, R)  the slot owning each pixel (argmax of the alpha masks)
-    slot_object  int8    (N, T, K)     the object (store index) a slot covers most, -1 = none;
-                                       only where the video store has instance masks
     video_ids    str     (N,)
+    segments     uint8   (N, T, R, R)  the slot owning each pixel (argmax of the alpha masks);
+                                       learned slots only
+    slot_object  int8    (N, T, K)     the object (store index) a slot covers most, -1 = none;
+                                       only where the video store has instance masks (or states)
+    actions      float32 (N, T, A)     copied from the video store where it has actions
+    cf_slots     float32 (N, O, T, K, D)  the slots of the world without object o, where the
+                                       video store has counterfactual videos
+    cf_valid     bool    (N, O)        False where object o does not exist
 
 Root attributes: schema_version, kind="slots", video_store (file name), encoder_hash
-(sha256 of encoder.pt), encoder_config (JSON), num_frames, observed_frames, fps, and
-metrics (JSON: FG-ARI, mBO, temporal consistency) where the video store has masks.
+(sha256 of encoder.pt, or "oracle" for slots made from object states: ``data/oracle.py``),
+encoder_config (JSON), num_frames, observed_frames, fps, action_fields (JSON, with
+actions), and metrics (JSON: FG-ARI, mBO, temporal consistency) where the video store has masks.
 
 ``extract_slots`` writes it: the encoder runs over whole videos, ``chunk`` frames at a
 time, carrying its slots from one chunk to the next, from fixed initial slots.
@@ -30,7 +36,7 @@ from ..io import atomic_output
 from .store import STR, H5Reader, StoreError, VideoStore
 
 SLOT_SCHEMA_VERSION = 1
-REQUIRED = ("slots", "segments", "video_ids")
+REQUIRED = ("slots", "video_ids")
 
 
 def match_slots_to_objects(segments: torch.Tensor, masks: torch.Tensor, num_slots: int) -> torch.Tensor:
@@ -77,14 +83,32 @@ class SlotStore(H5Reader):
                 f"{self.path}: field 'slots' is {s.dtype} {s.shape}, expected float32 (N, T, K, D)"
             )
         self.num_videos, self.num_frames, self.num_slots, self.slot_dim = s.shape
-        for name, want in (
-            ("segments", (self.num_videos, self.num_frames)),
-            ("video_ids", (self.num_videos,)),
-        ):
-            if self.f[name].shape[: len(want)] != want:
+        N, T, K, D = s.shape
+        expected = {
+            "video_ids": (N,),
+            "segments": (N, T),
+            "slot_object": (N, T, K),
+            "actions": (N, T),
+            "cf_slots": (N,),
+            "cf_valid": (N,),
+        }
+        for name, want in expected.items():
+            if name in self.f and self.f[name].shape[: len(want)] != want:
                 raise StoreError(
                     f"{self.path}: field '{name}' has shape {self.f[name].shape}, expected {want} leading"
                 )
+        if "cf_slots" in self.f and self.f["cf_slots"].shape[2:] != (T, K, D):
+            raise StoreError(
+                f"{self.path}: field 'cf_slots' has shape {self.f['cf_slots'].shape}, "
+                f"expected (N, O, {T}, {K}, {D})"
+            )
+        self.action_fields = tuple(json.loads(a.get("action_fields", "[]")))
+        if "actions" in self.f and self.f["actions"].shape[2:] != (len(self.action_fields),):
+            raise StoreError(
+                f"{self.path}: field 'actions' has shape {self.f['actions'].shape}, expected "
+                f"(N, T, {len(self.action_fields)}) as its 'action_fields' attribute names"
+            )
+        self.action_dim = self.f["actions"].shape[2] if "actions" in self.f else 0
         self.encoder_hash = str(a["encoder_hash"])
         self.encoder_config = json.loads(a["encoder_config"])
         self.observed_frames = int(a["observed_frames"])
@@ -104,6 +128,41 @@ class SlotStore(H5Reader):
             raise IndexError(f"{self.path}: video index {i} out of range [0, {self.num_videos})")
         return self.f["slots"][i, t0:t1:stride]
 
+    def read(self, name: str, i: int, t0: int = 0, t1: int | None = None, stride: int = 1) -> np.ndarray:
+        """Frames t0:t1:stride of a per-frame field (slots, actions, slot_object, segments) of
+        video i; for cf_slots, (O, T', K, D): every object's counterfactual world."""
+        if name not in self.f:
+            raise KeyError(
+                f"{self.path}: field '{name}' is not in this slot store (fields: {sorted(self.f)})"
+            )
+        if not 0 <= i < self.num_videos:
+            raise IndexError(f"{self.path}: video index {i} out of range [0, {self.num_videos})")
+        if name == "cf_valid":
+            return self.f[name][i]
+        if name == "cf_slots":
+            return self.f[name][i, :, t0:t1:stride]
+        return self.f[name][i, t0:t1:stride]
+
+    @property
+    def is_oracle(self) -> bool:
+        return self.encoder_hash == "oracle"
+
+
+@torch.no_grad()
+def _encode(model, read, init: torch.Tensor, T: int, chunk: int, device, precision: str) -> torch.Tensor:
+    """Slots (B, T, K, D) of B whole videos, ``read(t0, t1)`` -> uint8 (B, t1 - t0, H, W, 3),
+    encoded ``chunk`` frames at a time from ``init`` (B, K, D), carrying the slots across chunks."""
+    from ..training.loop import autocast
+
+    state, out = None, []
+    for t0 in range(0, T, chunk):
+        frames = torch.from_numpy(read(t0, min(T, t0 + chunk)))
+        with autocast(device, precision):
+            o = model(frames.to(device), state=state, initial_slots=init.to(device))
+        state = o.slots[:, -1]
+        out.append(o.slots.float().cpu())
+    return torch.cat(out, dim=1)
+
 
 @torch.no_grad()
 def extract_slots(
@@ -118,9 +177,13 @@ def extract_slots(
     chunk: int = 32,
     seed: int = 1234,
     progress: bool = True,
+    counterfactuals: bool = False,
 ) -> dict:
     """Encode every video of ``video_store`` with the frozen ``model`` (a SAVi) into ``out``.
 
+    ``counterfactuals``: also encode the store's counterfactual videos (``cf_frames``, one
+    per removed object; O times the work) into ``cf_slots``, from the same initial slots as
+    the factual video: the truth for latent interventions on learned slots.
     Returns the metrics (empty where the store has no masks). The file appears only when complete.
     """
     from tqdm import tqdm
@@ -152,6 +215,20 @@ def extract_slots(
         if has_masks:
             f.create_dataset("slot_object", (N, T, K), np.int8, track_times=False)
         f.create_dataset("video_ids", data=np.array(vs.video_ids, dtype=object), dtype=STR, track_times=False)
+        if vs.has("actions"):
+            f.create_dataset("actions", data=vs.f["actions"][:], track_times=False)
+            f.attrs["action_fields"] = json.dumps(list(vs.action_fields))
+        if counterfactuals:
+            if not vs.has("cf_frames"):
+                raise StoreError(
+                    f"{vs.path}: has no counterfactual videos (cf_frames); generate the data with "
+                    "data.generator.counterfactuals=true or extract without counterfactuals"
+                )
+            O = vs.max_objects
+            cf_slots = f.create_dataset(
+                "cf_slots", (N, O, T, K, D), np.float32, chunks=(1, 1, min(T, 32), K, D), track_times=False
+            )
+            f.create_dataset("cf_valid", data=vs.f["cf_valid"][:], track_times=False)
         bar = tqdm(total=N * T, disable=not progress, desc=f"slots {Path(video_store).stem}", unit="frame")
         for v0 in range(0, N, batch_size):
             vids = list(range(v0, min(N, v0 + batch_size)))
@@ -177,6 +254,12 @@ def extract_slots(
                     seg_all.append(seg.to(torch.uint8))
                     mask_all.append(masks)
                 bar.update(len(vids) * (t1 - t0))
+            if counterfactuals:
+                for b, i in enumerate(vids):
+                    cf_slots[i] = _encode(
+                        model, lambda t0, t1, i=i: vs.read("cf_frames", i, t0, t1),
+                        init[b : b + 1].expand(O, -1, -1), T, chunk, device, precision,
+                    ).numpy()  # fmt: skip
             if has_masks:
                 seg, masks = (
                     torch.cat(seg_all, dim=1).long(),

@@ -1,0 +1,135 @@
+"""Speed of the C-JEPA predictor: training clips/s, achieved GFLOP/s, rollout frames/s.
+
+    python benchmarks/predictor.py [--predictor cjepa_clevrer] [--slots 7] [--slot-dim 128]
+        [--batch 64] [--steps 5] [--precision fp32|bf16|both] [--device cpu|cuda]
+
+The default is the published CLEVRER configuration: 7 slots x 128, 6 history + 10 future
+frames, 6 layers, 16 heads of 8 dimensions, MLP 2048, dropout 0.1, batch 64, with object
+masking. FLOPs of a training step are counted from the shapes (``step_flops``: every matrix
+multiply of the forward pass, attention's two included, times 3 for forward plus backward;
+element-wise work is not counted, so the figure is a lower bound of the work done). Each
+JSON line carries the machine's fp32 and bf16 matrix-multiply rates measured in the same
+run: the fraction of the fp32 peak in fp32 is the figure of issue 4 (target >= 50 % on CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from causaljepa.benchmarking import emit, machine, matmul_gflops
+from causaljepa.masking import MaskConfig, MaskSampler
+from causaljepa.models.predictor import CJEPAPredictor, PredictorConfig
+from causaljepa.rollout import rollout
+from causaljepa.training.allocator import keep_freed_memory
+from causaljepa.training.loop import autocast, train_step
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "predictor"
+
+
+def step_flops(cfg: PredictorConfig, batch: int, slots: int) -> int:
+    """Matrix-multiply FLOPs of one training step (forward + backward = 3 x forward)."""
+    n = cfg.window * (slots + (1 if cfg.action_dim else 0))  # tokens per clip
+    tokens = batch * n
+    inner = cfg.heads * cfg.head_dim
+    per_layer = 2 * tokens * cfg.dim * (3 * inner + inner + 2 * cfg.mlp_hidden)  # qkv, proj, MLP
+    per_layer += 2 * 2 * batch * n * n * inner  # scores and the weighted sum
+    io = 2 * batch * cfg.window * slots * cfg.slot_dim * cfg.dim * 3  # slot in, anchor, out
+    return 3 * (cfg.layers * per_layer + io)
+
+
+def timed(fn, steps: int, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t) / steps
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--predictor", default="cjepa_clevrer", help="a config in configs/predictor/")
+    p.add_argument("--slots", type=int, default=7)
+    p.add_argument("--slot-dim", type=int, default=128)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--steps", type=int, default=5, help="timed steps (after 2 warm-up steps)")
+    p.add_argument("--rollout-steps", type=int, default=16, help="predicted frames per rollout")
+    p.add_argument("--precision", choices=["bf16", "fp32", "both"], default="both")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    a = p.parse_args()
+    device = torch.device(a.device)
+    if device.type == "cpu":
+        keep_freed_memory()  # as the trainer does
+    raw = yaml.safe_load((CONFIGS / f"{a.predictor}.yaml").read_text())
+    cfg = PredictorConfig(**{**raw, "slot_dim": a.slot_dim})
+    info = machine()
+    peak_bf16 = matmul_gflops(torch.bfloat16, device)
+    peak_fp32 = info["fp32_matmul_gflops"] if device.type == "cpu" else matmul_gflops(torch.float32, device)
+    gen = torch.Generator().manual_seed(0)
+    slots = torch.randn(a.batch, cfg.window, a.slots, cfg.slot_dim, generator=gen)
+    hidden = MaskSampler(MaskConfig("object"), a.slots, cfg.history, cfg.future).sample(a.batch, gen)
+    batch = {"slots": slots.to(device), "hidden": hidden.to(device)}
+    flops = step_flops(cfg, a.batch, a.slots)
+    machine_info = {
+        **info,
+        "device": str(device),
+        "fp32_matmul_gflops": round(peak_fp32, 1),
+        "bf16_matmul_gflops": round(peak_bf16, 1),
+    }
+    config = {"predictor": a.predictor, **cfg.to_dict(), "slots": a.slots, "batch": a.batch}
+    for precision in ("fp32", "bf16") if a.precision == "both" else (a.precision,):
+        torch.manual_seed(0)
+        model = CJEPAPredictor(cfg).to(device)
+        opt = torch.optim.AdamW(model.parameters(), 5e-4)
+
+        def step():
+            train_step(model, batch, opt, lr=5e-4, grad_clip=1.0, device=device, precision=precision)  # noqa: B023
+
+        for _ in range(2):
+            step()
+        dt = timed(step, a.steps, device)
+        achieved = flops / dt / 1e9
+        emit(
+            {
+                "benchmark": "predictor_train_step",
+                "precision": precision,
+                "clips_per_s": round(a.batch / dt, 1),
+                "step_s": round(dt, 4),
+                "gflop_per_step": round(flops / 1e9, 2),
+                "achieved_gflops": round(achieved, 1),
+                "fraction_of_fp32_peak": round(achieved / peak_fp32, 3),
+                "fraction_of_bf16_peak": round(achieved / peak_bf16, 3),
+                "config": config,
+                "machine": machine_info,
+            }
+        )
+        model.eval()
+        history = slots[:, : cfg.history].to(device)
+
+        def roll():
+            with autocast(device, precision):  # noqa: B023
+                rollout(model, history, a.rollout_steps)  # noqa: B023
+
+        roll()
+        dt = timed(roll, 1, device)
+        emit(
+            {
+                "benchmark": "predictor_rollout",
+                "precision": precision,
+                "frames_per_s": round(a.batch * a.rollout_steps / dt, 1),
+                "rollout_s": round(dt, 4),
+                "config": {**config, "rollout_steps": a.rollout_steps, "commit": 1},
+                "machine": machine_info,
+            }
+        )
+
+
+if __name__ == "__main__":
+    main()

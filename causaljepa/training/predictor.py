@@ -1,0 +1,208 @@
+"""Training the C-JEPA predictor (``cjepa train``) on a slot store.
+
+Windows of ``history + future`` frames at ``windows.stride`` are drawn from
+<slots>/train.h5; a mask is drawn per window (``causaljepa.masking``) from the trainer's
+persistent generator; the loss is the predictor's (hidden history tokens + future tokens).
+Validation shows the model ``history`` frames of fixed windows of <slots>/validation.h5
+and scores its future prediction per horizon (MSE over the slot width), next to the two
+baselines a predictor must beat: copying the last frame and linear extrapolation.
+
+Outputs in the run directory (besides the trainer's metrics.csv, tb/, checkpoints/last.pt):
+
+    predictor.pt   weights, PredictorConfig, and (extra) the masking, windows and slot store used
+    val.json       the last validation metrics
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+
+from ..data.slot_store import SlotStore
+from ..data.windows import WindowSampler
+from ..io import write_json_atomic
+from ..masking import MaskConfig, MaskSampler
+from ..models.predictor import CJEPAPredictor, PredictorConfig
+from .checkpoint import load_checkpoint, save_checkpoint
+from .loop import OptimConfig, Trainer, TrainerConfig
+
+KIND = "predictor"
+VAL_SEED = 4321  # the fixed validation windows
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    """The ``windows`` section: how windows are cut from the slot store."""
+
+    stride: int = 2  # frame stride inside a window (CLEVRER: 2)
+    val_windows: int = 256
+    actions: bool = True  # feed the store's actions (if it has any) as action nodes
+
+    def __post_init__(self) -> None:
+        if self.stride < 1 or self.val_windows < 1:
+            raise ValueError(
+                f"windows.stride ({self.stride}) and windows.val_windows ({self.val_windows}) must be >= 1"
+            )
+
+
+def resolve_slots(data_root: str | os.PathLike, slots: str) -> Path:
+    """``slots``: "learned" (<root>/slots, from cjepa extract-slots), "oracle" (<root>/oracle_slots,
+    from cjepa oracle-slots) or a directory holding <split>.h5 slot stores."""
+    if slots == "learned":
+        return Path(data_root) / "slots"
+    if slots == "oracle":
+        return Path(data_root) / "oracle_slots"
+    return Path(slots)
+
+
+def fit_to_store(cfg: PredictorConfig, store: SlotStore, windows: WindowConfig) -> PredictorConfig:
+    """Fill slot_dim (0 = the store's) and action_dim (the store's actions x stride) from the store."""
+    if cfg.slot_dim not in (0, store.slot_dim):
+        raise ValueError(
+            f"predictor.slot_dim={cfg.slot_dim} but {store.path} holds slots of width {store.slot_dim}; "
+            "leave predictor.slot_dim=0 to take the store's"
+        )
+    action_dim = store.action_dim * windows.stride if windows.actions else 0
+    if cfg.action_dim not in (0, action_dim):
+        raise ValueError(
+            f"predictor.action_dim={cfg.action_dim}, but the windows carry {action_dim} action values "
+            f"per step ({store.action_dim} per frame x stride {windows.stride}); leave it 0"
+        )
+    return replace(cfg, slot_dim=store.slot_dim, action_dim=action_dim)
+
+
+def copy_last(history: torch.Tensor, steps: int) -> torch.Tensor:
+    """Baseline: the last history frame, repeated. history (B, H, K, D) -> (B, steps, K, D)."""
+    return history[:, -1:].expand(-1, steps, -1, -1)
+
+
+def linear_extrapolation(history: torch.Tensor, steps: int) -> torch.Tensor:
+    """Baseline: last + h (last - previous), for h = 1..steps. (B, H >= 2, K, D) -> (B, steps, K, D)."""
+    last, prev = history[:, -1:], history[:, -2:-1]
+    h = torch.arange(1, steps + 1, dtype=history.dtype, device=history.device)[None, :, None, None]
+    return last + h * (last - prev)
+
+
+def horizon_mse(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """(B, S, K, D) twice -> (S,): mean squared error per horizon step."""
+    return (pred.float() - truth.float()).pow(2).mean(dim=(0, 2, 3))
+
+
+class FutureValidator:
+    """Future-slot error per horizon on fixed validation windows, with the two baselines."""
+
+    def __init__(self, sampler: WindowSampler, n: int, batch_size: int):
+        self.batch = sampler.fixed(n, VAL_SEED)
+        self.H, self.F, self.batch_size = sampler.H, sampler.F, batch_size
+        hist, fut = self.batch["slots"][:, : self.H], self.batch["slots"][:, self.H :]
+        self.baselines = {
+            "copy_last": horizon_mse(copy_last(hist, self.F), fut),
+            "linear": horizon_mse(linear_extrapolation(hist, self.F), fut) if self.H >= 2 else None,
+        }
+
+    @torch.no_grad()
+    def __call__(self, model: CJEPAPredictor) -> dict[str, float]:
+        model.eval()
+        device = model.out.weight.device
+        slots, n = self.batch["slots"], len(self.batch["slots"])
+        hidden = torch.zeros(slots.shape[:3], dtype=torch.bool)
+        hidden[:, self.H :] = True
+        preds = []
+        for i in range(0, n, self.batch_size):
+            sl = slice(i, i + self.batch_size)
+            actions = self.batch.get("actions")
+            pred, _ = model(
+                slots[sl].to(device),
+                hidden[sl].to(device),
+                None if actions is None else actions[sl].to(device),
+            )
+            preds.append(pred[:, self.H :].float().cpu())
+        model.train()
+        err = horizon_mse(torch.cat(preds), slots[:, self.H :])
+        out = {"mse_future": float(err.mean())}
+        out.update({f"mse_h{h + 1}": float(e) for h, e in enumerate(err)})
+        for name, base in self.baselines.items():
+            if base is not None:
+                out[f"{name}_future"] = float(base.mean())
+        return out
+
+
+def train_predictor(
+    slot_dir: str | os.PathLike,
+    predictor: PredictorConfig,
+    masking: MaskConfig,
+    optim: OptimConfig,
+    trainer: TrainerConfig,
+    windows: WindowConfig,
+    run_dir: str | os.PathLike,
+    *,
+    seed: int = 0,
+    resume: str | os.PathLike | None = None,
+    extra: dict | None = None,
+) -> Path:
+    """Train on <slot_dir>/train.h5, validate on validation.h5 if present; returns predictor.pt."""
+    slot_dir, run_dir = Path(slot_dir), Path(run_dir)
+    train_store = SlotStore(slot_dir / "train.h5")
+    cfg = fit_to_store(predictor, train_store, windows)
+    torch.manual_seed(seed)
+    model = CJEPAPredictor(cfg)
+    sampler = WindowSampler(train_store, cfg.history, cfg.future, windows.stride, actions=windows.actions)
+    masks = MaskSampler(masking, train_store.num_slots, cfg.history, cfg.future)
+
+    def next_batch(gen: torch.Generator) -> dict:
+        batch = sampler.sample(optim.batch_size, gen)
+        batch["hidden"] = masks.sample(optim.batch_size, gen)  # (B, T, K)
+        return batch
+
+    validate, val_store = None, None
+    if (slot_dir / "validation.h5").exists():
+        val_store = SlotStore(slot_dir / "validation.h5")
+        val_sampler = WindowSampler(
+            val_store, cfg.history, cfg.future, windows.stride, actions=windows.actions
+        )
+        validate = FutureValidator(val_sampler, windows.val_windows, max(optim.batch_size, 64))
+    else:
+        print(f"no validation: {slot_dir / 'validation.h5'} does not exist")
+    info = {
+        "slot_dir": str(slot_dir),
+        "encoder_hash": train_store.encoder_hash,
+        "masking": asdict(masking),
+        "windows": asdict(windows),
+        **(extra or {}),
+    }
+    t = Trainer(model, optim, trainer, run_dir, kind=KIND, model_config=cfg.to_dict(), seed=seed, extra=info)
+    if resume is not None:
+        t.resume(resume)
+        print(f"resumed from {resume} at step {t.step}")
+    try:
+        t.fit(next_batch, validate)
+    finally:
+        train_store.close()
+        if val_store is not None:
+            val_store.close()
+    out = run_dir / "predictor.pt"
+    save_checkpoint(
+        out, kind=KIND, model_config=cfg.to_dict(), model=t.model.state_dict(), step=t.step,
+        extra={"val": t.last_val, **t.extra},
+    )  # fmt: skip
+    write_json_atomic(run_dir / "val.json", t.last_val)
+    return out
+
+
+def load_predictor(
+    path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[CJEPAPredictor, dict]:
+    """A trained predictor in eval mode, and its checkpoint (``extra`` has masking and windows)."""
+    ckpt = load_checkpoint(path, KIND)
+    try:
+        cfg = PredictorConfig(**ckpt["model_config"])
+    except TypeError as e:
+        raise ValueError(
+            f"{path}: its model_config does not match this causaljepa's PredictorConfig: {e}"
+        ) from e
+    model = CJEPAPredictor(cfg)
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval(), ckpt

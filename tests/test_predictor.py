@@ -1,0 +1,589 @@
+"""The C-JEPA predictor: masking, the model, actions, rollout, interventions, the commands."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from causaljepa import cli
+from causaljepa.config import TrainCommand, config_dir, preset_overrides, register_configs, to_object
+from causaljepa.data.oracle import ORACLE_FIELDS, oracle_features
+from causaljepa.data.slot_store import SlotStore
+from causaljepa.data.store import VideoStore
+from causaljepa.data.windows import WindowSampler
+from causaljepa.evaluation.dynamics import matched_mse
+from causaljepa.masking import MaskConfig, MaskSampler, targets
+from causaljepa.models.predictor import CJEPAPredictor, PredictorConfig, complete_graph, graph_mask, sigreg
+from causaljepa.rollout import intervene, rollout, token_mask
+from causaljepa.training.predictor import copy_last, linear_extrapolation, load_predictor
+
+# residual=False: a residual predictor starts as "copy the last visible frame" (its output layer
+# is zero), which would hide the model's dependencies from these tests at initialisation
+CFG = PredictorConfig(
+    slot_dim=12,
+    dim=32,
+    layers=2,
+    heads=4,
+    head_dim=8,
+    mlp_hidden=48,
+    dropout=0.0,
+    history=4,
+    future=3,
+    residual=False,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread(one_thread):
+    """The models are tiny (see conftest.one_thread)."""
+
+
+def _model(cfg: PredictorConfig = CFG, seed: int = 0) -> CJEPAPredictor:
+    torch.manual_seed(seed)
+    return CJEPAPredictor(cfg).eval().requires_grad_(False)
+
+
+def _window(B: int = 3, K: int = 5, cfg: PredictorConfig = CFG, seed: int = 1) -> torch.Tensor:
+    return torch.randn(B, cfg.window, K, cfg.slot_dim, generator=torch.Generator().manual_seed(seed))
+
+
+def _future_hidden(B: int, K: int, cfg: PredictorConfig = CFG) -> torch.Tensor:
+    hidden = torch.zeros(B, cfg.window, K, dtype=torch.bool)
+    hidden[:, cfg.history :] = True
+    return hidden
+
+
+# masking ----------------------------------------------------------------------------------------
+
+
+def _masks(strategy: str, B: int = 400, K: int = 7, H: int = 6, F: int = 4, lo: int = 0, hi: int = 4, seed=0):
+    sampler = MaskSampler(MaskConfig(strategy, lo, hi), K, H, F)
+    return sampler.sample(B, torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("strategy", ["object", "none", "token", "tube"])
+def test_every_strategy_keeps_frame_0_and_hides_the_future(strategy):
+    hidden = _masks(strategy)
+    assert hidden.shape == (400, 10, 7) and hidden.dtype == torch.bool
+    assert not hidden[:, 0].any()
+    assert hidden[:, 6:].all()
+
+
+def test_object_masking_hides_whole_objects_over_the_history():
+    hidden = _masks("object", lo=1, hi=3)[:, :6]
+    per_object = hidden[:, 1:].all(dim=1)  # (B, K): hidden at every history frame after 0
+    assert torch.equal(hidden[:, 1:].any(dim=1), per_object)  # never partly hidden
+    counts = per_object.sum(dim=1)
+    assert counts.min() == 1 and counts.max() == 3
+    assert set(counts.tolist()) == {1, 2, 3}
+    # different objects in different samples: every slot index gets hidden sometimes
+    assert per_object.any(dim=0).all() and len({tuple(r.tolist()) for r in per_object}) > 20
+
+
+def test_masks_differ_across_draws_and_repeat_across_runs():
+    a, b = _masks("object", seed=3), _masks("object", seed=3)
+    assert torch.equal(a, b)
+    sampler = MaskSampler(MaskConfig("object"), 7, 6, 4)
+    gen = torch.Generator().manual_seed(3)
+    first, second = sampler.sample(400, gen), sampler.sample(400, gen)
+    assert torch.equal(first, a) and not torch.equal(first, second)
+
+
+def test_none_masking_hides_only_the_future():
+    hidden = _masks("none")
+    assert not hidden[:, :6].any()
+
+
+def test_token_masking_matches_the_object_budget():
+    obj, tok = _masks("object", lo=2, hi=2), _masks("token", lo=2, hi=2)
+    assert (obj[:, 1:6].sum(dim=(1, 2)) == 10).all() and (tok[:, 1:6].sum(dim=(1, 2)) == 10).all()
+    # scattered: some sample hides an object only in part of the history
+    partial = tok[:, 1:6].any(dim=1) & ~tok[:, 1:6].all(dim=1)
+    assert partial.any()
+
+
+def test_tube_masking_hides_contiguous_runs():
+    hidden = _masks("tube", lo=1, hi=4)[:, :6]
+    assert hidden.any()
+    for b in range(50):
+        for k in range(7):
+            t = torch.nonzero(hidden[b, :, k]).flatten()
+            if len(t):
+                assert t.min() >= 1 and torch.equal(t, torch.arange(int(t.min()), int(t.max()) + 1))
+
+
+def test_masking_caps_the_object_count_at_the_slot_count():
+    hidden = _masks("object", K=2, lo=3, hi=4)
+    assert hidden[:, 1:6].all()
+
+
+def test_targets_split_history_and_future():
+    hidden = _masks("object", B=4)
+    hist, fut = targets(hidden, 6)
+    assert torch.equal(hist | fut, hidden) and not (hist & fut).any()
+    assert not hist[:, 6:].any() and fut[:, 6:].all()
+
+
+def test_bad_mask_config():
+    with pytest.raises(ValueError, match=r"masking\.strategy must be one of"):
+        MaskConfig("objects")
+    with pytest.raises(ValueError, match=r"min_objects \(3\) <= max_objects \(1\)"):
+        MaskConfig("object", 3, 1)
+    with pytest.raises(ValueError, match="history >= 1"):
+        MaskSampler(MaskConfig(), 4, 0, 2)
+
+
+# the model -------------------------------------------------------------------------------------
+
+
+def test_predictions_are_permutation_equivariant():
+    model, x = _model(), _window()
+    hidden = _masks("object", B=3, K=5, H=4, F=3, seed=2)
+    perm = torch.tensor([3, 0, 4, 1, 2])
+    pred, _ = model(x, hidden)
+    pred_p, _ = model(x[:, :, perm], hidden[:, :, perm])
+    torch.testing.assert_close(pred_p, pred[:, :, perm], atol=1e-5, rtol=1e-5)
+
+
+def test_hidden_tokens_are_never_read():
+    model, x = _model(), _window()
+    hidden = _masks("object", B=3, K=5, H=4, F=3, lo=2, hi=2, seed=4)
+    changed = torch.where(hidden[..., None], torch.randn_like(x) * 100, x)
+    torch.testing.assert_close(model(changed, hidden)[0], model(x, hidden)[0])
+    frame0 = x.clone()
+    frame0[:, 0] += 1.0  # the anchors are read
+    assert not torch.allclose(model(frame0, hidden)[0], model(x, hidden)[0])
+
+
+def test_restricted_graph_blocks_attention():
+    model, x = _model(), _window(B=1, K=3)
+    K, T = 3, CFG.window
+    N = T * K
+    hidden = _future_hidden(1, K)
+    # slot 0's tokens see only slot 0's tokens; everything else is complete
+    src, dst = complete_graph(N)
+    blocked = (dst % K == 0) & (src % K != 0)
+    mask = graph_mask(torch.stack([src[~blocked], dst[~blocked]]), N)
+    other = x.clone()
+    other[:, :, 1:] += torch.randn_like(other[:, :, 1:])
+    restricted = model(x, hidden, mask=mask)[0], model(other, hidden, mask=mask)[0]
+    torch.testing.assert_close(restricted[0][:, :, 0], restricted[1][:, :, 0])  # slot 0 cannot see them
+    assert not torch.allclose(restricted[0][:, :, 1], restricted[1][:, :, 1])
+    full = model(x, hidden)[0], model(other, hidden)[0]
+    assert not torch.allclose(full[0][:, :, 0], full[1][:, :, 0])  # the complete graph lets them through
+    # the attention maps say the same: no weight on a blocked edge
+    _, weights = model(x, hidden, mask=mask, need_weights=True)
+    w = weights[0][0].sum(dim=0)  # (N, N) summed over heads
+    assert float(w[mask.logical_not()].abs().max()) == 0.0
+
+
+def test_complete_graph_equals_no_mask_and_explicit_weights_equal_sdpa():
+    model, x = _model(), _window(B=2, K=3)
+    hidden = _future_hidden(2, 3)
+    N = CFG.window * 3
+    plain = model(x, hidden)[0]
+    torch.testing.assert_close(model(x, hidden, mask=graph_mask(complete_graph(N), N))[0], plain)
+    with_weights, weights = model(x, hidden, need_weights=True)
+    torch.testing.assert_close(with_weights, plain, atol=1e-5, rtol=1e-5)
+    assert len(weights) == CFG.layers and weights[0].shape == (2, CFG.heads, N, N)
+    torch.testing.assert_close(weights[0].sum(dim=-1), torch.ones(2, CFG.heads, N))
+
+
+def test_graph_mask_errors():
+    with pytest.raises(ValueError, match=r"edge_index must have shape \(2, E\)"):
+        graph_mask(torch.zeros(3, 4, dtype=torch.long), 5)
+    with pytest.raises(ValueError, match=r"names nodes outside \[0, 5\): min 0, max 9"):
+        graph_mask(torch.tensor([[0, 9], [1, 2]]), 5)
+
+
+def test_bad_model_inputs():
+    model, x = _model(), _window()
+    hidden = _future_hidden(3, 5)
+    with pytest.raises(ValueError, match="first frame; its slots are the anchors"):
+        bad = hidden.clone()
+        bad[:, 0, 1] = True
+        model(x, bad)
+    with pytest.raises(ValueError, match=r"expected slots \(B, T <= 7, K, 12\)"):
+        model(x[..., :5], hidden)
+    with pytest.raises(ValueError, match="action_dim is 0"):
+        model(x, hidden, torch.zeros(3, 7, 2))
+    with pytest.raises(ValueError, match=r"predictor\.dropout must be in"):
+        PredictorConfig(dropout=1.5)
+    with pytest.raises(ValueError, match="slot_dim is 0"):
+        CJEPAPredictor(PredictorConfig(slot_dim=0))
+
+
+def test_loss_is_the_mse_of_hidden_history_and_future_tokens():
+    model = _model()
+    x = _window()
+    hidden = _masks("object", B=3, K=5, H=4, F=3, lo=2, hi=2, seed=5)
+    loss, metrics = model.training_loss({"slots": x, "hidden": hidden})
+    pred = model(x, hidden)[0]
+    err = (pred - x).pow(2).mean(dim=-1)
+    hist, fut = targets(hidden, CFG.history)
+    torch.testing.assert_close(loss, err[hist].mean() + err[fut].mean())
+    assert metrics["mse_history"] == pytest.approx(float(err[hist].mean()), rel=1e-5)
+    # the no-masking batch has no history term
+    loss0, m0 = model.training_loss({"slots": x, "hidden": _future_hidden(3, 5)})
+    assert m0["mse_history"] == 0.0 and float(loss0) == pytest.approx(m0["mse_future"], rel=1e-6)
+
+
+def test_residual_predictor_starts_by_copying_the_last_visible_frame():
+    model = _model(PredictorConfig(**{**CFG.to_dict(), "residual": True}))
+    x = _window()
+    hidden = _masks("object", B=3, K=5, H=4, F=3, lo=2, hi=2, seed=6)
+    pred = model(x, hidden)[0]
+    for b in range(3):
+        for k in range(5):
+            last = 0
+            for t in range(CFG.window):
+                if not hidden[b, t, k]:
+                    last = t
+                torch.testing.assert_close(pred[b, t, k], x[b, last, k])
+    changed = torch.where(hidden[..., None], torch.randn_like(x) * 100, x)
+    torch.testing.assert_close(model(changed, hidden)[0], pred)  # hidden values are still never read
+
+
+def test_sigreg_is_small_for_gaussians_and_large_for_collapse():
+    torch.manual_seed(0)
+    gauss = sigreg(torch.randn(4000, 16), 64)
+    collapsed = sigreg(torch.ones(4000, 16) * 3, 64)
+    assert float(gauss) < 0.01 < float(collapsed)
+    model = _model(PredictorConfig(**{**CFG.to_dict(), "sigreg_weight": 0.5}))
+    loss, metrics = model.training_loss({"slots": _window(), "hidden": _future_hidden(3, 5)})
+    assert metrics["sigreg"] > 0
+    assert float(loss) == pytest.approx(metrics["mse_future"] + 0.5 * metrics["sigreg"], rel=1e-4)
+
+
+# actions ------------------------------------------------------------------------------------------
+
+ACFG = PredictorConfig(**{**CFG.to_dict(), "action_dim": 4})
+
+
+def test_predictions_depend_on_the_actions():
+    model, x = _model(ACFG), _window()
+    hidden = _future_hidden(3, 5)
+    a = torch.randn(3, ACFG.window, 4)
+    p1, p2 = model(x, hidden, a)[0], model(x, hidden, a * 0)[0]
+    assert not torch.allclose(p1[:, ACFG.history :], p2[:, ACFG.history :])
+    # a one-shot action is the action of step 0 and no action afterwards
+    steps = torch.zeros_like(a)
+    steps[:, 0] = a[:, 0]
+    torch.testing.assert_close(model(x, hidden, a[:, 0])[0], model(x, hidden, steps)[0])
+    with pytest.raises(ValueError, match=r"actions must be \(B=3, T, 4\) or \(B, 4\), got None"):
+        model(x, hidden)
+    with pytest.raises(ValueError, match="actions cover 2 steps, the slots 7"):
+        model(x, hidden, a[:, :2])
+
+
+def test_action_nodes_keep_slot_equivariance():
+    model, x = _model(ACFG), _window()
+    hidden = _future_hidden(3, 5)
+    a = torch.randn(3, ACFG.window, 4)
+    perm = torch.tensor([4, 3, 2, 1, 0])
+    torch.testing.assert_close(
+        model(x[:, :, perm], hidden, a)[0], model(x, hidden, a)[0][:, :, perm], atol=1e-5, rtol=1e-5
+    )
+
+
+# rollout and interventions ----------------------------------------------------------------------
+
+
+def test_rollout_chain_shapes_and_first_step():
+    model, x = _model(), _window(B=2, K=4)
+    hist = x[:, : CFG.history]
+    out = rollout(model, hist, 5)
+    assert out.shape == (2, 5, 4, CFG.slot_dim)
+    window = torch.cat([hist, torch.zeros(2, CFG.future, 4, CFG.slot_dim)], dim=1)
+    direct = model(window, _future_hidden(2, 4))[0][:, CFG.history]
+    torch.testing.assert_close(out[:, 0], direct)
+    # a longer history: only the last `history` frames matter
+    longer = torch.cat([torch.randn(2, 3, 4, CFG.slot_dim), hist], dim=1)
+    torch.testing.assert_close(rollout(model, longer, 5), out)
+    # committing every predicted frame at once reproduces the window's own future
+    torch.testing.assert_close(
+        rollout(model, hist, 3, commit=3), model(window, _future_hidden(2, 4))[0][:, 4:]
+    )
+
+
+def test_removed_slot_has_no_influence():
+    model, x = _model(), _window(B=2, K=4)
+    hist = x[:, : CFG.history]
+    out = intervene(model, hist, 2, 6)
+    other = hist.clone()
+    other[:, :, 2] = torch.randn_like(other[:, :, 2]) * 10
+    torch.testing.assert_close(intervene(model, other, 2, 6), out)  # nothing depends on the removed slot
+    assert float(out[:, :, 2].abs().max()) == 0.0
+    assert not torch.allclose(rollout(model, hist, 6)[:, :, [0, 1, 3]], out[:, :, [0, 1, 3]])
+    # removing from frame `at` on: earlier frames of the slot still count
+    late = intervene(model, hist, torch.tensor([2, 2]), 6, at=2)
+    assert not torch.allclose(late, out)
+    # a (B, K) selection removes several slots at once
+    both = torch.zeros(2, 4, dtype=torch.bool)
+    both[:, [1, 2]] = True
+    assert float(intervene(model, hist, both, 3)[:, :, [1, 2]].abs().max()) == 0.0
+
+
+def test_replace_sets_the_slot_and_rolls_forward():
+    model, x = _model(), _window(B=2, K=4)
+    hist = x[:, : CFG.history]
+    value = torch.randn(2, CFG.slot_dim)
+    a = intervene(model, hist, 1, 4, at=CFG.history - 1, value=value)
+    b = intervene(model, hist, 1, 4, at=CFG.history - 1, value=value + 1)
+    assert a.shape == (2, 4, 4, CFG.slot_dim) and not torch.allclose(a, b)
+    with pytest.raises(ValueError, match="a replacement must fall in the last 4 history frames"):
+        intervene(model, torch.cat([hist, hist], 1), 1, 4, at=0, value=value)
+
+
+def test_rollout_errors():
+    model, x = _model(), _window(B=2, K=4)
+    with pytest.raises(ValueError, match="history has 2 frames; this predictor needs at least 4"):
+        rollout(model, x[:, :2], 3)
+    with pytest.raises(ValueError, match=r"commit must be in \[1, future=3\], got 4"):
+        rollout(model, x[:, :4], 3, commit=4)
+    with pytest.raises(ValueError, match=r"slot must be an index in \[0, 4\)"):
+        intervene(model, x[:, :4], 7, 3)
+    with pytest.raises(ValueError, match=r"at=9 is outside the history's frames \[0, 4\)"):
+        intervene(model, x[:, :4], 1, 3, at=9)
+    with pytest.raises(ValueError, match="only the last 3 frames"):
+        rollout(model, x[:, :4], 3, hidden=torch.ones(2, 4, 4, dtype=torch.bool))
+
+
+def test_token_mask():
+    absent = torch.zeros(1, 2, 2, dtype=torch.bool)
+    assert token_mask(absent, 1) is None
+    absent[0, 1, 0] = True  # frame 1, slot 0 = node 3 of (slot, slot, action) x 2 frames
+    m = token_mask(absent, 1)[0]
+    assert m.shape == (6, 6) and not m[:, 3].sum() > 1 and bool(m[3, 3]) and m[:, [0, 1, 2, 4, 5]].all()
+
+
+def test_baselines():
+    t = torch.arange(5, dtype=torch.float32)[None, :, None, None].expand(1, 5, 2, 3)  # linear in time
+    hist, fut = t[:, :3], t[:, 3:]
+    torch.testing.assert_close(linear_extrapolation(hist, 2), fut)
+    torch.testing.assert_close(copy_last(hist, 2), hist[:, 2:3].expand(1, 2, 2, 3))
+
+
+def test_matched_mse_ignores_slot_order():
+    truth = torch.randn(4, 5, 3)
+    pred = truth[:, [4, 2, 0]]
+    assert matched_mse(pred, truth) == pytest.approx(0.0, abs=1e-12)
+    assert matched_mse(pred + 1.0, truth) == pytest.approx(1.0, rel=1e-5)
+
+
+# oracle slots, windows ----------------------------------------------------------------------------
+
+
+def test_oracle_features():
+    fields = ("x", "y", "vx", "vy", "angle", "angular_velocity")
+    states = np.array(
+        [[[3.0, -2.0, 1.5, 0.0, np.pi / 2, 5.0], [1, 1, 1, 1, 1, 1]]], np.float32
+    )  # (T=1, O=2, F)
+    present = np.array([[True, False]])
+    props = np.array([[7, 2, 1], [-1, -1, -1]], np.int8)
+    f = oracle_features(states, present, props, fields)
+    assert f.shape == (1, 2, len(ORACLE_FIELDS))
+    np.testing.assert_allclose(f[0, 0, :8], [1, 1, -1, 0.5, 0, 0, 1, 1], atol=1e-6)
+    assert (
+        f[0, 0, 8 + 7] == 1
+        and f[0, 0, 8 + 8 + 2] == 1
+        and f[0, 0, 8 + 11 + 1] == 1
+        and f[0, 0].sum() == 3 + 3.5
+    )
+    assert not f[0, 1].any()  # absent: all zeros
+
+
+# the commands ---------------------------------------------------------------------------------------
+
+
+def _run(argv: list[str]) -> None:
+    try:
+        cli.main(argv)
+    except SystemExit as e:  # a module fixture must not end in SystemExit: pytest hides it
+        raise RuntimeError(f"'cjepa {' '.join(argv)}' exited with {e.code} (see stderr)") from e
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> dict[str, Path]:
+    """Smoke data with pushes and counterfactual videos, its oracle slots, and a smoke predictor."""
+    base = tmp_path_factory.mktemp("predictor")
+    root, run = base / "ds", base / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(base)
+        _run(["data", "generate", "preset=smoke", f"data.root={root}", "data.generator.counterfactuals=true",
+              "data.generator.scene.pushes=2"])  # fmt: skip
+        _run(["oracle-slots", f"data.root={root}"])
+        _run(
+            [
+                "train",
+                "preset=smoke",
+                "slots=oracle",
+                f"data.root={root}",
+                f"out={run}",
+                "trainer.progress=false",
+            ]
+        )
+    return {"base": base, "root": root, "run": run, "slots": root / "oracle_slots"}
+
+
+def test_oracle_slot_store(world):
+    with VideoStore(world["root"] / "validation.h5") as vs, SlotStore(world["slots"] / "validation.h5") as s:
+        assert s.is_oracle and s.num_slots == vs.max_objects and s.slot_dim == len(ORACLE_FIELDS)
+        states, present = vs.read("states", 1), vs.read("present", 1)
+        slots = s.read("slots", 1)
+        np.testing.assert_allclose(slots[..., 1], states[..., 0] / 3 * present, atol=1e-6)
+        np.testing.assert_array_equal(slots[..., 0], present.astype(np.float32))
+        np.testing.assert_array_equal(
+            s.read("slot_object", 1), np.where(present, np.arange(vs.max_objects), -1)
+        )
+        assert s.action_dim == 5 and np.array_equal(s.read("actions", 1), vs.read("actions", 1))
+        cf = s.read("cf_slots", 1)  # (O, T, K, D)
+        o = int(np.flatnonzero(s.read("cf_valid", 1))[0])
+        assert cf.shape == (vs.max_objects, vs.num_frames, s.num_slots, s.slot_dim)
+        assert not cf[o, :, o].any()  # the removed object is absent from its own counterfactual world
+
+
+def test_windows_carry_every_frames_action(world):
+    with SlotStore(world["slots"] / "train.h5") as s:
+        w = WindowSampler(s, 3, 2, 2)
+        assert w.action_dim == 10 and len(w) == 4 * (32 - 9 + 1)
+        item = w.window(1, 5)
+        np.testing.assert_array_equal(item["slots"].numpy(), s.read("slots", 1, 5, 14, 2))
+        acts = s.read("actions", 1)
+        np.testing.assert_array_equal(item["actions"].numpy(), acts[5:15].reshape(5, 10))
+        assert float(item["actions"][:, ::5].sum()) == float(acts[5:15, 0].sum())  # every push flag kept
+        with pytest.raises(ValueError, match="span 33 frames; the usable frames are 32 of 32"):
+            WindowSampler(s, 10, 7, 2)
+
+
+def test_train_command(world):
+    run = world["run"]
+    model, ckpt = load_predictor(run / "predictor.pt")
+    assert ckpt["step"] == 4 and model.cfg.slot_dim == len(ORACLE_FIELDS) and model.cfg.action_dim == 10
+    assert ckpt["extra"]["masking"]["strategy"] == "object" and ckpt["extra"]["encoder_hash"] == "oracle"
+    val = json.loads((run / "val.json").read_text())
+    assert set(val) >= {"mse_future", "mse_h1", "mse_h2", "copy_last_future", "linear_future"}
+    with open(run / "metrics.csv", newline="") as f:
+        names = {r["name"] for r in csv.DictReader(f)}
+    assert {"train/mse_history", "train/mse_future", "val/mse_h1"} <= names
+
+
+def test_training_is_deterministic_and_resumes(world, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    root = world["root"]
+    common = ["preset=smoke", "slots=oracle", f"data.root={root}", "trainer.progress=false"]
+    _run(["train", *common, f"out={tmp_path / 'a'}"])
+    _run(["train", *common, f"out={tmp_path / 'b'}", "train.steps=2"])
+    _run(["train", *common, f"out={tmp_path / 'b'}", "resume=auto"])
+    a = torch.load(tmp_path / "a" / "predictor.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "b" / "predictor.pt", weights_only=True)["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    assert json.loads((tmp_path / "a" / "val.json").read_text()) == json.loads(
+        (tmp_path / "b" / "val.json").read_text()
+    )
+
+
+def test_train_command_errors(world, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        cli.main(["train", "preset=smoke", f"data.root={tmp_path}", "slots=oracle", f"out={tmp_path / 'r'}"])
+    assert (
+        "oracle_slots/train.h5 does not exist (slots=oracle); make it with cjepa oracle-slots"
+        in capsys.readouterr().err
+    )
+    with pytest.raises(SystemExit):
+        cli.main(
+            ["train", "preset=smoke", f"data.root={world['root']}", "slots=oracle", f"out={world['run']}"]
+        )
+    assert "already holds a run; continue it with resume=auto" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        root = world["root"]
+        cli.main(["train", "preset=smoke", f"data.root={root}", "slots=oracle", "predictor.slot_dim=7",
+                  f"out={tmp_path / 'r2'}"])  # fmt: skip
+    assert "predictor.slot_dim=7 but" in capsys.readouterr().err
+
+
+def test_rollout_command(world, capsys):
+    run = world["run"]
+    _run(["rollout", f"checkpoint={run / 'predictor.pt'}", f"data.root={world['root']}"])
+    out = capsys.readouterr().out
+    assert "beats copy-last and linear at every horizon >= 2:" in out
+    result = json.loads((run / "rollout_validation.json").read_text())
+    assert result["frame_index"] == [25, 27, 29, 31] and set(result["horizon_mse"]) == {
+        "predictor",
+        "copy_last",
+        "linear",
+    }
+    assert (run / "rollout_validation.png").stat().st_size > 1000
+    with h5py.File(run / "rollout_validation.h5") as f:
+        assert f["slots"].shape == (2, 4, 6, len(ORACLE_FIELDS)) and list(f["frame_index"][:]) == [
+            25,
+            27,
+            29,
+            31,
+        ]
+        assert f.attrs["kind"] == "rollout" and f.attrs["stride"] == 2
+    # without actions the rollout differs: the predictions depend on the pushes
+    _run(["rollout", f"checkpoint={run / 'predictor.pt'}", f"data.root={world['root']}", "actions=false"])
+    with (
+        h5py.File(run / "rollout_validation.h5") as f,
+        h5py.File(run / "rollout_validation_no_actions.h5") as g,
+    ):
+        assert not np.allclose(f["slots"][:], g["slots"][:])
+
+
+def test_intervene_command(world, capsys):
+    run = world["run"]
+    _run(["intervene", f"checkpoint={run / 'predictor.pt'}", f"data.root={world['root']}", "steps=3"])
+    result = json.loads((run / "interventions_validation.json").read_text())
+    assert result["steps"] == 3 and result["all"]["cases"] == len(result["cases"]) > 0
+    for case in result["cases"]:
+        assert case["intervened"] >= 0 and case["factual"] >= 0
+    assert "intervened MSE" in capsys.readouterr().out
+
+
+def test_intervene_needs_counterfactuals(world, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    with h5py.File(world["slots"] / "validation.h5") as src, h5py.File(bare / "validation.h5", "w") as dst:
+        for name in ("slots", "video_ids", "slot_object", "actions"):
+            src.copy(name, dst)
+        dst.attrs.update(dict(src.attrs))
+    with pytest.raises(SystemExit):
+        cli.main(["intervene", f"checkpoint={world['run'] / 'predictor.pt'}", f"data.root={world['root']}",
+                  f"slots={bare}"])  # fmt: skip
+    assert re.search(r"interventions need counterfactual slots \(cf_slots\)", capsys.readouterr().err)
+
+
+def _compose(name: str, overrides: list[str]):
+    register_configs()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return to_object(compose(config_name=name, overrides=preset_overrides(name, overrides)))
+
+
+@pytest.mark.parametrize("preset", ["smoke", "quick", "full"])
+@pytest.mark.parametrize("masking", ["object", "none", "token", "tube"])
+def test_train_configs_compose(preset, masking):
+    cfg = _compose("train", [f"preset={preset}", f"masking={masking}", "out=x"])
+    assert isinstance(cfg, TrainCommand) and cfg.masking.strategy == masking
+    if preset == "full":
+        p = cfg.predictor
+        assert (p.dim, p.layers, p.heads, p.head_dim, p.mlp_hidden, p.history, p.future) == (
+            128,
+            6,
+            16,
+            8,
+            2048,
+            6,
+            10,
+        )

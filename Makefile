@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint bench clean-data
+.PHONY: demo test test-slow lint bench clean-data predictor-figures
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,3 +42,22 @@ bench: $(STAMP)
 
 clean-data:
 	rm -rf datasets/clevrer_sim/*.h5 datasets/clevrer_sim/questions datasets/clevrer_sim/show datasets/clevrer_sim/stats
+
+# Issue 4's figures: rollout error against horizon and latent interventions, for predictors
+# trained with and without object masking on oracle and on learned slots. Needs `make demo`
+# first (the quick data, the encoder and its slots). Writes under $(PRED_RUNS).
+PRED_RUNS ?= runs/predictor
+CF_DATA ?= datasets/clevrer_sim_cf
+predictor-figures: $(STAMP)
+	$(BIN)/cjepa oracle-slots
+	$(BIN)/cjepa data generate preset=quick data.root=$(CF_DATA) data.generator.counterfactuals=true \
+		'data.generator.videos={train: 0, validation: 50, test: 0}'
+	$(BIN)/cjepa oracle-slots data.root=$(CF_DATA) splits=[validation]
+	$(BIN)/cjepa extract-slots checkpoint=$(ENCODER_RUN)/encoder.pt data.root=$(CF_DATA) \
+		splits=[validation] counterfactuals=true
+	set -e; for slots in oracle learned; do for masking in object none; do \
+		run=$(PRED_RUNS)/$$slots-$$masking; dir=$$( [ $$slots = oracle ] && echo oracle_slots || echo slots ); \
+		$(BIN)/cjepa train slots=$$slots masking=$$masking out=$$run resume=auto; \
+		$(BIN)/cjepa rollout checkpoint=$$run/predictor.pt; \
+		$(BIN)/cjepa intervene checkpoint=$$run/predictor.pt slots=$(CF_DATA)/$$dir; \
+	done; done

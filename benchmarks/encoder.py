@@ -20,7 +20,7 @@ import torch
 import yaml
 from torch.profiler import ProfilerActivity, profile
 
-from causaljepa.benchmarking import emit, machine, matmul_gflops
+from causaljepa.benchmarking import device_ceilings, emit
 from causaljepa.models.savi import EncoderConfig, SAVi
 from causaljepa.training.allocator import keep_freed_memory
 from causaljepa.training.loop import train_step
@@ -44,9 +44,8 @@ def main() -> None:
     if device.type == "cpu":
         keep_freed_memory()  # as the trainer does
     cfg = EncoderConfig(**yaml.safe_load((CONFIGS / f"{a.encoder}.yaml").read_text()))
-    info = machine()
-    peak_bf16 = matmul_gflops(torch.bfloat16, device)
-    peak_fp32 = info["fp32_matmul_gflops"] if device.type == "cpu" else matmul_gflops(torch.float32, device)
+    machine_info = device_ceilings(device)
+    peak_fp32, peak_bf16 = machine_info["fp32_matmul_gflops"], machine_info["bf16_matmul_gflops"]
     frames = torch.randint(0, 256, (a.batch, a.clip, a.size, a.size, 3), dtype=torch.uint8, device=device)
     flops = None
     for precision in ("fp32", "bf16") if a.precision == "both" else (a.precision,):
@@ -85,12 +84,7 @@ def main() -> None:
                 "fraction_of_fp32_peak": round(achieved / peak_fp32, 3),
                 "fraction_of_bf16_peak": round(achieved / peak_bf16, 3),
                 "config": {"encoder": a.encoder, **cfg.to_dict(), "batch": a.batch, "clip": a.clip},
-                "machine": {
-                    **info,
-                    "device": str(device),
-                    "fp32_matmul_gflops": round(peak_fp32, 1),
-                    "bf16_matmul_gflops": round(peak_bf16, 1),
-                },
+                "machine": machine_info,
             }
         )
 

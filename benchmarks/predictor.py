@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from causaljepa.benchmarking import emit, machine, matmul_gflops
+from causaljepa.benchmarking import device_ceilings, emit
 from causaljepa.masking import MaskConfig, MaskSampler
 from causaljepa.models.predictor import CJEPAPredictor, PredictorConfig
 from causaljepa.rollout import rollout
@@ -69,20 +69,13 @@ def main() -> None:
         keep_freed_memory()  # as the trainer does
     raw = yaml.safe_load((CONFIGS / f"{a.predictor}.yaml").read_text())
     cfg = PredictorConfig(**{**raw, "slot_dim": a.slot_dim})
-    info = machine()
-    peak_bf16 = matmul_gflops(torch.bfloat16, device)
-    peak_fp32 = info["fp32_matmul_gflops"] if device.type == "cpu" else matmul_gflops(torch.float32, device)
+    machine_info = device_ceilings(device)
+    peak_fp32, peak_bf16 = machine_info["fp32_matmul_gflops"], machine_info["bf16_matmul_gflops"]
     gen = torch.Generator().manual_seed(0)
     slots = torch.randn(a.batch, cfg.window, a.slots, cfg.slot_dim, generator=gen)
     hidden = MaskSampler(MaskConfig("object"), a.slots, cfg.history, cfg.future).sample(a.batch, gen)
     batch = {"slots": slots.to(device), "hidden": hidden.to(device)}
     flops = step_flops(cfg, a.batch, a.slots)
-    machine_info = {
-        **info,
-        "device": str(device),
-        "fp32_matmul_gflops": round(peak_fp32, 1),
-        "bf16_matmul_gflops": round(peak_bf16, 1),
-    }
     config = {"predictor": a.predictor, **cfg.to_dict(), "slots": a.slots, "batch": a.batch}
     for precision in ("fp32", "bf16") if a.precision == "both" else (a.precision,):
         torch.manual_seed(0)

@@ -53,5 +53,16 @@ def machine() -> dict:
     }
 
 
+def device_ceilings(device) -> dict:
+    """``machine()`` for ``device``: its fp32 and bf16 matrix-multiply rates (GFLOP/s)."""
+    import torch
+
+    info = machine()
+    if device.type != "cpu":
+        info["fp32_matmul_gflops"] = round(matmul_gflops(torch.float32, device), 1)
+    info["bf16_matmul_gflops"] = round(matmul_gflops(torch.bfloat16, device), 1)
+    return {**info, "device": str(device)}
+
+
 def emit(record: dict) -> None:
     print(json.dumps(record), flush=True)

@@ -162,36 +162,33 @@ class TrainCommand:
 
 
 @dataclass
-class RolloutCommand:
-    """cjepa rollout"""
+class PredictorEvalCommand:
+    """What the commands that run a trained predictor over a slot store share."""
 
     data: Any = MISSING
     seed: int = 0
     checkpoint: str = MISSING  # predictor.pt from cjepa train
     split: str = "validation"
     slots: str | None = None  # a slot store directory; default: the one the predictor trained on
-    end: int | None = None  # the last history frame; default: the store's last observed frame
-    commit: int = 1  # predicted frames that join the chain per forward pass
-    actions: bool = True  # False: roll out with every action zeroed (does the action matter?)
+    commit: int = 1  # predicted frames that join the rollout chain per forward pass
     batch_size: int = 64
     device: str = "cpu"
-    out: str | None = None  # default: next to the checkpoint, rollout_<split>.h5 (+ .json, .png)
+    out: str | None = None  # default: next to the checkpoint
 
 
 @dataclass
-class InterveneCommand:
-    """cjepa intervene"""
+class RolloutCommand(PredictorEvalCommand):
+    """cjepa rollout: writes rollout_<split>.h5 (+ .json, .png where the truth exists)"""
 
-    data: Any = MISSING
-    seed: int = 0
-    checkpoint: str = MISSING  # predictor.pt from cjepa train
-    split: str = "validation"
-    slots: str | None = None  # a slot store directory with cf_slots; default: the training one
+    end: int | None = None  # the last history frame; default: the store's last observed frame
+    actions: bool = True  # False: roll out with every action zeroed (does the action matter?)
+
+
+@dataclass
+class InterveneCommand(PredictorEvalCommand):
+    """cjepa intervene: writes interventions_<split>.json; slots= must hold cf_slots"""
+
     steps: int = 16  # rollout steps after the first window's history
-    commit: int = 1
-    batch_size: int = 64
-    device: str = "cpu"
-    out: str | None = None  # default: next to the checkpoint, interventions_<split>.json
 
 
 COMMAND_SCHEMAS = {

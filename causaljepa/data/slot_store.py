@@ -229,7 +229,10 @@ def extract_slots(
                 "cf_slots", (N, O, T, K, D), np.float32, chunks=(1, 1, min(T, 32), K, D), track_times=False
             )
             f.create_dataset("cf_valid", data=vs.f["cf_valid"][:], track_times=False)
-        bar = tqdm(total=N * T, disable=not progress, desc=f"slots {Path(video_store).stem}", unit="frame")
+        worlds = 1 + (vs.max_objects if counterfactuals else 0)  # the factual video and each cf video
+        bar = tqdm(
+            total=N * T * worlds, disable=not progress, desc=f"slots {Path(video_store).stem}", unit="frame"
+        )
         for v0 in range(0, N, batch_size):
             vids = list(range(v0, min(N, v0 + batch_size)))
             init = model.corrector.init_slots(len(vids), K, gen)  # (B, K, D)
@@ -260,6 +263,7 @@ def extract_slots(
                         model, lambda t0, t1, i=i: vs.read("cf_frames", i, t0, t1),
                         init[b : b + 1].expand(O, -1, -1), T, chunk, device, precision,
                     ).numpy()  # fmt: skip
+                    bar.update(O * T)
             if has_masks:
                 seg, masks = (
                     torch.cat(seg_all, dim=1).long(),

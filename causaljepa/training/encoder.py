@@ -22,9 +22,8 @@ import torch
 from ..data.clips import ClipSampler
 from ..data.store import VideoStore
 from ..evaluation.object_discovery import fg_ari, mean_best_overlap, summarize
-from ..io import write_json_atomic
 from ..models.savi import EncoderConfig, SAVi, segmentation
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint
 from .loop import OptimConfig, Trainer, TrainerConfig
 
 KIND = "encoder"
@@ -128,22 +127,11 @@ def train_encoder(
     )
     if resume is not None:
         t.resume(resume)
-        print(f"resumed from {resume} at step {t.step}")
     try:
         t.fit(lambda g: sampler.sample(optim.batch_size, g)[0], validate)
     finally:
         train_store.close()
-    out = run_dir / "encoder.pt"
-    save_checkpoint(
-        out,
-        kind=KIND,
-        model_config=encoder.to_dict(),
-        model=t.model.state_dict(),
-        step=t.step,
-        extra={"val": t.last_val, **t.extra},
-    )
-    write_json_atomic(run_dir / "val.json", t.last_val)
-    return out
+    return t.export("encoder.pt")
 
 
 def load_encoder(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[SAVi, dict]:

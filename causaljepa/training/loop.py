@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from ..io import write_json_atomic
 from .allocator import keep_freed_memory
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
@@ -235,6 +236,21 @@ class Trainer:
         set_rng_state(ckpt["rng"], self.generator)
         self.step = int(ckpt["step"])
         self.last_val = dict(ckpt["extra"].get("last_val", {}))
+        print(f"resumed from {path} at step {self.step}")
+
+    def export(self, name: str) -> Path:
+        """The trained weights as <run_dir>/<name> (what later commands load: config, weights,
+        step, the last validation and ``extra``), and the last validation as val.json."""
+        out = save_checkpoint(
+            self.run_dir / name,
+            kind=self.kind,
+            model_config=self.model_config,
+            model=self.model.state_dict(),
+            step=self.step,
+            extra={"val": self.last_val, **self.extra},
+        )
+        write_json_atomic(self.run_dir / "val.json", self.last_val)
+        return out
 
     def fit(
         self,

@@ -23,10 +23,9 @@ import torch
 
 from ..data.slot_store import SlotStore
 from ..data.windows import WindowSampler
-from ..io import write_json_atomic
 from ..masking import MaskConfig, MaskSampler
 from ..models.predictor import CJEPAPredictor, PredictorConfig
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint
 from .loop import OptimConfig, Trainer, TrainerConfig
 
 KIND = "predictor"
@@ -176,20 +175,13 @@ def train_predictor(
     t = Trainer(model, optim, trainer, run_dir, kind=KIND, model_config=cfg.to_dict(), seed=seed, extra=info)
     if resume is not None:
         t.resume(resume)
-        print(f"resumed from {resume} at step {t.step}")
     try:
         t.fit(next_batch, validate)
     finally:
         train_store.close()
         if val_store is not None:
             val_store.close()
-    out = run_dir / "predictor.pt"
-    save_checkpoint(
-        out, kind=KIND, model_config=cfg.to_dict(), model=t.model.state_dict(), step=t.step,
-        extra={"val": t.last_val, **t.extra},
-    )  # fmt: skip
-    write_json_atomic(run_dir / "val.json", t.last_val)
-    return out
+    return t.export("predictor.pt")
 
 
 def load_predictor(

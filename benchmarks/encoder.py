@@ -13,14 +13,13 @@ the fp32 peak is the figure of issue 3 (target >= 40 % on CPU).
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import torch
 import yaml
 from torch.profiler import ProfilerActivity, profile
 
-from causaljepa.benchmarking import device_ceilings, emit
+from causaljepa.benchmarking import device_ceilings, emit, flop_rates, timed
 from causaljepa.models.savi import EncoderConfig, SAVi
 from causaljepa.training.allocator import keep_freed_memory
 from causaljepa.training.loop import train_step
@@ -45,7 +44,6 @@ def main() -> None:
         keep_freed_memory()  # as the trainer does
     cfg = EncoderConfig(**yaml.safe_load((CONFIGS / f"{a.encoder}.yaml").read_text()))
     machine_info = device_ceilings(device)
-    peak_fp32, peak_bf16 = machine_info["fp32_matmul_gflops"], machine_info["bf16_matmul_gflops"]
     frames = torch.randint(0, 256, (a.batch, a.clip, a.size, a.size, 3), dtype=torch.uint8, device=device)
     flops = None
     for precision in ("fp32", "bf16") if a.precision == "both" else (a.precision,):
@@ -64,25 +62,13 @@ def main() -> None:
             with profile(activities=activities, with_flops=True) as prof:
                 train_step(model, frames, opt, lr=1e-4, grad_clip=1.0, device=device, precision="fp32")
             flops = sum(e.flops for e in prof.key_averages())  # forward + backward of one step
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        for _ in range(a.steps):
-            step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        dt = (time.perf_counter() - t) / a.steps
-        achieved = flops / dt / 1e9
+        dt = timed(step, a.steps, device)
         emit(
             {
                 "benchmark": "encoder_train_step",
                 "precision": precision,
                 "images_per_s": round(a.batch * a.clip / dt, 1),
-                "step_s": round(dt, 4),
-                "gflop_per_step": round(flops / 1e9, 2),
-                "achieved_gflops": round(achieved, 1),
-                "fraction_of_fp32_peak": round(achieved / peak_fp32, 3),
-                "fraction_of_bf16_peak": round(achieved / peak_bf16, 3),
+                **flop_rates(flops, dt, machine_info),
                 "config": {"encoder": a.encoder, **cfg.to_dict(), "batch": a.batch, "clip": a.clip},
                 "machine": machine_info,
             }

@@ -15,13 +15,12 @@ run: the fraction of the fp32 peak in fp32 is the figure of issue 4 (target >= 5
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import torch
 import yaml
 
-from causaljepa.benchmarking import device_ceilings, emit
+from causaljepa.benchmarking import device_ceilings, emit, flop_rates, timed
 from causaljepa.masking import MaskConfig, MaskSampler
 from causaljepa.models.predictor import CJEPAPredictor, PredictorConfig
 from causaljepa.rollout import rollout
@@ -42,17 +41,6 @@ def step_flops(cfg: PredictorConfig, batch: int, slots: int) -> int:
     return 3 * (cfg.layers * per_layer + io)
 
 
-def timed(fn, steps: int, device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - t) / steps
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--predictor", default="cjepa_clevrer", help="a config in configs/predictor/")
@@ -70,7 +58,6 @@ def main() -> None:
     raw = yaml.safe_load((CONFIGS / f"{a.predictor}.yaml").read_text())
     cfg = PredictorConfig(**{**raw, "slot_dim": a.slot_dim})
     machine_info = device_ceilings(device)
-    peak_fp32, peak_bf16 = machine_info["fp32_matmul_gflops"], machine_info["bf16_matmul_gflops"]
     gen = torch.Generator().manual_seed(0)
     slots = torch.randn(a.batch, cfg.window, a.slots, cfg.slot_dim, generator=gen)
     hidden = MaskSampler(MaskConfig("object"), a.slots, cfg.history, cfg.future).sample(a.batch, gen)
@@ -88,17 +75,12 @@ def main() -> None:
         for _ in range(2):
             step()
         dt = timed(step, a.steps, device)
-        achieved = flops / dt / 1e9
         emit(
             {
                 "benchmark": "predictor_train_step",
                 "precision": precision,
                 "clips_per_s": round(a.batch / dt, 1),
-                "step_s": round(dt, 4),
-                "gflop_per_step": round(flops / 1e9, 2),
-                "achieved_gflops": round(achieved, 1),
-                "fraction_of_fp32_peak": round(achieved / peak_fp32, 3),
-                "fraction_of_bf16_peak": round(achieved / peak_bf16, 3),
+                **flop_rates(flops, dt, machine_info),
                 "config": config,
                 "machine": machine_info,
             }

@@ -64,5 +64,31 @@ def device_ceilings(device) -> dict:
     return {**info, "device": str(device)}
 
 
+def timed(fn, steps: int, device) -> float:
+    """Seconds per call of ``fn`` over ``steps`` calls (CUDA work waited for)."""
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t) / steps
+
+
+def flop_rates(flops: float, seconds: float, ceilings: dict) -> dict:
+    """A step's FLOPs and time as achieved GFLOP/s and fractions of the measured peaks."""
+    achieved = flops / seconds / 1e9
+    return {
+        "step_s": round(seconds, 4),
+        "gflop_per_step": round(flops / 1e9, 2),
+        "achieved_gflops": round(achieved, 1),
+        "fraction_of_fp32_peak": round(achieved / ceilings["fp32_matmul_gflops"], 3),
+        "fraction_of_bf16_peak": round(achieved / ceilings["bf16_matmul_gflops"], 3),
+    }
+
+
 def emit(record: dict) -> None:
     print(json.dumps(record), flush=True)

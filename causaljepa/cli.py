@@ -250,6 +250,7 @@ def cmd_train(cfg) -> None:
 
 
 def _predictor_and_store(cfg):
+    """The predictor, its window stride, and the slot store of cfg.split it is to run on."""
     from .data.slot_store import SlotStore
     from .training.predictor import load_predictor
 
@@ -261,7 +262,7 @@ def _predictor_and_store(cfg):
             f"{store.path} holds slots of encoder {store.encoder_hash[:12]}, the predictor was trained on "
             f"{ckpt['extra']['encoder_hash'][:12]}; give slots= a directory made by the same encoder"
         )
-    return model, ckpt, store
+    return model, int(ckpt["extra"]["windows"]["stride"]), store
 
 
 def cmd_rollout(cfg) -> None:
@@ -269,8 +270,7 @@ def cmd_rollout(cfg) -> None:
     from .io import write_json_atomic
     from .viz import plot_curves
 
-    model, ckpt, store = _predictor_and_store(cfg)
-    stride = int(ckpt["extra"]["windows"]["stride"])
+    model, stride, store = _predictor_and_store(cfg)
     tag = "" if cfg.actions else "_no_actions"
     out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint).parent / f"rollout_{cfg.split}{tag}.h5"
     with store:
@@ -298,8 +298,7 @@ def cmd_intervene(cfg) -> None:
     from .evaluation.dynamics import intervention_errors
     from .io import write_json_atomic
 
-    model, ckpt, store = _predictor_and_store(cfg)
-    stride = int(ckpt["extra"]["windows"]["stride"])
+    model, stride, store = _predictor_and_store(cfg)
     out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint).parent / f"interventions_{cfg.split}.json"
     with store:
         result = intervention_errors(

@@ -112,10 +112,8 @@ def rollout(
         mask = token_mask(absent[:, w0 : w0 + H + Fu], model.nodes_per_frame)
         if actions is None:
             act = None
-        elif one_shot:
-            act = actions.to(device) if w0 == 0 else None
-            if act is None:  # the one-shot action happened before this window: no action now
-                act = actions.new_zeros(actions.shape).to(device)
+        elif one_shot:  # at the chain's first frame; a later window sees "no action"
+            act = actions.to(device) if w0 == 0 else torch.zeros_like(actions, device=device)
         else:
             act = actions[:, w0 : w0 + H + Fu]
         pred, _ = model(win, hid, act, mask)

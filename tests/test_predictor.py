@@ -362,7 +362,7 @@ def test_token_mask():
     assert token_mask(absent, 1) is None
     absent[0, 1, 0] = True  # frame 1, slot 0 = node 3 of (slot, slot, action) x 2 frames
     m = token_mask(absent, 1)[0]
-    assert m.shape == (6, 6) and not m[:, 3].sum() > 1 and bool(m[3, 3]) and m[:, [0, 1, 2, 4, 5]].all()
+    assert m.shape == (6, 6) and int(m[:, 3].sum()) == 1 and bool(m[3, 3]) and m[:, [0, 1, 2, 4, 5]].all()
 
 
 def test_baselines():
@@ -449,6 +449,7 @@ def test_oracle_slot_store(world):
         o = int(np.flatnonzero(s.read("cf_valid", 1))[0])
         assert cf.shape == (vs.max_objects, vs.num_frames, s.num_slots, s.slot_dim)
         assert not cf[o, :, o].any()  # the removed object is absent from its own counterfactual world
+        np.testing.assert_array_equal(s.read("cf_slots", 1, 4, 20, 2, removed=o), cf[o, 4:20:2])
 
 
 def test_windows_carry_every_frames_action(world):
@@ -460,6 +461,11 @@ def test_windows_carry_every_frames_action(world):
         acts = s.read("actions", 1)
         np.testing.assert_array_equal(item["actions"].numpy(), acts[5:15].reshape(5, 10))
         assert float(item["actions"][:, ::5].sum()) == float(acts[5:15, 0].sum())  # every push flag kept
+        for start in (-1, 24):  # the last window starts at 23
+            with pytest.raises(
+                IndexError, match=rf"window \[{start}, {start + 9}\) is outside frames \[0, 32\)"
+            ):
+                w.window(0, start)
         with pytest.raises(ValueError, match="span 33 frames; the usable frames are 32 of 32"):
             WindowSampler(s, 10, 7, 2)
 

@@ -128,9 +128,12 @@ class SlotStore(H5Reader):
             raise IndexError(f"{self.path}: video index {i} out of range [0, {self.num_videos})")
         return self.f["slots"][i, t0:t1:stride]
 
-    def read(self, name: str, i: int, t0: int = 0, t1: int | None = None, stride: int = 1) -> np.ndarray:
+    def read(
+        self, name: str, i: int, t0: int = 0, t1: int | None = None, stride: int = 1, *, removed=None
+    ) -> np.ndarray:
         """Frames t0:t1:stride of a per-frame field (slots, actions, slot_object, segments) of
-        video i; for cf_slots, (O, T', K, D): every object's counterfactual world."""
+        video i; for cf_slots, (O, T', K, D): every object's counterfactual world, or with
+        ``removed=o`` only the world without object o, (T', K, D)."""
         if name not in self.f:
             raise KeyError(
                 f"{self.path}: field '{name}' is not in this slot store (fields: {sorted(self.f)})"
@@ -140,7 +143,7 @@ class SlotStore(H5Reader):
         if name == "cf_valid":
             return self.f[name][i]
         if name == "cf_slots":
-            return self.f[name][i, :, t0:t1:stride]
+            return self.f[name][i, slice(None) if removed is None else removed, t0:t1:stride]
         return self.f[name][i, t0:t1:stride]
 
     @property

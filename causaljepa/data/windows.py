@@ -19,6 +19,17 @@ from .slot_store import SlotStore
 IN_MEMORY_BYTES = 2 * 2**30  # slot arrays up to this size are read into memory once
 
 
+def step_actions(actions: np.ndarray, start: int, steps: int, stride: int) -> np.ndarray:
+    """Per-frame actions (T_video, A) -> (steps, stride A): window step j holds the actions of
+    frames [start + j stride, start + (j + 1) stride), concatenated; frames past the video's
+    end count as no action."""
+    A = actions.shape[1]
+    out = np.zeros((steps * stride, A), np.float32)
+    avail = actions[start : start + steps * stride]
+    out[: len(avail)] = avail
+    return out.reshape(steps, stride * A)
+
+
 class WindowSampler:
     """Windows of ``history + future`` frames at ``stride`` from a slot store.
 
@@ -62,7 +73,7 @@ class WindowSampler:
 
     def window(self, video: int, start: int) -> dict:
         end = start + self.span
-        if not 0 <= start and end <= self.frames:
+        if not (0 <= start and end <= self.frames):
             raise IndexError(f"window [{start}, {end}) is outside frames [0, {self.frames})")
         if self._slots is not None:
             slots = self._slots[video, start : end : self.stride]
@@ -74,13 +85,7 @@ class WindowSampler:
         return item
 
     def step_actions(self, actions: np.ndarray, start: int, steps: int) -> np.ndarray:
-        """Per-frame actions (T_video, A) -> (steps, stride A) for window steps from ``start``;
-        frames past the video's end count as no action."""
-        A, s = actions.shape[1], self.stride
-        out = np.zeros((steps * s, A), np.float32)
-        avail = actions[start : start + steps * s]
-        out[: len(avail)] = avail
-        return out.reshape(steps, s * A)
+        return step_actions(actions, start, steps, self.stride)
 
     def batch(self, videos, starts) -> dict:
         items = [self.window(int(v), int(s)) for v, s in zip(videos, starts, strict=True)]

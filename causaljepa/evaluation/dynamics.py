@@ -29,15 +29,27 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from ..data.slot_store import SLOT_SCHEMA_VERSION, SlotStore
-from ..data.windows import WindowSampler
+from ..data.windows import step_actions
 from ..io import atomic_output
 from ..models.predictor import CJEPAPredictor
 from ..rollout import intervene, rollout
 from ..training.predictor import copy_last, horizon_mse, linear_extrapolation
 
 
-def _history_frames(end: int, history: int, stride: int) -> list[int]:
-    return [end - (history - 1 - j) * stride for j in range(history)]
+def window_actions(
+    store: SlotStore, videos: list[int], start: int, steps: int, stride: int, action_dim: int
+) -> torch.Tensor | None:
+    """The step actions (B, steps, stride A) of ``videos`` from frame ``start``, or None for a
+    predictor without action nodes; an error where store and predictor disagree."""
+    if store.action_dim * stride != action_dim:
+        raise ValueError(
+            f"the predictor takes {action_dim} action values per step, {store.path} gives "
+            f"{store.action_dim * stride} ({store.action_dim} per frame at stride {stride})"
+        )
+    if not action_dim:
+        return None
+    rows = [step_actions(store.read("actions", i), start, steps, stride) for i in videos]
+    return torch.from_numpy(np.stack(rows))
 
 
 def rollout_store(
@@ -53,8 +65,8 @@ def rollout_store(
     progress: bool = True,
 ) -> dict:
     """Roll every video of ``store`` past frame ``end`` (default: its last observed frame) to the
-    end of the video store's time (``store.num_frames``, or observed + future when there is no
-    truth); write the predicted slots to ``out``; return per-horizon errors where truth exists.
+    store's last frame (or ``future`` steps where ``end`` is the last frame: no truth then);
+    write the predicted slots to ``out``; return per-horizon errors where truth exists.
 
     ``out`` (HDF5): slots (N, S, K, D) float32, frame_index (S,) int64 (the video frame of each
     step), video_ids; attrs kind="rollout", predictor history/stride, source slot store.
@@ -73,14 +85,7 @@ def rollout_store(
     steps = max(1, (store.num_frames - 1 - end) // stride) if end < store.num_frames - 1 else cfg.future
     frame_index = np.array([end + stride * (j + 1) for j in range(steps)], np.int64)
     has_truth = bool(frame_index[-1] < store.num_frames)
-    sampler = WindowSampler(store, H, 0, stride, actions=cfg.action_dim > 0)
-    if sampler.action_dim != cfg.action_dim:
-        raise ValueError(
-            f"the predictor takes {cfg.action_dim} action values per step, {store.path} gives "
-            f"{sampler.action_dim} at stride {stride}"
-        )
     N, K, D = store.num_videos, store.num_slots, store.slot_dim
-    device = model.out.weight.device
     sums = {name: torch.zeros(steps) for name in ("predictor", "copy_last", "linear")}
     with atomic_output(Path(out)) as tmp, h5py.File(tmp, "w") as f:
         ds = f.create_dataset("slots", (N, steps, K, D), np.float32, track_times=False)
@@ -91,17 +96,10 @@ def rollout_store(
             hist = torch.stack(
                 [torch.from_numpy(store.read("slots", i, first, end + 1, stride)) for i in vids]
             )  # (B, H, K, D)
-            actions = None
-            if sampler.use_actions:
-                actions = torch.stack(
-                    [
-                        torch.from_numpy(sampler.step_actions(store.read("actions", i), first, H + steps))
-                        for i in vids
-                    ]
-                )
-                if not use_actions:  # the same model, every action replaced by "no action"
-                    actions = torch.zeros_like(actions)
-            pred = rollout(model.to(device), hist, steps, actions=actions, commit=commit).cpu()
+            actions = window_actions(store, vids, first, H + steps, stride, cfg.action_dim)
+            if actions is not None and not use_actions:  # the same model, every action "no action"
+                actions = torch.zeros_like(actions)
+            pred = rollout(model, hist, steps, actions=actions, commit=commit).cpu()
             ds[v0 : v0 + len(vids)] = pred.numpy()
             if has_truth:
                 t0, t1 = int(frame_index[0]), int(frame_index[-1]) + 1
@@ -181,7 +179,6 @@ def intervention_errors(
     steps = min(steps, (store.num_frames - 1 - last) // stride)
     if steps < 1:
         raise ValueError(f"{store.path}: videos of {store.num_frames} frames leave no frame to roll out")
-    times = [last + stride * (j + 1) for j in range(steps)]
     cases = []  # (video, object, slot selection)
     for i in range(store.num_videos):
         valid = store.read("cf_valid", i)
@@ -191,30 +188,21 @@ def intervention_errors(
                 cases.append((i, int(o), sel))
     device = model.out.weight.device
     rows = []
-    use_actions = cfg.action_dim > 0
-    sampler = WindowSampler(store, H, 0, stride, actions=use_actions) if use_actions else None
+    t0, t1 = last + stride, last + stride * steps + 1  # the rolled-out frames, at the stride
     for c0 in tqdm(
         range(0, len(cases), batch_size), desc="interventions", unit="batch", disable=not progress
     ):
         batch = cases[c0 : c0 + batch_size]
-        hist = torch.stack(
-            [torch.from_numpy(store.read("slots", i, 0, last + 1, stride)) for i, _, _ in batch]
-        )
+        vids = [i for i, _, _ in batch]
+        hist = torch.stack([torch.from_numpy(store.read("slots", i, 0, last + 1, stride)) for i in vids])
         sel = torch.stack([s for _, _, s in batch])  # (B, K)
-        actions = None
-        if sampler is not None:
-            actions = torch.stack(
-                [
-                    torch.from_numpy(sampler.step_actions(store.read("actions", i), 0, H + steps))
-                    for i, _, _ in batch
-                ]
-            )
+        actions = window_actions(store, vids, 0, H + steps, stride, cfg.action_dim)
         factual = rollout(model, hist.to(device), steps, actions=actions, commit=commit).cpu()
         removed = intervene(model, hist.to(device), sel, steps, actions=actions, commit=commit).cpu()
         for b, (i, o, s) in enumerate(batch):
             keep = ~s
-            cf_truth = torch.from_numpy(store.read("cf_slots", i)[o][times])  # (S, K, D)
-            fact_truth = torch.from_numpy(store.read("slots", i)[times])
+            cf_truth = torch.from_numpy(store.read("cf_slots", i, t0, t1, stride, removed=o))  # (S, K, D)
+            fact_truth = torch.from_numpy(store.read("slots", i, t0, t1, stride))
             rows.append(
                 {
                     "video": i,

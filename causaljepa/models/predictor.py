@@ -116,7 +116,7 @@ class Block(nn.Module):
         self.qkv = nn.Linear(dim, 3 * inner)
         self.proj = nn.Linear(inner, dim)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, mlp_hidden), nn.GELU(), nn.Linear(mlp_hidden, dim))
+        self.fc1, self.fc2 = nn.Linear(dim, mlp_hidden), nn.Linear(mlp_hidden, dim)  # the MLP
         self.drop = nn.Dropout(dropout)
 
     def forward(
@@ -139,7 +139,7 @@ class Block(nn.Module):
                 q, k, v, attn_mask=m, dropout_p=self.attn_dropout if self.training else 0.0
             )
         x = x + self.drop(self.proj(rearrange(o, "b h n e -> b n (h e)")))
-        x = x + self.drop(self.mlp(self.norm2(x)))
+        x = x + self.drop(self.fc2(F.gelu(self.fc1(self.norm2(x)))))
         return x, weights
 
 

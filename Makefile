@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint bench clean-data predictor-figures
+.PHONY: demo quick-encoder test test-slow lint bench clean-data predictor-figures ablation
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,10 +16,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $@
 
-# The main job on the built-in default data (clevrer_sim, quick preset). Rerunning it
-# continues an interrupted encoder run instead of starting again.
-ENCODER_RUN ?= runs/demo/encoder
+# The main job on the built-in default data: the whole pipeline (clevrer_sim -> encoder -> slots ->
+# predictors with and without object masking -> QA and interventions -> report.md) in
+# $(MAIN_RUN). Rerunning it continues an interrupted run.
+MAIN_RUN ?= runs/main
 demo: $(STAMP)
+	$(BIN)/cjepa main out=$(MAIN_RUN)
+
+# The quick-preset data, encoder and slots under datasets/clevrer_sim: the inputs of the
+# issue-3/4 figures and of the masking ablation. Rerunning continues an interrupted encoder run.
+ENCODER_RUN ?= runs/demo/encoder
+quick-encoder: $(STAMP)
 	$(BIN)/cjepa data generate preset=quick
 	$(BIN)/cjepa data stats split=train
 	$(BIN)/cjepa data show split=train video=0
@@ -44,8 +51,8 @@ clean-data:
 	rm -rf datasets/clevrer_sim/*.h5 datasets/clevrer_sim/questions datasets/clevrer_sim/show datasets/clevrer_sim/stats
 
 # Issue 4's figures: rollout error against horizon and latent interventions, for predictors
-# trained with and without object masking on oracle and on learned slots. Needs `make demo`
-# first (the quick data, the encoder and its slots). Writes under $(PRED_RUNS).
+# trained with and without object masking on oracle and on learned slots. Needs
+# `make quick-encoder` first (the quick data, the encoder and its slots). Writes under $(PRED_RUNS).
 PRED_RUNS ?= runs/predictor
 CF_DATA ?= datasets/clevrer_sim_cf
 predictor-figures: $(STAMP)
@@ -61,3 +68,11 @@ predictor-figures: $(STAMP)
 		$(BIN)/cjepa rollout checkpoint=$$run/predictor.pt; \
 		$(BIN)/cjepa intervene checkpoint=$$run/predictor.pt slots=$(CF_DATA)/$$dir; \
 	done; done
+
+# Issue 5's masking ablation: masking {none, object 0..1 .. 0..4} x 3 seeds x {learned, oracle}
+# slots, a predictor and two QA readers each (configs/eval_ablation.yaml; about 2 minutes a run
+# on 2 cores at the quick preset). Needs `make quick-encoder` first. Finished runs are kept.
+ABLATION_RUN ?= runs/ablation
+ablation: $(STAMP)
+	$(BIN)/cjepa oracle-slots splits=[train,validation]
+	$(BIN)/cjepa eval ablation out=$(ABLATION_RUN)

@@ -11,6 +11,9 @@
     cjepa train                  [slots=learned|oracle masking=object|none|token|tube ...]  the predictor
     cjepa rollout                checkpoint=PT [...]  predicted slots past the observed frames (+ errors)
     cjepa intervene              checkpoint=PT [...]  latent interventions against counterfactual truth
+    cjepa eval clevrer           checkpoint=PT [...]  CLEVRER QA reader, protocols (a) and (b)
+    cjepa main                   [out=runs/main ...]  the whole pipeline -> <out>/report.md
+    cjepa eval ablation          [...]             masking x seeds x slots: predictors, readers, tables
 
 Everything after the subcommand is Hydra's: overrides (``data.generator.height=128``),
 ``--cfg job`` to print the composed config, ``--help``. Each handler here only turns the
@@ -315,6 +318,79 @@ def cmd_intervene(cfg) -> None:
     print(f"written: {out}")
 
 
+def _qa_config(cfg, seed: int):
+    from .evaluation.clevrer_qa import QAConfig
+
+    return QAConfig(
+        reader=cfg.reader,
+        optim=cfg.train,
+        trainer=cfg.trainer,
+        protocols=tuple(cfg.protocols),
+        commit=cfg.commit,
+        batch_size=cfg.batch_size,
+        seed=seed,
+    )
+
+
+def cmd_eval_clevrer(cfg) -> None:
+    from .evaluation.clevrer_qa import evaluate_clevrer
+    from .training.checkpoint import load_checkpoint
+    from .training.predictor import resolve_slots
+
+    ckpt = load_checkpoint(cfg.checkpoint, "predictor")
+    slot_dir = resolve_slots(cfg.data.root, cfg.slots) if cfg.slots else Path(ckpt["extra"]["slot_dir"])
+    out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint).parent / "qa"
+    result = evaluate_clevrer(cfg.data.root, slot_dir, cfg.checkpoint, out, _qa_config(cfg, cfg.seed))
+    print((out / "results.md").read_text())
+    if "grounding" in result:
+        print(f"grounding of the removed object (validation): {result['grounding']['questions']}")
+    print(f"written: {out / 'results.json'}  {out / 'results.md'}")
+
+
+def cmd_eval_ablation(cfg) -> None:
+    from .evaluation.ablation import masking_ablation
+    from .training.predictor import resolve_slots
+
+    slot_sets = {name: resolve_slots(cfg.data.root, name) for name in cfg.slots}
+    result = masking_ablation(
+        cfg.data.root,
+        slot_sets,
+        max_masked=list(cfg.max_masked),
+        seeds=list(cfg.seeds),
+        predictor=cfg.predictor,
+        predictor_optim=cfg.predictor_train,
+        windows=cfg.windows,
+        qa=_qa_config(cfg, 0),
+        out=Path(cfg.out),
+    )
+    print(Path(result["markdown"]).read_text())
+    print(f"written: {result['markdown']}  {result['json']}  {result['png']}")
+
+
+def cmd_main(cfg) -> None:
+    from .pipeline import MainConfig, main_job
+
+    sim = _require_sim(cfg.data, "main")
+    job = MainConfig(
+        generator=sim.generator,
+        encoder=cfg.encoder,
+        encoder_train=cfg.encoder_train,
+        clips=cfg.clips,
+        predictor=cfg.predictor,
+        predictor_train=cfg.predictor_train,
+        windows=cfg.windows,
+        reader=cfg.reader,
+        reader_train=cfg.reader_train,
+        trainer=cfg.trainer,
+        max_masked=cfg.max_masked,
+        cf_videos=cfg.cf_videos,
+        extract_precision=cfg.extract_precision,
+        seed=cfg.seed,
+        workers=cfg.workers,
+    )
+    main_job(job, Path(cfg.out))
+
+
 # (words on the command line) -> (primary config, handler)
 COMMANDS: dict[tuple[str, ...], tuple[str, Callable]] = {
     ("data", "generate"): ("data_generate", cmd_generate),
@@ -328,6 +404,9 @@ COMMANDS: dict[tuple[str, ...], tuple[str, Callable]] = {
     ("train",): ("train", cmd_train),
     ("rollout",): ("rollout", cmd_rollout),
     ("intervene",): ("intervene", cmd_intervene),
+    ("eval", "clevrer"): ("eval_clevrer", cmd_eval_clevrer),
+    ("eval", "ablation"): ("eval_ablation", cmd_eval_ablation),
+    ("main",): ("main", cmd_main),
 }
 
 

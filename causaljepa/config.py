@@ -15,6 +15,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
+from .evaluation.qa import ReaderConfig
 from .masking import MaskConfig
 from .models.predictor import PredictorConfig
 from .models.savi import EncoderConfig
@@ -191,6 +192,66 @@ class InterveneCommand(PredictorEvalCommand):
     steps: int = 16  # rollout steps after the first window's history
 
 
+@dataclass
+class EvalClevrerCommand:
+    """cjepa eval clevrer: the QA reader on a predictor's rollouts, protocols (a) and (b)"""
+
+    data: Any = MISSING
+    seed: int = 0  # the reader's (and the grounding readout's) seed
+    checkpoint: str = MISSING  # predictor.pt from cjepa train
+    slots: str | None = None  # learned | oracle | a directory; default: the predictor's own slots
+    protocols: list[str] = field(default_factory=lambda: ["a", "b"])
+    reader: ReaderConfig = field(default_factory=ReaderConfig)
+    train: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    commit: int = 1  # rollouts: predicted frames that join the chain per forward pass
+    batch_size: int = 64  # rollouts
+    out: str | None = None  # default: <checkpoint's run>/qa
+
+
+@dataclass
+class EvalAblationCommand:
+    """cjepa eval ablation: masking x seeds x slots, predictor and reader trained for each"""
+
+    data: Any = MISSING
+    seed: int = 0  # unused: the runs take their seeds from ``seeds``
+    slots: list[str] = field(default_factory=lambda: ["learned", "oracle"])
+    max_masked: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])  # 0 = no masking
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    protocols: list[str] = field(default_factory=lambda: ["a", "b"])
+    predictor: PredictorConfig = field(default_factory=PredictorConfig)
+    predictor_train: OptimConfig = field(default_factory=OptimConfig)
+    windows: WindowConfig = field(default_factory=WindowConfig)
+    reader: ReaderConfig = field(default_factory=ReaderConfig)
+    train: OptimConfig = field(default_factory=OptimConfig)  # the reader's
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    commit: int = 1
+    batch_size: int = 64
+    out: str = MISSING
+
+
+@dataclass
+class MainCommand:
+    """cjepa main: the whole pipeline on the built-in world (causaljepa/pipeline.py)"""
+
+    data: Any = MISSING  # data=clevrer_sim; its generator makes <out>/data
+    seed: int = 0
+    out: str = "runs/main"
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    encoder_train: OptimConfig = field(default_factory=OptimConfig)
+    clips: ClipConfig = field(default_factory=ClipConfig)
+    predictor: PredictorConfig = field(default_factory=PredictorConfig)
+    predictor_train: OptimConfig = field(default_factory=OptimConfig)
+    windows: WindowConfig = field(default_factory=WindowConfig)
+    reader: ReaderConfig = field(default_factory=ReaderConfig)
+    reader_train: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    max_masked: int = 4  # object masking hides 0..max_masked objects per sample
+    cf_videos: int = 4  # validation videos with counterfactual worlds, for the intervention errors
+    extract_precision: str = "bf16"
+    workers: int = 2
+
+
 COMMAND_SCHEMAS = {
     "data_generate": DataGenerateCommand,
     "data_prepare_clevrer": DataPrepareClevrerCommand,
@@ -203,6 +264,9 @@ COMMAND_SCHEMAS = {
     "train": TrainCommand,
     "rollout": RolloutCommand,
     "intervene": InterveneCommand,
+    "eval_clevrer": EvalClevrerCommand,
+    "eval_ablation": EvalAblationCommand,
+    "main": MainCommand,
 }
 DATA_SCHEMAS = {"clevrer_sim": ClevrerSimData, "clevrer": ClevrerData}
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from causaljepa import cli
+
 
 @pytest.fixture(scope="module")
 def one_thread():
@@ -13,3 +15,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def run_cli(argv: list[str]) -> None:
+    """Run a cjepa command in-process; a SystemExit (Hydra's, on a bad config) becomes an error,
+    since a module fixture must not end in SystemExit (pytest hides it)."""
+    try:
+        cli.main(argv)
+    except SystemExit as e:
+        raise RuntimeError(f"'cjepa {' '.join(argv)}' exited with {e.code} (see stderr)") from e

@@ -45,6 +45,8 @@ def test_every_primary_config_composes(name):
         "train": ["out=somewhere"],
         "rollout": ["checkpoint=somewhere"],
         "intervene": ["checkpoint=somewhere"],
+        "eval_clevrer": ["checkpoint=somewhere"],
+        "eval_ablation": ["out=somewhere"],
     }
     cfg = to_object(_compose(name, required.get(name, [])))
     assert isinstance(cfg, COMMAND_SCHEMAS[name])

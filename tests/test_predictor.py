@@ -11,6 +11,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli as _run
 from hydra import compose, initialize_config_dir
 
 from causaljepa import cli
@@ -402,13 +403,6 @@ def test_oracle_features():
 
 
 # the commands ---------------------------------------------------------------------------------------
-
-
-def _run(argv: list[str]) -> None:
-    try:
-        cli.main(argv)
-    except SystemExit as e:  # a module fixture must not end in SystemExit: pytest hides it
-        raise RuntimeError(f"'cjepa {' '.join(argv)}' exited with {e.code} (see stderr)") from e
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,416 @@
+"""CLEVRER QA with a world model: rollouts for the reader, grounding, training and scoring.
+
+Two protocols (``PROTOCOLS``):
+
+- ``a``, as published: the reader sees the observed slots; a predictive question also sees
+  the predictor's rollout past the last observed frame. Descriptive, explanatory and
+  counterfactual questions read the same encoder slots whatever the predictor.
+- ``b``, ours: in addition, a counterfactual question ("which event will happen if the red
+  cube is removed?") reads the latent-intervention rollout of the world without that object:
+  the predictor starts from the video's first ``history`` frames with the named object's slot
+  removed (``rollout.intervene``) and rolls forward over the observed frames. The world model
+  answers "what if" by simulating it.
+
+Grounding the named object to a slot (protocol b): a small attribute readout (an MLP from a
+slot to colour, shape and material logits) is trained on the training split's slots in the
+predictor's first history window, each labelled with the annotated properties of the object
+it covers (``slot_object``, from the instance masks for learned slots; by construction for
+oracle slots); slots that cover no object are not used. A question's object is the slot whose
+named attributes are most likely (summed log-probabilities, best frame of the window). The
+grounding accuracy on validation (the chosen slot covers the named object in some frame of
+the window) is reported with the results. A store without ``slot_object`` (real CLEVRER has
+no instance masks) cannot train the readout, so protocol (b) is refused there with that reason.
+
+The reader trains on the training split (its rollouts made by the same predictor, so it
+learns to read that predictor's simulations) and is scored on the validation split.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..data.questions import PROPERTY_VOCAB, load_questions
+from ..data.slot_store import SlotStore
+from ..data.store import VideoStore
+from ..io import write_json_atomic, write_text_atomic
+from ..models.predictor import CJEPAPredictor
+from ..rollout import intervene
+from ..training.loop import OptimConfig, Trainer, TrainerConfig
+from .dynamics import rollout_store, window_actions
+from .qa import (
+    Counterfactuals,
+    Examples,
+    QAReader,
+    ReaderConfig,
+    VisualParts,
+    Vocabulary,
+    accuracy_table,
+    build_examples,
+    markdown_table,
+    predict,
+    video_index,
+)
+
+PROTOCOLS = ("a", "b")
+KIND = "qa_reader"
+_GROUPS = [(key, len(vocab)) for key, vocab in PROPERTY_VOCAB]  # colour 8, shape 3, material 2
+
+
+class AttributeReadout(nn.Module):
+    """slot (D) -> colour, shape and material logits (8 + 3 + 2)."""
+
+    def __init__(self, slot_dim: int, hidden: int = 64):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.LayerNorm(slot_dim),
+            nn.Linear(slot_dim, hidden),
+            nn.GELU(),
+            nn.Linear(hidden, sum(n for _, n in _GROUPS)),
+        )
+
+    def log_probs(self, slots: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(..., D) -> {attribute: (..., values) log-probabilities}."""
+        parts = self.net(slots).split([n for _, n in _GROUPS], dim=-1)
+        return {key: F.log_softmax(p, dim=-1) for (key, _), p in zip(_GROUPS, parts, strict=True)}
+
+
+def readout_data(
+    store: SlotStore, props: np.ndarray, frames: list[int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Slots at ``frames`` that cover an annotated object -> (X (M, D), Y (M, 3) attribute ids,
+    video (M,))."""
+    if not store.has("slot_object"):
+        raise ValueError(
+            f"{store.path} has no slot_object (which object each slot covers): the grounding readout "
+            "cannot be trained, so protocol (b) is not available for this store; use protocols=[a]"
+        )
+    xs, ys, vs = [], [], []
+    for i in range(store.num_videos):
+        for t in frames:
+            slots = store.read("slots", i, t, t + 1)[0]  # (K, D)
+            obj = store.read("slot_object", i, t, t + 1)[0].astype(np.int64)  # (K,)
+            for k in np.flatnonzero(obj >= 0):
+                p = props[i, obj[k]]
+                if (p >= 0).all():
+                    xs.append(slots[k])
+                    ys.append(p)
+                    vs.append(i)
+    if not xs:
+        raise ValueError(f"{store.path}: no slot covers an annotated object in frames {frames}")
+    return (
+        torch.from_numpy(np.stack(xs)).float(),
+        torch.from_numpy(np.stack(ys)).long(),
+        torch.tensor(vs),
+    )
+
+
+def fit_readout(x: torch.Tensor, y: torch.Tensor, *, steps: int = 400, seed: int = 0) -> AttributeReadout:
+    """Full-batch AdamW on the three cross-entropies."""
+    torch.manual_seed(seed)
+    model = AttributeReadout(x.shape[1])
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-3)
+    for _ in range(steps):
+        lp = model.log_probs(x)
+        loss = sum(F.nll_loss(lp[key], y[:, j]) for j, (key, _) in enumerate(_GROUPS))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def readout_accuracy(model: AttributeReadout, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    lp = model.log_probs(x)
+    return {key: float((lp[key].argmax(-1) == y[:, j]).float().mean()) for j, (key, _) in enumerate(_GROUPS)}
+
+
+@torch.no_grad()
+def ground(model: AttributeReadout, slots: torch.Tensor, attrs: list[dict[str, str]]) -> torch.Tensor:
+    """slots (B, T, K, D), one attribute description per row -> (B,) the slot most likely to be
+    the described object (log-probabilities of the named values summed, best frame)."""
+    lp = model.log_probs(slots.float())
+    vocab = {key: values for key, values in PROPERTY_VOCAB}
+    score = slots.new_zeros(slots.shape[:3])  # (B, T, K)
+    for b, a in enumerate(attrs):
+        for key, value in a.items():
+            score[b] += lp[key][b, :, :, vocab[key].index(value)]
+    return score.amax(dim=1).argmax(dim=1)
+
+
+def object_properties(path: Path) -> np.ndarray:
+    """(N, O, 3) colour, shape, material ids of a video store's objects (-1 = none)."""
+    with VideoStore(path) as vs:
+        if not vs.has("object_properties"):
+            raise ValueError(f"{path}: no object_properties; the grounding readout needs annotated objects")
+        return vs.f["object_properties"][:]
+
+
+def observed_part(store: SlotStore, frame_stride: int) -> torch.Tensor:
+    """(N, To, K, D): every video's observed frames 0, s, 2s, ..."""
+    return torch.from_numpy(store.f["slots"][:, : store.observed_frames : frame_stride])
+
+
+def future_part(
+    model: CJEPAPredictor,
+    store: SlotStore,
+    out: Path,
+    *,
+    stride: int,
+    every: int,
+    commit: int,
+    batch_size: int,
+) -> tuple[torch.Tensor, dict]:
+    """The predictor's rollout past the last observed frame (kept as ``out``), every ``every``-th
+    step -> (N, Tf, K, D), and its errors against the truth where the store has later frames."""
+    if out.exists():
+        import h5py
+
+        with h5py.File(out, "r") as f:
+            slots = f["slots"][:]
+        result = json.loads(out.with_suffix(".json").read_text())
+    else:
+        result = rollout_store(model, store, out, stride=stride, batch_size=batch_size, commit=commit)
+        write_json_atomic(out.with_suffix(".json"), result)
+        import h5py
+
+        with h5py.File(out, "r") as f:
+            slots = f["slots"][:]
+    return torch.from_numpy(slots[:, every - 1 :: every]), result
+
+
+def counterfactual_part(
+    model: CJEPAPredictor,
+    store: SlotStore,
+    readout: AttributeReadout,
+    cfs: Counterfactuals,
+    *,
+    stride: int,
+    frame_stride: int,
+    commit: int,
+    batch_size: int,
+    progress: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per counterfactual question: the world without its named object, rolled out from the
+    first ``history`` frames over the observed frames, at the reader's frames 0, s, 2s, ...
+    -> ((M, To, K, D), the grounded slot (M,))."""
+    from tqdm import tqdm
+
+    H = model.cfg.history
+    last = (H - 1) * stride
+    steps = (store.observed_frames - 1 - last) // stride
+    if frame_stride % stride:
+        raise ValueError(
+            f"reader.frame_stride={frame_stride} must be a multiple of the predictor's stride {stride} so "
+            "the counterfactual rollout has the reader's frames"
+        )
+    if steps < 1:
+        raise ValueError(f"{store.path}: {store.observed_frames} observed frames leave nothing to roll out")
+    pick = torch.arange(0, store.observed_frames, frame_stride) // stride  # rows of [history, rollout]
+    M = len(cfs.video)
+    K, D = store.num_slots, store.slot_dim
+    out = torch.zeros(M, len(pick), K, D)
+    chosen = torch.zeros(M, dtype=torch.int64)
+    device = model.out.weight.device
+    for m0 in tqdm(
+        range(0, M, batch_size), desc="counterfactual rollouts", unit="batch", disable=not progress
+    ):
+        rows = list(range(m0, min(M, m0 + batch_size)))
+        vids = [cfs.video[m] for m in rows]
+        hist = torch.stack([torch.from_numpy(store.read("slots", i, 0, last + 1, stride)) for i in vids])
+        sel = ground(readout, hist, [cfs.attrs[m] for m in rows])  # (B,)
+        actions = window_actions(store, vids, 0, H + steps, stride, model.cfg.action_dim)
+        pred = intervene(model, hist.to(device), sel, steps, actions=actions, commit=commit).cpu()
+        hist = hist.clone()
+        hist[torch.arange(len(rows)), :, sel] = 0.0  # the removed slot is gone from the start
+        full = torch.cat([hist, pred], dim=1)  # (B, H + steps, K, D) at the predictor's stride
+        out[rows] = full[:, pick]
+        chosen[rows] = sel
+    return out, chosen
+
+
+def grounding_accuracy(
+    store: SlotStore, props: np.ndarray, cfs: Counterfactuals, chosen: torch.Tensor, frames: list[int]
+) -> dict:
+    """Fraction of counterfactual questions whose grounded slot covers the named object in one of
+    ``frames``; questions whose description matches no single annotated object are not scored."""
+    vocab = {key: values for key, values in PROPERTY_VOCAB}
+    hits, scored = 0, 0
+    for m, (i, attrs) in enumerate(zip(cfs.video, cfs.attrs, strict=True)):
+        match = [
+            o
+            for o in range(props.shape[1])
+            if (props[i, o] >= 0).all()
+            and all(
+                props[i, o, j] == vocab[key].index(attrs[key])
+                for j, (key, _) in enumerate(_GROUPS)
+                if key in attrs
+            )
+        ]
+        if len(match) != 1:
+            continue
+        scored += 1
+        covers = np.stack([store.read("slot_object", i, t, t + 1)[0] for t in frames])  # (F, K)
+        hits += bool((covers[:, int(chosen[m])] == match[0]).any())
+    return {"questions": scored, "accuracy": hits / scored if scored else float("nan")}
+
+
+@dataclass
+class Split:
+    """One split's questions, examples and visual parts under one protocol."""
+
+    examples: Examples
+    parts: VisualParts
+
+
+def train_reader(
+    train: Split,
+    val: Split,
+    vocab: Vocabulary,
+    cfg: ReaderConfig,
+    optim: OptimConfig,
+    trainer: TrainerConfig,
+    run_dir: Path,
+    *,
+    seed: int,
+    extra: dict,
+) -> tuple[QAReader, dict[str, float]]:
+    """Train on ``train``, validate on ``val`` (accuracy table) -> the reader and its last validation."""
+    slot_dim = train.parts.observed.shape[-1]
+    torch.manual_seed(seed)
+    model = QAReader(cfg, len(vocab), slot_dim)
+
+    def next_batch(gen: torch.Generator) -> dict:
+        idx = torch.randint(len(train.examples), (optim.batch_size,), generator=gen)
+        b = train.examples.take(idx)
+        b.update(train.parts.batch(b))
+        return b
+
+    def validate(m: QAReader) -> dict[str, float]:
+        pred = predict(m, val.examples, val.parts, device=t.device)
+        m.train()
+        return accuracy_table(val.examples, pred)
+
+    config = {"reader": asdict(cfg), "vocab": vocab.tokens, "slot_dim": slot_dim}
+    t = Trainer(model, optim, trainer, run_dir, kind=KIND, model_config=config, seed=seed, extra=extra)
+    if t.checkpoint_path.exists():
+        t.resume(t.checkpoint_path)
+    val_metrics = t.fit(next_batch, validate)
+    t.export("reader.pt")
+    return t.model, val_metrics
+
+
+@dataclass(frozen=True)
+class QAConfig:
+    """What ``evaluate_clevrer`` needs besides paths."""
+
+    reader: ReaderConfig
+    optim: OptimConfig
+    trainer: TrainerConfig
+    protocols: tuple[str, ...] = PROTOCOLS
+    commit: int = 1
+    batch_size: int = 64  # rollouts
+    seed: int = 0
+
+
+def evaluate_clevrer(
+    data_root: str | os.PathLike,
+    slot_dir: str | os.PathLike,
+    predictor: str | os.PathLike,
+    out: str | os.PathLike,
+    cfg: QAConfig,
+) -> dict:
+    """Train and score a QA reader per protocol for one predictor; writes under ``out``:
+    rollout_<split>.h5/.json, protocol_<p>/ (the reader's run: reader.pt, metrics.csv),
+    results.json and results.md. A protocol whose results exist is not run again, and an
+    interrupted reader continues from its last checkpoint."""
+    from ..training.predictor import load_predictor
+
+    data_root, slot_dir, out = Path(data_root), Path(slot_dir), Path(out)
+    for p in cfg.protocols:
+        if p not in PROTOCOLS:
+            raise ValueError(f"protocol {p!r} is not known; protocols are {list(PROTOCOLS)}")
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    todo = [p for p in cfg.protocols if p not in results.get("protocols", {})]
+    if not todo:
+        return results
+    model, ckpt = load_predictor(predictor, cfg.trainer.device)
+    stride = int(ckpt["extra"]["windows"]["stride"])
+    rc = cfg.reader
+    questions = {s: load_questions(data_root / "questions" / f"{s}.json") for s in ("train", "validation")}
+    vocab = Vocabulary.from_questions(questions["train"])
+    stores = {s: SlotStore(slot_dir / f"{s}.h5") for s in ("train", "validation")}
+    try:
+        for st in stores.values():
+            if st.encoder_hash != ckpt["extra"]["encoder_hash"]:
+                raise ValueError(
+                    f"{st.path} holds slots of encoder {st.encoder_hash[:12]}, the predictor {predictor} was "
+                    f"trained on {ckpt['extra']['encoder_hash'][:12]}"
+                )
+        rows = {s: video_index(stores[s].video_ids, questions[s], f"questions/{s}.json") for s in stores}
+        observed = {s: observed_part(st, rc.frame_stride) for s, st in stores.items()}
+        future, rollout_errors = {}, {}
+        for s, st in stores.items():
+            future[s], rollout_errors[s] = future_part(
+                model, st, out / f"rollout_{s}.h5", stride=stride, every=rc.future_every,
+                commit=cfg.commit, batch_size=cfg.batch_size,
+            )  # fmt: skip
+        extra_info = {
+            "predictor": str(predictor),
+            "slot_dir": str(slot_dir),
+            "encoder_hash": stores["train"].encoder_hash,
+        }
+        grounding = None
+        for protocol in todo:
+            splits = {}
+            for s, st in stores.items():
+                ex, cfs = build_examples(questions[s], rows[s], vocab, rc.max_words, protocol == "b")
+                cf = None
+                if protocol == "b":
+                    frames = list(range(0, model.cfg.history * stride, stride))
+                    if grounding is None:
+                        props = {k: object_properties(data_root / f"{k}.h5") for k in stores}
+                        x, y, _ = readout_data(stores["train"], props["train"], frames)
+                        readout = fit_readout(x, y, seed=cfg.seed)
+                        xv, yv, _ = readout_data(stores["validation"], props["validation"], frames)
+                        grounding = {"readout_validation_accuracy": readout_accuracy(readout, xv, yv)}
+                    cf, chosen = counterfactual_part(
+                        model, st, readout, cfs, stride=stride, frame_stride=rc.frame_stride,
+                        commit=cfg.commit, batch_size=cfg.batch_size, progress=cfg.trainer.progress,
+                    )  # fmt: skip
+                    if s == "validation":
+                        grounding["questions"] = grounding_accuracy(st, props[s], cfs, chosen, frames)
+                splits[s] = Split(ex, VisualParts(observed[s], future[s], cf))
+            _, metrics = train_reader(
+                splits["train"], splits["validation"], vocab, rc, cfg.optim, cfg.trainer,
+                out / f"protocol_{protocol}", seed=cfg.seed, extra={**extra_info, "protocol": protocol},
+            )  # fmt: skip
+            results.setdefault("protocols", {})[protocol] = metrics
+            results.update(
+                {
+                    "predictor": str(predictor),
+                    "masking": ckpt["extra"]["masking"],
+                    "slots": str(slot_dir),
+                    "seed": cfg.seed,
+                    "rollout_mse": {s: r.get("mean_mse") for s, r in rollout_errors.items()},
+                    "validation_questions": int(splits["validation"].examples.question.max()) + 1,
+                }
+            )
+            if grounding is not None:
+                results["grounding"] = grounding
+            write_json_atomic(results_path, results)
+    finally:
+        for st in stores.values():
+            st.close()
+    rows_md = {f"protocol ({p})": results["protocols"][p] for p in PROTOCOLS if p in results["protocols"]}
+    write_text_atomic(out / "results.md", markdown_table(rows_md) + "\n")
+    return results

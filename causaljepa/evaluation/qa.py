@@ -1,0 +1,418 @@
+"""CLEVRER question answering over slots: the reader, its examples and its metrics.
+
+The reader follows ALOE (Ding et al. 2021): one transformer over a question's word tokens
+(and, for a multiple-choice question, one choice's tokens) and a video's slot tokens, with
+a learned [CLS] token whose output feeds two heads: the descriptive answer (CLEVRER's 21
+answers) and, per choice, correct / wrong. Every token is an embedding plus a type
+embedding (question word, choice word, observed slot, predicted-future slot,
+counterfactual slot) plus a position (word position, or the frame's index in its part of
+the video). There is no slot-index embedding: the reader is permutation-equivariant in
+slots, as the encoder and the predictor are.
+
+What it sees of a video (``VisualParts``): the observed slots at ``frame_stride``; for a
+predictive question also the predictor's rollout past the last observed frame; for a
+counterfactual question under protocol (b) also the latent-intervention rollout of the
+world without the object the question names (``evaluation/clevrer_qa.py`` makes both).
+
+The word vocabulary comes from the training question file, so real CLEVRER question files
+work as well as simulated ones; a word never seen in training reads as [UNK].
+
+Shapes: E examples, B batch, L words, T frames, K slots, D slot width, d reader width.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..data.questions import ANSWERS, COLORS, MATERIALS, QUESTION_TYPES, SHAPES, QuestionFileError
+from ..models.predictor import Block
+
+PAD, UNK = "[PAD]", "[UNK]"
+# token types
+T_QUESTION, T_CHOICE, T_OBSERVED, T_FUTURE, T_COUNTERFACTUAL, T_CLS = range(1, 7)
+EXTRA_NONE, EXTRA_FUTURE, EXTRA_CF = 0, 1, 2
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+class Vocabulary:
+    """Words of question and choice texts -> ids; 0 = [PAD], 1 = [UNK]."""
+
+    def __init__(self, tokens: list[str]):
+        if tokens[:2] != [PAD, UNK] or len(set(tokens)) != len(tokens):
+            raise ValueError("a Vocabulary starts with [PAD], [UNK] and lists each word once")
+        self.tokens = list(tokens)
+        self.index = {w: i for i, w in enumerate(tokens)}
+
+    @classmethod
+    def from_questions(cls, videos: list[dict]) -> Vocabulary:
+        seen = set()
+        for v in videos:
+            for q in v["questions"]:
+                seen.update(words(q["question"]))
+                for c in q.get("choices", []):
+                    seen.update(words(c["choice"]))
+        return cls([PAD, UNK, *sorted(seen)])
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def encode(self, text: str) -> list[int]:
+        return [self.index.get(w, 1) for w in words(text)]
+
+
+def named_object(q: dict) -> dict[str, str]:
+    """The attributes naming the object a counterfactual question removes ("... if the red cube
+    is removed?"): from the program's filters before ``get_counterfact`` where there is a program,
+    else from the words between "if" and "removed"."""
+    out: dict[str, str] = {}
+    prog = q.get("program")
+    if prog:
+        stop = prog.index("get_counterfact") if "get_counterfact" in prog else len(prog)
+        for k in range(1, stop):
+            tok = prog[k]
+            if tok.startswith("filter_") and tok[7:] in ("color", "shape", "material"):
+                out[tok[7:]] = prog[k - 1]
+    if not out:
+        m = re.search(r"\bif (.*) (?:is|were|was) removed", q["question"].lower())
+        for w in words(m.group(1)) if m else []:
+            for key, vocab in (("color", COLORS), ("shape", SHAPES), ("material", MATERIALS)):
+                if w in vocab:
+                    out[key] = w
+    if not out:
+        raise QuestionFileError(
+            f"question {q.get('question_id')} ({q['question']!r}): cannot tell which object it removes; "
+            "expected a program with filter_color/shape/material before get_counterfact, or "
+            "'... if the <color> <material> <shape> is removed'"
+        )
+    return out
+
+
+@dataclass
+class Examples:
+    """One row per descriptive question and per choice of a multiple-choice question."""
+
+    words: torch.Tensor  # (E, L) int64 word ids, 0 = pad
+    word_types: torch.Tensor  # (E, L) int64: T_QUESTION, T_CHOICE, 0 = pad
+    video: torch.Tensor  # (E,) int64 index into the video store / slot store
+    extra: torch.Tensor  # (E,) EXTRA_NONE | EXTRA_FUTURE | EXTRA_CF
+    cf_index: torch.Tensor  # (E,) row of the counterfactual rollouts, -1 = none
+    target: torch.Tensor  # (E,) answer index (descriptive) or 1 = correct / 0 = wrong
+    is_choice: torch.Tensor  # (E,) bool
+    question: torch.Tensor  # (E,) question ordinal (choices of one question share it)
+    qtype: torch.Tensor  # (E,) index into QUESTION_TYPES
+
+    def __len__(self) -> int:
+        return len(self.video)
+
+    def take(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {k: v[idx] for k, v in self.__dict__.items()}
+
+
+@dataclass
+class Counterfactuals:
+    """The counterfactual questions of a split, one row each: what protocol (b) must simulate."""
+
+    video: list[int]
+    attrs: list[dict[str, str]]  # the removed object's attributes as the question names them
+    question: list[int]  # question ordinal
+
+
+def video_index(video_ids: list[str], videos: list[dict], where: str) -> list[int]:
+    """Row of each question file entry's video in a store whose ids are ``video_ids``."""
+    rows = {vid: i for i, vid in enumerate(video_ids)}
+    out = []
+    for v in videos:
+        name = v.get("video_filename") or f"video_{int(v['scene_index']):05d}"
+        stem = name.rsplit("/", 1)[-1].split(".")[0]
+        if stem not in rows:
+            raise KeyError(
+                f"{where}: questions about {stem} (scene_index {v['scene_index']}) but the store has no "
+                f"such video (it has {len(rows)} videos, e.g. {video_ids[:2]})"
+            )
+        out.append(rows[stem])
+    return out
+
+
+def build_examples(
+    videos: list[dict], rows: list[int], vocab: Vocabulary, max_words: int, counterfactual_extra: bool
+) -> tuple[Examples, Counterfactuals]:
+    """The reader's examples for a question file (videos already mapped to store ``rows``).
+
+    Predictive questions read the future rollout; counterfactual questions read the
+    counterfactual rollout where ``counterfactual_extra`` (protocol b), else the observed
+    slots only (protocol a, as published). A text longer than ``max_words`` is an error.
+    """
+    cols = {k: [] for k in ("words", "types", "video", "extra", "cf", "target", "choice", "q", "qtype")}
+    cfs = Counterfactuals([], [], [])
+    n_q = 0
+    for v, row in zip(videos, rows, strict=True):
+        for q in v["questions"]:
+            qtype = q["question_type"]
+            qw = vocab.encode(q["question"])
+            extra, cf = EXTRA_NONE, -1
+            if qtype == "predictive":
+                extra = EXTRA_FUTURE
+            elif qtype == "counterfactual" and counterfactual_extra:
+                extra, cf = EXTRA_CF, len(cfs.video)
+                cfs.video.append(row)
+                cfs.attrs.append(named_object(q))
+                cfs.question.append(n_q)
+            if qtype == "descriptive":
+                if "answer" not in q:
+                    raise QuestionFileError(
+                        f"question {q['question_id']} of {v['scene_index']} has no answer"
+                    )
+                items = [(qw, [T_QUESTION] * len(qw), ANSWERS.index(q["answer"]), False)]
+            else:
+                items = []
+                for c in q["choices"]:
+                    if "answer" not in c:
+                        raise QuestionFileError(
+                            f"question {q['question_id']} of {v['scene_index']}: choice {c['choice_id']} "
+                            "has no answer"
+                        )
+                    cw = vocab.encode(c["choice"])
+                    items.append(
+                        (
+                            qw + cw,
+                            [T_QUESTION] * len(qw) + [T_CHOICE] * len(cw),
+                            int(c["answer"] == "correct"),
+                            True,
+                        )
+                    )
+            for w, t, target, is_choice in items:
+                if len(w) > max_words:
+                    raise ValueError(
+                        f"question {q['question_id']} of scene {v['scene_index']} has {len(w)} words "
+                        f"with its choice, more than reader.max_words={max_words}; raise reader.max_words"
+                    )
+                cols["words"].append(w + [0] * (max_words - len(w)))
+                cols["types"].append(t + [0] * (max_words - len(t)))
+                cols["video"].append(row)
+                cols["extra"].append(extra)
+                cols["cf"].append(cf)
+                cols["target"].append(target)
+                cols["choice"].append(is_choice)
+                cols["q"].append(n_q)
+                cols["qtype"].append(QUESTION_TYPES.index(qtype))
+            n_q += 1
+    if not cols["video"]:
+        raise ValueError("the question file has no questions")
+    long = {k: torch.tensor(cols[k], dtype=torch.int64) for k in cols if k != "choice"}
+    ex = Examples(
+        words=long["words"],
+        word_types=long["types"],
+        video=long["video"],
+        extra=long["extra"],
+        cf_index=long["cf"],
+        target=long["target"],
+        is_choice=torch.tensor(cols["choice"], dtype=torch.bool),
+        question=long["q"],
+        qtype=long["qtype"],
+    )
+    return ex, cfs
+
+
+@dataclass
+class VisualParts:
+    """What the reader can see of a split's videos, in memory."""
+
+    observed: torch.Tensor  # (N, To, K, D) observed slots at the reader's frame stride
+    future: torch.Tensor | None  # (N, Tf, K, D) the predictor's rollout past the observed frames
+    counterfactual: torch.Tensor | None  # (M, To, K, D) one per counterfactual question (protocol b)
+
+    def batch(self, ex: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Visual tokens of a batch of examples: observed then one extra part (padded, masked)."""
+        obs = self.observed[ex["video"]]  # (B, To, K, D)
+        B, _, K, D = obs.shape
+        Te = max(
+            self.future.shape[1] if self.future is not None else 0,
+            self.counterfactual.shape[1] if self.counterfactual is not None else 0,
+        )
+        extra = obs.new_zeros(B, Te, K, D)
+        extra_type = torch.zeros(B, dtype=torch.int64)
+        valid = torch.zeros(B, Te, dtype=torch.bool)
+        for kind, part, rows, token_type, need in (
+            (EXTRA_FUTURE, self.future, ex["video"], T_FUTURE, "the predictor's future rollout"),
+            (EXTRA_CF, self.counterfactual, ex["cf_index"], T_COUNTERFACTUAL, "the counterfactual rollouts"),
+        ):
+            sel = ex["extra"] == kind
+            if not bool(sel.any()):
+                continue
+            if part is None:
+                raise ValueError(f"{int(sel.sum())} examples need {need}, which was not given")
+            x = part[rows[sel]]
+            extra[sel, : x.shape[1]] = x
+            valid[sel, : x.shape[1]] = True
+            extra_type[sel] = token_type
+        return {"observed": obs, "extra": extra, "extra_type": extra_type, "extra_valid": valid}
+
+
+@dataclass(frozen=True)
+class ReaderConfig:
+    """configs/reader/*.yaml: the QA reader and what it sees."""
+
+    dim: int = 64
+    layers: int = 2
+    heads: int = 4
+    mlp_hidden: int = 128
+    dropout: float = 0.1
+    max_words: int = 40  # question + choice words; a longer text is an error, never cut
+    frame_stride: int = 16  # observed frames seen: 0, s, 2s, ... (CLEVRER 128 frames: 8 at 16)
+    future_every: int = 2  # every n-th rollout step of the predicted future
+    max_frames: int = 32  # size of the frame-position table
+
+    def __post_init__(self) -> None:
+        for name in ("dim", "layers", "heads", "mlp_hidden", "max_words", "frame_stride", "future_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"reader.{name} must be >= 1, got {getattr(self, name)}")
+        if self.dim % self.heads:
+            raise ValueError(f"reader.dim={self.dim} must be divisible by reader.heads={self.heads}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"reader.dropout must be in [0, 1), got {self.dropout}")
+
+
+class QAReader(nn.Module):
+    """Transformer over [CLS], words and slot tokens (see the module docstring)."""
+
+    def __init__(self, cfg: ReaderConfig, vocab_size: int, slot_dim: int):
+        super().__init__()
+        self.cfg, d = cfg, cfg.dim
+        self.word = nn.Embedding(vocab_size, d, padding_idx=0)
+        self.word_pos = nn.Embedding(cfg.max_words, d)
+        self.slot = nn.Sequential(nn.LayerNorm(slot_dim), nn.Linear(slot_dim, d))
+        self.frame_pos = nn.Embedding(cfg.max_frames, d)
+        self.kind = nn.Embedding(T_CLS + 1, d)
+        self.cls = nn.Parameter(torch.zeros(d))
+        self.blocks = nn.ModuleList(
+            Block(d, cfg.heads, d // cfg.heads, cfg.mlp_hidden, cfg.dropout) for _ in range(cfg.layers)
+        )
+        self.norm = nn.LayerNorm(d)
+        self.answer = nn.Linear(d, len(ANSWERS))
+        self.choice = nn.Linear(d, 1)
+        for emb in (self.word_pos, self.frame_pos, self.kind):
+            nn.init.normal_(emb.weight, std=0.02)
+
+    def _frames(self, slots: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
+        """slots (B, T, K, D), types (B,) -> tokens (B, T K, d)."""
+        B, T, K, _ = slots.shape
+        if T > self.cfg.max_frames:
+            raise ValueError(f"{T} frames in one part; reader.max_frames={self.cfg.max_frames}")
+        x = self.slot(slots) + self.frame_pos.weight[:T][None, :, None] + self.kind(types)[:, None, None]
+        return x.reshape(B, T * K, x.shape[-1])
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (answer logits (B, 21), choice logit (B,))."""
+        w, wt = batch["words"], batch["word_types"]
+        B, L = w.shape
+        obs, extra = batch["observed"], batch["extra"]
+        K = obs.shape[2]
+        text = self.word(w) + self.word_pos.weight[:L][None] + self.kind(wt)
+        observed = self._frames(obs, torch.full((B,), T_OBSERVED, device=w.device))
+        more = self._frames(extra, batch["extra_type"].clamp(min=1))
+        cls = (self.cls + self.kind.weight[T_CLS]).expand(B, 1, -1)
+        x = torch.cat([cls, text, observed, more], dim=1)  # (B, 1 + L + (To + Te) K, d)
+        keep = torch.cat(
+            [
+                torch.ones(B, 1, dtype=torch.bool, device=w.device),
+                wt > 0,
+                torch.ones(B, observed.shape[1], dtype=torch.bool, device=w.device),
+                batch["extra_valid"].repeat_interleave(K, dim=1),
+            ],
+            dim=1,
+        )  # (B, N): padding is never attended to
+        mask = keep[:, None, :].expand(B, x.shape[1], x.shape[1])
+        for blk in self.blocks:
+            x, _ = blk(x, mask)
+        h = self.norm(x[:, 0])
+        return self.answer(h), self.choice(h)[:, 0]
+
+    def training_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        answer, choice = self(batch)
+        is_choice, target = batch["is_choice"], batch["target"]
+        ce = F.cross_entropy(answer.float(), target.clamp(max=len(ANSWERS) - 1), reduction="none")
+        bce = F.binary_cross_entropy_with_logits(choice.float(), target.float(), reduction="none")
+        loss = torch.where(is_choice, bce, ce).mean()
+        with torch.no_grad():
+            right = torch.where(is_choice, (choice > 0).long() == target, answer.argmax(-1) == target)
+        return loss, {"loss": float(loss.detach()), "accuracy": float(right.float().mean())}
+
+
+@torch.no_grad()
+def predict(
+    model: QAReader, ex: Examples, parts: VisualParts, batch_size: int = 256, device="cpu"
+) -> torch.Tensor:
+    """(E,) the predicted answer index (descriptive) or 1 / 0 (choice correct / wrong)."""
+    model.eval()
+    out = []
+    for i in range(0, len(ex), batch_size):
+        b = ex.take(torch.arange(i, min(len(ex), i + batch_size)))
+        b.update(parts.batch(b))
+        b = {k: v.to(device) for k, v in b.items()}
+        answer, choice = model(b)
+        out.append(torch.where(b["is_choice"], (choice > 0).long(), answer.argmax(-1)).cpu())
+    return torch.cat(out)
+
+
+def accuracy_table(ex: Examples, pred: torch.Tensor) -> dict[str, float]:
+    """Accuracies in percent: descriptive; per option and per question for each multiple-choice
+    type; and over all questions (a multiple-choice question counts when all its choices are right)."""
+    right = (pred == ex.target).numpy()
+    q, qtype = ex.question.numpy(), ex.qtype.numpy()
+    n_q = int(q.max()) + 1
+    q_right = np.ones(n_q, bool)
+    np.logical_and.at(q_right, q, right)
+    q_type = np.zeros(n_q, np.int64)
+    q_type[q] = qtype
+    out: dict[str, float] = {}
+    for t, name in enumerate(QUESTION_TYPES):
+        rows = qtype == t
+        if not rows.any():
+            continue
+        if name == "descriptive":
+            out["descriptive"] = 100.0 * float(right[rows].mean())
+        else:
+            out[f"{name}_option"] = 100.0 * float(right[rows].mean())
+            out[f"{name}_question"] = 100.0 * float(q_right[q_type == t].mean())
+    out["all_question"] = 100.0 * float(q_right.mean())
+    return out
+
+
+COLUMNS = (
+    ("descriptive", "descriptive"),
+    ("explanatory_option", "explanatory opt"),
+    ("explanatory_question", "explanatory q"),
+    ("predictive_option", "predictive opt"),
+    ("predictive_question", "predictive q"),
+    ("counterfactual_option", "counterfactual opt"),
+    ("counterfactual_question", "counterfactual q"),
+    ("all_question", "all q"),
+)
+
+
+def markdown_table(rows: dict[str, dict[str, float | tuple[float, float]]]) -> str:
+    """rows: name -> metrics (a number, or (mean, std) over seeds) -> a markdown table."""
+    present = [(k, title) for k, title in COLUMNS if any(k in r for r in rows.values())]
+    lines = ["| | " + " | ".join(t for _, t in present) + " |", "|---" * (len(present) + 1) + "|"]
+    for name, r in rows.items():
+        cells = []
+        for k, _ in present:
+            v = r.get(k)
+            if v is None:
+                cells.append("")
+            elif isinstance(v, tuple):
+                cells.append(f"{v[0]:.1f} ± {v[1]:.1f}")
+            else:
+                cells.append(f"{v:.1f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

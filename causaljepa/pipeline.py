@@ -1,0 +1,309 @@
+"""The main job (`cjepa main`, `make demo`): the whole pipeline on the built-in world.
+
+Stages, each skipped where its output already exists (so rerunning continues an
+interrupted run; the trainers resume from their last checkpoint):
+
+1. ``data``: clevrer_sim videos and questions into <out>/data, and a few validation videos
+   with their counterfactual worlds into <out>/data_cf (for the intervention errors);
+2. ``encoder``: the slot-attention video encoder, <out>/encoder;
+3. ``slots``: its slots of the train and validation splits, <out>/data/slots (+ data_cf/slots);
+4. ``predictors``: C-JEPA predictors with object masking and without, <out>/predictor_<m>;
+5. ``qa``: the QA reader on each predictor's rollouts, protocols (a) and (b), <out>/predictor_<m>/qa;
+6. ``interventions``: latent interventions against the counterfactual truth;
+7. ``report``: <out>/report.md with the tables, and PNGs next to it.
+
+Wall time per stage goes into <out>/timings.json and the report.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from .evaluation.qa import ReaderConfig, markdown_table
+from .io import save_figure, write_json_atomic, write_text_atomic
+from .masking import MaskConfig
+from .models.predictor import PredictorConfig
+from .models.savi import EncoderConfig
+from .training.encoder import ClipConfig
+from .training.loop import OptimConfig, TrainerConfig
+from .training.predictor import WindowConfig
+
+MASKINGS = ("object", "none")
+
+
+@dataclass(frozen=True)
+class MainConfig:
+    """Plain values for ``main_job`` (the command's config turned into dataclasses)."""
+
+    generator: object  # sim.generate.GenerateConfig
+    encoder: EncoderConfig
+    encoder_train: OptimConfig
+    clips: ClipConfig
+    predictor: PredictorConfig
+    predictor_train: OptimConfig
+    windows: WindowConfig
+    reader: ReaderConfig
+    reader_train: OptimConfig
+    trainer: TrainerConfig
+    max_masked: int = 4
+    cf_videos: int = 4
+    extract_precision: str = "bf16"
+    seed: int = 0
+    workers: int = 2
+
+
+class Timer:
+    """Wall time per stage, kept in <out>/timings.json across reruns."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.times: dict[str, float] = json.loads(path.read_text()) if path.exists() else {}
+
+    def run(self, name: str, fn, done: bool):
+        if done:
+            print(f"[main] {name}: done before, skipped")
+            return None
+        print(f"[main] {name} ...", flush=True)
+        t0 = time.perf_counter()
+        out = fn()
+        self.times[name] = round(time.perf_counter() - t0, 1)
+        write_json_atomic(self.path, self.times)
+        print(f"[main] {name}: {self.times[name]:.0f} s", flush=True)
+        return out
+
+
+def main_job(cfg: MainConfig, out: Path) -> Path:
+    from .data.slot_store import extract_slots
+    from .evaluation.clevrer_qa import QAConfig, evaluate_clevrer
+    from .evaluation.dynamics import intervention_errors
+    from .sim.generate import generate
+    from .training.checkpoint import file_hash
+    from .training.encoder import load_encoder, train_encoder
+    from .training.predictor import load_predictor, train_predictor
+    from .viz import show_slots, show_video
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data, data_cf = out / "data", out / "data_cf"
+    timer = Timer(out / "timings.json")
+    t_start = time.perf_counter()
+
+    def make_data():
+        generate(replace(cfg.generator, videos={"train": cfg.generator.videos["train"],
+                                                "validation": cfg.generator.videos["validation"]}),
+                 data, workers=cfg.workers)  # fmt: skip
+        generate(replace(cfg.generator, videos={"validation": cfg.cf_videos}, counterfactuals=True,
+                         seed=cfg.generator.seed + 7919), data_cf, workers=cfg.workers)  # fmt: skip
+        show_video(data / "train.h5", 0, out / "data_train_00000.png", num_frames=8)
+
+    timer.run("data", make_data, (data_cf / "validation.h5").exists())
+    enc_dir = out / "encoder"
+    last = enc_dir / "checkpoints" / "last.pt"
+    timer.run(
+        "encoder",
+        lambda: train_encoder(
+            data,
+            cfg.encoder,
+            cfg.encoder_train,
+            cfg.trainer,
+            cfg.clips,
+            enc_dir,
+            seed=cfg.seed,
+            resume=last if last.exists() else None,
+            extra={"data": "clevrer_sim", "main_job": True},
+        ),
+        (enc_dir / "encoder.pt").exists(),
+    )
+
+    def make_slots():
+        model, _ = load_encoder(enc_dir / "encoder.pt")
+        digest = file_hash(enc_dir / "encoder.pt")
+        metrics = {}
+        for root, splits, cf in ((data, ("train", "validation"), False), (data_cf, ("validation",), True)):
+            for split in splits:
+                metrics[f"{root.name}/{split}"] = extract_slots(
+                    model, root / f"{split}.h5", root / "slots" / f"{split}.h5", encoder_hash=digest,
+                    precision=cfg.extract_precision, seed=cfg.seed + 1234, counterfactuals=cf,
+                )  # fmt: skip
+        write_json_atomic(out / "slots_metrics.json", metrics)
+        show_slots(model, data / "validation.h5", 0, out / "slots_validation_00000.png", seed=cfg.seed + 1234)
+
+    timer.run("slots", make_slots, (out / "slots_metrics.json").exists())
+
+    maskings = {
+        "object": MaskConfig("object", 0, cfg.max_masked),
+        "none": MaskConfig("none", 0, 0),
+    }
+    for name, masking in maskings.items():
+        run = out / f"predictor_{name}"
+        last = run / "checkpoints" / "last.pt"
+        timer.run(
+            f"predictor_{name}",
+            lambda run=run, masking=masking, last=last: train_predictor(
+                data / "slots",
+                cfg.predictor,
+                masking,
+                cfg.predictor_train,
+                cfg.trainer,
+                cfg.windows,
+                run,
+                seed=cfg.seed,
+                resume=last if last.exists() else None,
+                extra={"slots": "learned"},
+            ),
+            (run / "predictor.pt").exists(),
+        )
+    qa_cfg = QAConfig(cfg.reader, cfg.reader_train, cfg.trainer, seed=cfg.seed)
+    qa = {}
+    for name in maskings:
+        run = out / f"predictor_{name}"
+        qa[name] = timer.run(
+            f"qa_{name}",
+            lambda run=run: evaluate_clevrer(data, data / "slots", run / "predictor.pt", run / "qa", qa_cfg),
+            (run / "qa" / "results.json").exists()
+            and all(
+                p in json.loads((run / "qa" / "results.json").read_text()).get("protocols", {}) for p in "ab"
+            ),
+        ) or json.loads((run / "qa" / "results.json").read_text())
+
+    def interventions():
+        from .data.slot_store import SlotStore
+
+        res = {}
+        for name in maskings:
+            model, ckpt = load_predictor(out / f"predictor_{name}" / "predictor.pt")
+            with SlotStore(data_cf / "slots" / "validation.h5") as store:
+                res[name] = intervention_errors(
+                    model, store, stride=int(ckpt["extra"]["windows"]["stride"]), steps=16, progress=False
+                )
+        write_json_atomic(out / "interventions.json", res)
+
+    timer.run("interventions", interventions, (out / "interventions.json").exists())
+    elapsed = time.perf_counter() - t_start
+    report = write_report(out, cfg, qa, timer.times, elapsed)
+    print(f"[main] report: {report}")
+    return report
+
+
+def _qa_bars(qa: dict[str, dict], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    keys = [
+        ("descriptive", "descr."),
+        ("explanatory_question", "expl. q"),
+        ("predictive_question", "pred. q"),
+        ("counterfactual_option", "cf opt"),
+        ("counterfactual_question", "cf q"),
+        ("all_question", "all q"),
+    ]
+    bars = [(f"{m}, protocol ({p})", r["protocols"][p]) for m, r in qa.items() for p in ("a", "b")]
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    w = 0.8 / len(bars)
+    for j, (label, metrics) in enumerate(bars):
+        ax.bar(np.arange(len(keys)) + j * w, [metrics.get(k, 0.0) for k, _ in keys], w, label=label)
+    ax.set_xticks(np.arange(len(keys)) + 0.4 - w / 2, [t for _, t in keys])
+    ax.set_ylabel("accuracy on validation (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    ax.set_title("CLEVRER-format QA: object masking vs none, protocols (a) and (b)")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def write_report(
+    out: Path, cfg: MainConfig, qa: dict[str, dict], times: dict[str, float], elapsed: float
+) -> Path:
+    from .viz import plot_curves
+
+    slots_metrics = json.loads((out / "slots_metrics.json").read_text())
+    interventions = json.loads((out / "interventions.json").read_text())
+    val = slots_metrics["data/validation"]
+    curves, frames = {}, None
+    for name in qa:
+        r = json.loads((out / f"predictor_{name}" / "qa" / "rollout_validation.json").read_text())
+        frames = r["frame_index"]
+        curves[f"predictor ({name} masking)"] = r["horizon_mse"]["predictor"]
+        curves["copy last frame"] = r["horizon_mse"]["copy_last"]
+        curves["linear extrapolation"] = r["horizon_mse"]["linear"]
+    title = "rollout error past the observed frames (validation)"
+    plot_curves(
+        curves, frames, out / "rollout_error.png", title=title, xlabel="video frame", ylabel="slot MSE"
+    )
+    _qa_bars(qa, out / "qa.png")
+    rows = {f"{m} masking, protocol ({p})": r["protocols"][p] for m, r in qa.items() for p in ("a", "b")}
+    gen = cfg.generator
+    cf = {m: {p: r["protocols"][p]["counterfactual_question"] for p in ("a", "b")} for m, r in qa.items()}
+    lines = [
+        "# causaljepa main job",
+        "",
+        f"Wall time {elapsed / 60:.1f} min this invocation; stage times (s, from their own runs): "
+        + ", ".join(f"{k} {v:.0f}" for k, v in times.items())
+        + f"; total of stages {sum(times.values()) / 60:.1f} min.",
+        "",
+        f"Data: clevrer_sim, {gen.videos['train']} training and {gen.videos['validation']} validation "
+        f"videos of {gen.scene.observed_frames} + {gen.scene.future_frames} frames at "
+        f"{gen.height}x{gen.width}; {cfg.cf_videos} more validation videos with every object's "
+        "counterfactual world.",
+        "",
+        "![a training video with its instance masks](data_train_00000.png)",
+        "",
+        "## Encoder",
+        "",
+        f"{cfg.encoder_train.steps} steps. Validation, whole videos: FG-ARI {val['fg_ari']:.3f}, "
+        f"mBO {val['mbo']:.3f}, temporal consistency {val['temporal_consistency']:.3f}.",
+        "",
+        "![slots of validation video 0](slots_validation_00000.png)",
+        "",
+        "## Predictors: rollout past the observed frames",
+        "",
+        f"Object masking (0..{cfg.max_masked} objects hidden per sample) and none, "
+        f"{cfg.predictor_train.steps} steps each, on the encoder's slots.",
+        "",
+        "![rollout error](rollout_error.png)",
+        "",
+        "## Question answering (validation)",
+        "",
+        "Protocol (a) is the published one (only predictive questions see the predictor's output); in "
+        "protocol (b) a counterfactual question also reads the latent-intervention rollout of the world "
+        "without the object it names. Accuracies in percent.",
+        "",
+        markdown_table(rows),
+        "",
+        "Counterfactual per-question accuracy, object masking minus none: "
+        + ", ".join(f"protocol ({p}) {cf['object'][p] - cf['none'][p]:+.1f} points" for p in ("a", "b"))
+        + " (one seed; `cjepa eval ablation` gives the spread over seeds).",
+        "",
+        "![QA accuracies](qa.png)",
+        "",
+        "## Latent interventions (the do-operator) against the counterfactual truth",
+        "",
+        "| masking | cases | intervened MSE | factual MSE | intervened lower "
+        "| most-affected half: intervened / factual |",
+        "|---|---|---|---|---|---|",
+    ]
+    for m, r in interventions.items():
+        a, h = r["all"], r["most_affected_half"]
+        lines.append(
+            f"| {m} | {a['cases']} | {a['intervened_mse']:.4f} | {a['factual_mse']:.4f} | "
+            f"{100 * a['intervened_lower_fraction']:.0f} % | "
+            f"{h['intervened_mse']:.4f} / {h['factual_mse']:.4f} |"
+        )
+    g = qa["object"].get("grounding")
+    if g:
+        lines += [
+            "",
+            f"Grounding of the removed object (validation counterfactual questions): {g['questions']}.",
+        ]
+    lines += [
+        "",
+        "Configuration: " + json.dumps({"reader": asdict(cfg.reader), "predictor": asdict(cfg.predictor)}),
+    ]
+    return write_text_atomic(out / "report.md", "\n".join(lines) + "\n")

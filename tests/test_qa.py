@@ -1,0 +1,372 @@
+"""CLEVRER QA: vocabulary, examples, metrics, the reader, grounding, the eval commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_cli as _run
+
+from causaljepa import cli
+from causaljepa.data.questions import ANSWERS, QuestionFileError
+from causaljepa.evaluation.ablation import masking_config, summarize
+from causaljepa.evaluation.clevrer_qa import AttributeReadout, fit_readout, ground, readout_accuracy
+from causaljepa.evaluation.qa import (
+    EXTRA_CF,
+    EXTRA_FUTURE,
+    EXTRA_NONE,
+    QAReader,
+    ReaderConfig,
+    VisualParts,
+    Vocabulary,
+    accuracy_table,
+    build_examples,
+    markdown_table,
+    named_object,
+    video_index,
+)
+
+
+def _desc(qid, text, answer, sub="query_color"):
+    return {
+        "question_id": qid,
+        "question": text,
+        "question_type": "descriptive",
+        "question_subtype": sub,
+        "answer": answer,
+    }
+
+
+def _mc(qid, qtype, text, choices, program=None):
+    q = {
+        "question_id": qid,
+        "question": text,
+        "question_type": qtype,
+        "choices": [{"choice_id": i, "choice": c, "answer": a} for i, (c, a) in enumerate(choices)],
+    }
+    if program is not None:
+        q["program"] = program
+    return q
+
+
+VIDEOS = [
+    {
+        "scene_index": 7,
+        "video_filename": "video_00007.mp4",
+        "questions": [
+            _desc(0, "What color is the cube?", "red"),
+            _mc(
+                1,
+                "predictive",
+                "What will happen next?",
+                [("The cube exits the scene", "correct"), ("The sphere exits the scene", "wrong")],
+            ),
+            _mc(
+                2,
+                "counterfactual",
+                "Which event will happen if the red cube is removed?",
+                [
+                    ("The sphere collides with the cylinder", "wrong"),
+                    ("The gray sphere collides with it", "wrong"),
+                    ("Nothing", "correct"),
+                ],
+                program=[
+                    "objects",
+                    "red",
+                    "filter_color",
+                    "cube",
+                    "filter_shape",
+                    "unique",
+                    "get_counterfact",
+                ],
+            ),
+        ],
+    }
+]
+
+
+def test_vocabulary_and_unknown_words():
+    v = Vocabulary.from_questions(VIDEOS)
+    assert v.tokens[:2] == ["[PAD]", "[UNK]"] and "cube" in v.tokens and "collides" in v.tokens
+    ids = v.encode("What color is the zebra?")
+    assert ids[-1] == 1 and ids[0] == v.index["what"]
+    with pytest.raises(ValueError, match="lists each word once"):
+        Vocabulary(["[PAD]", "[UNK]", "a", "a"])
+
+
+def test_named_object_from_program_or_text():
+    assert named_object(VIDEOS[0]["questions"][2]) == {"color": "red", "shape": "cube"}
+    q = {"question_id": 3, "question": "Which event will happen if the metal sphere is removed?"}
+    assert named_object(q) == {"material": "metal", "shape": "sphere"}
+    with pytest.raises(QuestionFileError, match="cannot tell which object"):
+        named_object({"question_id": 4, "question": "What if nothing happened?"})
+
+
+def test_examples_one_row_per_question_or_choice():
+    v = Vocabulary.from_questions(VIDEOS)
+    ex_a, cf_a = build_examples(VIDEOS, [3], v, 20, counterfactual_extra=False)
+    ex_b, cf_b = build_examples(VIDEOS, [3], v, 20, counterfactual_extra=True)
+    assert len(ex_a) == 1 + 2 + 3 and ex_a.video.tolist() == [3] * 6
+    assert ex_a.question.tolist() == [0, 1, 1, 2, 2, 2]
+    assert ex_a.target.tolist() == [ANSWERS.index("red"), 1, 0, 0, 0, 1]
+    assert ex_a.is_choice.tolist() == [False] + [True] * 5
+    assert ex_a.extra.tolist() == [EXTRA_NONE] + [EXTRA_FUTURE] * 2 + [EXTRA_NONE] * 3
+    assert ex_b.extra.tolist()[3:] == [EXTRA_CF] * 3 and ex_b.cf_index.tolist()[3:] == [0, 0, 0]
+    assert cf_a.video == [] and cf_b.video == [3] and cf_b.attrs == [{"color": "red", "shape": "cube"}]
+    # question words then choice words, padded with 0
+    n_q = len(v.encode("What will happen next?"))
+    assert ex_a.word_types[1, :n_q].eq(1).all() and ex_a.word_types[1, n_q].item() == 2
+    assert ex_a.words[0, 5:].eq(0).all()
+    with pytest.raises(ValueError, match=r"reader\.max_words=4"):
+        build_examples(VIDEOS, [3], v, 4, counterfactual_extra=False)
+
+
+def test_video_index_names_the_missing_video():
+    assert video_index(["video_00001", "video_00007"], VIDEOS, "q.json") == [1]
+    with pytest.raises(KeyError, match="video_00007"):
+        video_index(["video_00001"], VIDEOS, "q.json")
+
+
+def test_accuracy_table_per_option_and_per_question():
+    v = Vocabulary.from_questions(VIDEOS)
+    ex, _ = build_examples(VIDEOS * 2, [0, 1], v, 20, counterfactual_extra=False)
+    pred = ex.target.clone()
+    pred[1] = 1 - pred[1]  # video 0: one predictive choice wrong
+    pred[6] = (pred[6] + 1) % len(ANSWERS)  # video 1: descriptive wrong
+    t = accuracy_table(ex, pred)
+    assert t["descriptive"] == 50.0
+    assert t["predictive_option"] == 75.0 and t["predictive_question"] == 50.0
+    assert t["counterfactual_option"] == 100.0 and t["counterfactual_question"] == 100.0
+    assert t["all_question"] == pytest.approx(100 * 4 / 6)
+    md = markdown_table({"x": t, "y": {"descriptive": (50.0, 2.5)}})
+    assert "| x | 50.0 |" in md and "50.0 ± 2.5" in md and "counterfactual q" in md
+
+
+def _parts(N=2, To=3, K=4, D=5, Tf=2, M=1):
+    g = torch.Generator().manual_seed(0)
+    return VisualParts(
+        torch.randn(N, To, K, D, generator=g),
+        torch.randn(N, Tf, K, D, generator=g),
+        torch.randn(M, To, K, D, generator=g),
+    )
+
+
+def test_reader_is_slot_permutation_equivariant_and_ignores_padding():
+    v = Vocabulary.from_questions(VIDEOS)
+    ex, _ = build_examples(VIDEOS, [1], v, 20, counterfactual_extra=True)
+    parts = _parts()
+    torch.manual_seed(0)
+    model = QAReader(ReaderConfig(dim=16, heads=2, mlp_hidden=16, max_words=20), len(v), 5).eval()
+    b = ex.take(torch.arange(len(ex)))
+    b.update(parts.batch(b))
+    a1, c1 = model(b)
+    perm = torch.tensor([2, 0, 3, 1])
+    bp = dict(b, observed=b["observed"][:, :, perm], extra=b["extra"][:, :, perm])
+    a2, c2 = model(bp)
+    torch.testing.assert_close(a1, a2, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(c1, c2, atol=1e-5, rtol=1e-5)
+    # a descriptive question reads no extra part: garbage in its padded extra slots changes nothing
+    b0 = ex.take(torch.tensor([0]))
+    b0.update(parts.batch(b0))
+    base = model(b0)[0]
+    b0["extra"] = torch.randn_like(b0["extra"]) * 100
+    torch.testing.assert_close(model(b0)[0], base)
+    # the extra part matters where it is valid
+    bc = ex.take(torch.tensor([3]))
+    bc.update(parts.batch(bc))
+    before = model(bc)[1]
+    bc["extra"] = bc["extra"] + torch.randn_like(bc["extra"])
+    assert not torch.allclose(model(bc)[1], before)
+
+
+def test_reader_learns_a_slot_dependent_answer(one_thread):
+    """The answer is the colour coded in the only non-zero slot: the reader must read slots."""
+    g = torch.Generator().manual_seed(0)
+    v = Vocabulary.from_questions(VIDEOS)
+    colors = [ANSWERS.index(c) for c in ("red", "blue", "green")]
+    n = 96
+    which = torch.randint(0, 3, (n,), generator=g)
+    obs = torch.zeros(n, 2, 3, 6)
+    obs[torch.arange(n), :, torch.randint(0, 3, (n,), generator=g), which] = 1.0
+    parts = VisualParts(obs, None, None)
+    words = torch.tensor(v.encode("What color is the cube?") + [0] * 3).expand(n, -1)
+    batch = {
+        "words": words,
+        "word_types": (words > 0).long(),
+        "video": torch.arange(n),
+        "extra": torch.zeros(n, dtype=torch.long),
+        "cf_index": torch.full((n,), -1),
+        "target": torch.tensor(colors)[which],
+        "is_choice": torch.zeros(n, dtype=torch.bool),
+    }
+    batch.update(parts.batch(batch))
+    torch.manual_seed(0)
+    model = QAReader(ReaderConfig(dim=32, heads=2, mlp_hidden=32, dropout=0.0, max_words=8), len(v), 6)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        loss, metrics = model.training_loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert metrics["accuracy"] > 0.95, metrics
+
+
+def test_grounding_finds_the_described_slot(one_thread):
+    g = torch.Generator().manual_seed(1)
+    props = torch.stack([torch.randint(0, n, (400,), generator=g) for n in (8, 3, 2)], dim=1)  # (M, 3)
+
+    def feats(p):  # one-hot attributes + noise, in a 16-dim slot
+        x = torch.cat([torch.nn.functional.one_hot(p[:, j], n).float() for j, n in enumerate((8, 3, 2))], 1)
+        return torch.cat([x, 0.1 * torch.randn(len(p), 3, generator=g)], 1)
+
+    readout = fit_readout(feats(props), props, steps=200)
+    assert min(readout_accuracy(readout, feats(props), props).values()) > 0.99
+    assert isinstance(readout, AttributeReadout)
+    # a video of 3 slots: red cube rubber, blue sphere metal, red sphere rubber
+    objs = torch.tensor([[1, 0, 0], [2, 1, 1], [1, 1, 0]])
+    slots = feats(objs)[None, None].expand(2, 2, 3, 16)  # (B=2, T=2, K=3, D)
+    got = ground(readout, slots, [{"color": "red", "shape": "sphere"}, {"material": "metal"}])
+    assert got.tolist() == [2, 1]
+
+
+def test_ablation_summary_pairs_seeds():
+    runs = {
+        "none": {"a": [{"counterfactual_question": 40.0}, {"counterfactual_question": 50.0}]},
+        "object_0-2": {"a": [{"counterfactual_question": 45.0}, {"counterfactual_question": 53.0}]},
+    }
+    s = summarize(runs)
+    assert s["a"]["none"]["mean_std"]["counterfactual_question"] == (45.0, 5.0)
+    gain = s["a"]["object_0-2"]["counterfactual_gain"]
+    assert gain["per_seed"] == [5.0, 3.0] and gain["mean"] == 4.0 and gain["std"] == 1.0
+    assert masking_config(0).strategy == "none" and masking_config(3).max_objects == 3
+    with pytest.raises(ValueError, match=">= 0"):
+        masking_config(-1)
+
+
+# the commands ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def qa_world(tmp_path_factory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("qa")
+    root, run = base / "ds", base / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(base)
+        _run(["data", "generate", "preset=smoke", f"data.root={root}"])
+        _run(["oracle-slots", f"data.root={root}", "splits=[train,validation]"])
+        _run(
+            [
+                "train",
+                "preset=smoke",
+                "slots=oracle",
+                f"data.root={root}",
+                f"out={run}",
+                "trainer.progress=false",
+            ]
+        )
+    return {"base": base, "root": root, "run": run}
+
+
+def test_eval_clevrer_command(qa_world, capsys, monkeypatch):
+    monkeypatch.chdir(qa_world["base"])
+    ckpt = qa_world["run"] / "predictor.pt"
+    argv = [
+        "eval",
+        "clevrer",
+        "preset=smoke",
+        f"checkpoint={ckpt}",
+        f"data.root={qa_world['root']}",
+        "reader.dim=16",
+        "reader.heads=2",
+        "reader.mlp_hidden=16",
+        "trainer.progress=false",
+    ]
+    cli.main(argv)
+    out = qa_world["run"] / "qa"
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["protocols"]) == {"a", "b"}
+    for metrics in res["protocols"].values():
+        assert {"descriptive", "counterfactual_question", "all_question"} <= set(metrics)
+        assert all(0.0 <= x <= 100.0 for x in metrics.values())
+    assert res["masking"]["strategy"] == "object" and res["grounding"]["questions"]["questions"] > 0
+    assert res["grounding"]["readout_validation_accuracy"]["color"] > 0.5  # oracle slots carry colour
+    assert (out / "protocol_b" / "reader.pt").exists() and "protocol (b)" in (out / "results.md").read_text()
+    with __import__("h5py").File(out / "rollout_validation.h5") as f:
+        assert f["slots"].shape[0] == 2 and f.attrs["kind"] == "rollout"
+    capsys.readouterr()
+    cli.main(argv)  # done: read back, not trained again
+    assert "qa_reader" not in capsys.readouterr().err
+    assert json.loads((out / "results.json").read_text()) == res
+
+
+def test_eval_clevrer_errors(qa_world, monkeypatch, capsys):
+    monkeypatch.chdir(qa_world["base"])
+    ckpt = qa_world["run"] / "predictor.pt"
+    with pytest.raises(SystemExit):
+        cli.main(
+            [
+                "eval",
+                "clevrer",
+                "preset=smoke",
+                f"checkpoint={ckpt}",
+                f"data.root={qa_world['root']}",
+                "protocols=[c]",
+                f"out={qa_world['base'] / 'bad'}",
+            ]
+        )
+    assert "protocol 'c' is not known" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(
+            [
+                "eval",
+                "clevrer",
+                "preset=smoke",
+                f"checkpoint={ckpt}",
+                f"data.root={qa_world['root']}",
+                "reader.frame_stride=5",
+                f"out={qa_world['base'] / 'bad2'}",
+                "trainer.progress=false",
+            ]
+        )
+    assert "must be a multiple of the predictor's stride" in capsys.readouterr().err
+
+
+def test_eval_ablation_command(qa_world, monkeypatch, capsys):
+    monkeypatch.chdir(qa_world["base"])
+    out = qa_world["base"] / "ablation"
+    cli.main(
+        [
+            "eval",
+            "ablation",
+            "preset=smoke",
+            f"data.root={qa_world['root']}",
+            f"out={out}",
+            "slots=[oracle]",
+            "seeds=[0,1]",
+            "max_masked=[0,2]",
+            "trainer.progress=false",
+        ]
+    )
+    md = (out / "ablation.md").read_text()
+    assert "oracle slots, protocol (b)" in md and "object_0-2" in md and "paired by seed" in md
+    summary = json.loads((out / "ablation.json").read_text())["summary"]["oracle"]
+    assert summary["a"]["none"]["seeds"] == 2 and "counterfactual_gain" in summary["b"]["object_0-2"]
+    assert (out / "ablation.png").stat().st_size > 1000
+    assert (out / "oracle" / "object_0-2" / "seed1" / "predictor.pt").exists()
+    with pytest.raises(SystemExit):
+        cli.main(
+            [
+                "eval",
+                "ablation",
+                "preset=smoke",
+                f"data.root={qa_world['root']}",
+                f"out={out}",
+                "slots=[oracle]",
+                "max_masked=[1]",
+            ]
+        )
+    assert "needs 0 (no masking)" in capsys.readouterr().err
+    assert np.isfinite(summary["b"]["object_0-2"]["counterfactual_gain"]["mean"])

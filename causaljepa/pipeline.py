@@ -68,11 +68,12 @@ class Timer:
             return None
         print(f"[main] {name} ...", flush=True)
         t0 = time.perf_counter()
-        out = fn()
-        self.times[name] = round(time.perf_counter() - t0, 1)
-        write_json_atomic(self.path, self.times)
-        print(f"[main] {name}: {self.times[name]:.0f} s", flush=True)
-        return out
+        try:
+            return fn()
+        finally:  # an interrupted stage's time counts too: a rerun adds the rest
+            self.times[name] = round(self.times.get(name, 0.0) + time.perf_counter() - t0, 1)
+            write_json_atomic(self.path, self.times)
+            print(f"[main] {name}: {self.times[name]:.0f} s", flush=True)
 
 
 def main_job(cfg: MainConfig, out: Path) -> Path:
@@ -99,7 +100,7 @@ def main_job(cfg: MainConfig, out: Path) -> Path:
                          seed=cfg.generator.seed + 7919), data_cf, workers=cfg.workers)  # fmt: skip
         show_video(data / "train.h5", 0, out / "data_train_00000.png", num_frames=8)
 
-    timer.run("data", make_data, (data_cf / "validation.h5").exists())
+    timer.run("data", make_data, (out / "data_train_00000.png").exists())
     enc_dir = out / "encoder"
     last = enc_dir / "checkpoints" / "last.pt"
     timer.run(
@@ -131,7 +132,7 @@ def main_job(cfg: MainConfig, out: Path) -> Path:
         write_json_atomic(out / "slots_metrics.json", metrics)
         show_slots(model, data / "validation.h5", 0, out / "slots_validation_00000.png", seed=cfg.seed + 1234)
 
-    timer.run("slots", make_slots, (out / "slots_metrics.json").exists())
+    timer.run("slots", make_slots, (out / "slots_validation_00000.png").exists())
 
     maskings = {
         "object": MaskConfig("object", 0, cfg.max_masked),
@@ -240,7 +241,12 @@ def write_report(
     _qa_bars(qa, out / "qa.png")
     rows = {f"{m} masking, protocol ({p})": r["protocols"][p] for m, r in qa.items() for p in ("a", "b")}
     gen = cfg.generator
-    cf = {m: {p: r["protocols"][p]["counterfactual_question"] for p in ("a", "b")} for m, r in qa.items()}
+    cf = {m: {p: r["protocols"][p].get("counterfactual_question") for p in ("a", "b")} for m, r in qa.items()}
+
+    def gain(p: str) -> str:  # n/a where validation has no counterfactual question
+        a, b = cf["object"][p], cf["none"][p]
+        return f"protocol ({p}) " + ("n/a" if a is None or b is None else f"{a - b:+.1f} points")
+
     lines = [
         "# causaljepa main job",
         "",
@@ -278,7 +284,7 @@ def write_report(
         markdown_table(rows),
         "",
         "Counterfactual per-question accuracy, object masking minus none: "
-        + ", ".join(f"protocol ({p}) {cf['object'][p] - cf['none'][p]:+.1f} points" for p in ("a", "b"))
+        + ", ".join(gain(p) for p in ("a", "b"))
         + " (one seed; `cjepa eval ablation` gives the spread over seeds).",
         "",
         "![QA accuracies](qa.png)",

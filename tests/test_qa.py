@@ -238,9 +238,11 @@ def test_ablation_summary_pairs_seeds():
         "object_0-2": {"a": [{"counterfactual_question": 45.0}, {"counterfactual_question": 53.0}]},
     }
     s = summarize(runs)
-    assert s["a"]["none"]["mean_std"]["counterfactual_question"] == (45.0, 5.0)
+    assert s["a"]["none"]["mean_std"]["counterfactual_question"] == pytest.approx(
+        (45.0, 50**0.5)
+    )  # sample std
     gain = s["a"]["object_0-2"]["counterfactual_gain"]
-    assert gain["per_seed"] == [5.0, 3.0] and gain["mean"] == 4.0 and gain["std"] == 1.0
+    assert gain["per_seed"] == [5.0, 3.0] and gain["mean"] == 4.0 and gain["std"] == pytest.approx(2**0.5)
     assert masking_config(0).strategy == "none" and masking_config(3).max_objects == 3
     with pytest.raises(ValueError, match=">= 0"):
         masking_config(-1)
@@ -370,3 +372,20 @@ def test_eval_ablation_command(qa_world, monkeypatch, capsys):
         )
     assert "needs 0 (no masking)" in capsys.readouterr().err
     assert np.isfinite(summary["b"]["object_0-2"]["counterfactual_gain"]["mean"])
+
+
+def test_eval_clevrer_refuses_results_of_other_inputs(qa_world, monkeypatch, capsys):
+    """Results made with another reader config are never mixed into a new run's table."""
+    monkeypatch.chdir(qa_world["base"])
+    ckpt = qa_world["run"] / "predictor.pt"
+    out = qa_world["base"] / "stale"
+    common = ["eval", "clevrer", "preset=smoke", f"checkpoint={ckpt}", f"data.root={qa_world['root']}",
+              f"out={out}", "reader.dim=16", "reader.heads=2", "reader.mlp_hidden=16",
+              "trainer.progress=false"]  # fmt: skip
+    cli.main([*common, "protocols=[a]"])
+    with pytest.raises(SystemExit):
+        cli.main([*common, "protocols=[a,b]", "seed=3"])
+    assert "made with other inputs (differing: ['seed'])" in capsys.readouterr().err
+    (out / "results.md").unlink()
+    cli.main([*common, "protocols=[a]"])  # nothing to run: the table is written again
+    assert "protocol (a)" in (out / "results.md").read_text()

@@ -43,3 +43,41 @@ def test_full_size_layout_round_trip(tmp_path, monkeypatch):
             err = np.abs(r.read("frames", i).astype(np.int16) - sim_frames).mean()
             assert err < 3.0, f"video {i}: mp4 round trip differs by {err:.2f} grey levels"
             np.testing.assert_array_equal(r.read("in_view", i), s.read("in_view", i, 0, 128))
+
+
+@pytest.mark.slow
+def test_main_job_end_to_end_and_rerun(tmp_path, monkeypatch, capsys):
+    """cjepa main at a tiny budget: every stage runs, report.md holds every table and names PNGs
+    that exist, and a rerun finds every stage done."""
+    import json
+    import re
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "main"
+    argv = [
+        "main",
+        f"out={out}",
+        "data.generator.videos={train: 4, validation: 3}",
+        "cf_videos=1",
+        "encoder_train.steps=2",
+        "encoder_train.warmup_steps=1",
+        "encoder_train.val_every=2",
+        "clips.val_videos=1",
+        "predictor_train.steps=2",
+        "reader_train.steps=2",
+        "trainer.progress=false",
+    ]
+    cli.main(argv)
+    report = (out / "report.md").read_text()
+    for heading in ("## Encoder", "## Question answering (validation)", "## Latent interventions"):
+        assert heading in report
+    assert "object masking, protocol (b)" in report and "none masking, protocol (a)" in report
+    for png in re.findall(r"\]\(([^)]+\.png)\)", report):
+        assert (out / png).stat().st_size > 1000, png
+    times = json.loads((out / "timings.json").read_text())
+    assert set(times) == {"data", "encoder", "slots", "predictor_object", "predictor_none", "qa_object",
+                          "qa_none", "interventions"}  # fmt: skip
+    capsys.readouterr()
+    cli.main(argv)
+    printed = capsys.readouterr().out
+    assert printed.count("done before, skipped") == len(times)

@@ -16,7 +16,7 @@ panel per slot set, one line per protocol, error bars = std over seeds).
 from __future__ import annotations
 
 import os
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -48,9 +48,11 @@ def summarize(runs: dict[str, dict[str, list[dict]]]) -> dict:
     out: dict = {}
     for mask, per_protocol in runs.items():
         for protocol, seeds in per_protocol.items():
-            keys = seeds[0].keys()
+            keys = [k for k in seeds[0] if all(k in s for s in seeds)]  # a type some seed lacks: left out
+            ddof = 1 if len(seeds) > 1 else 0  # the sample std over seeds
             stats = {
-                k: (float(np.mean([s[k] for s in seeds])), float(np.std([s[k] for s in seeds]))) for k in keys
+                k: (float(np.mean([s[k] for s in seeds])), float(np.std([s[k] for s in seeds], ddof=ddof)))
+                for k in keys
             }
             entry = {"seeds": len(seeds), "mean_std": stats}
             base = runs.get("none", {}).get(protocol)
@@ -58,7 +60,7 @@ def summarize(runs: dict[str, dict[str, list[dict]]]) -> dict:
                 diff = np.array([s[TARGET] for s in seeds]) - np.array([b[TARGET] for b in base])
                 entry["counterfactual_gain"] = {
                     "mean": float(diff.mean()),
-                    "std": float(diff.std()),
+                    "std": float(diff.std(ddof=ddof)),
                     "per_seed": diff.tolist(),
                 }
             out.setdefault(protocol, {})[mask] = entry
@@ -89,6 +91,18 @@ def plot_ablation(summary: dict[str, dict], masks: list[str], path: Path) -> Pat
     return save_figure(fig, path)
 
 
+def _check_run(ckpt: Path, masking: MaskConfig, windows: WindowConfig) -> None:
+    """A finished run is reused only if it was trained with the masking and windows asked for."""
+    from ..training.checkpoint import load_checkpoint
+
+    extra = load_checkpoint(ckpt, "predictor")["extra"]
+    if extra["masking"] != asdict(masking) or extra["windows"] != asdict(windows):
+        raise ValueError(
+            f"{ckpt} was trained with masking {extra['masking']} and windows {extra['windows']}, not "
+            f"{asdict(masking)} and {asdict(windows)}; choose another out= or delete that run"
+        )
+
+
 def masking_ablation(
     data_root: str | os.PathLike,
     slot_sets: dict[str, Path],
@@ -116,7 +130,9 @@ def masking_ablation(
             for seed in seeds:
                 run = out / name / mask / f"seed{seed}"
                 ckpt = run / "predictor.pt"
-                if not ckpt.exists():
+                if ckpt.exists():
+                    _check_run(ckpt, masking_config(k), windows)
+                else:
                     last = run / "checkpoints" / "last.pt"
                     print(f"ablation: training the predictor {name}/{mask}/seed{seed}")
                     train_predictor(
@@ -130,7 +146,7 @@ def masking_ablation(
                     runs.setdefault(mask, {}).setdefault(protocol, []).append(res["protocols"][protocol])
                 raw.setdefault(name, {}).setdefault(mask, {})[f"seed{seed}"] = res
         summary[name] = summarize(runs)
-    lines = [f"# Masking ablation ({len(seeds)} seeds: mean ± std over seeds)", ""]
+    lines = [f"# Masking ablation ({len(seeds)} seeds: mean ± sample std over seeds)", ""]
     for name, per_protocol in summary.items():
         for protocol, entries in per_protocol.items():
             lines += [f"## {name} slots, protocol ({protocol})", ""]

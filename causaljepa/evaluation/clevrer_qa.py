@@ -43,6 +43,7 @@ from ..data.store import VideoStore
 from ..io import write_json_atomic, write_text_atomic
 from ..models.predictor import CJEPAPredictor
 from ..rollout import intervene
+from ..training.checkpoint import file_hash
 from ..training.loop import OptimConfig, Trainer, TrainerConfig
 from .dynamics import rollout_store, window_actions
 from .qa import (
@@ -167,23 +168,27 @@ def future_part(
     every: int,
     commit: int,
     batch_size: int,
+    source: dict,
 ) -> tuple[torch.Tensor, dict]:
-    """The predictor's rollout past the last observed frame (kept as ``out``), every ``every``-th
-    step -> (N, Tf, K, D), and its errors against the truth where the store has later frames."""
-    if out.exists():
-        import h5py
+    """The predictor's rollout past the last observed frame (kept as ``out`` and its .json, reused
+    only where the .json's ``source`` fingerprint is this one's), every ``every``-th step
+    -> (N, Tf, K, D), and its errors against the truth where the store has later frames."""
+    import h5py
 
-        with h5py.File(out, "r") as f:
-            slots = f["slots"][:]
-        result = json.loads(out.with_suffix(".json").read_text())
-    else:
+    meta = out.with_suffix(".json")
+    result = json.loads(meta.read_text()) if out.exists() and meta.exists() else None
+    if result is None or result.get("source") != source:
         result = rollout_store(model, store, out, stride=stride, batch_size=batch_size, commit=commit)
-        write_json_atomic(out.with_suffix(".json"), result)
-        import h5py
-
-        with h5py.File(out, "r") as f:
-            slots = f["slots"][:]
-    return torch.from_numpy(slots[:, every - 1 :: every]), result
+        result["source"] = source
+        write_json_atomic(meta, result)
+    with h5py.File(out, "r") as f:
+        slots = f["slots"][:, every - 1 :: every]
+    if slots.shape[1] == 0:
+        raise ValueError(
+            f"the future rollout has {result['steps']} steps, fewer than reader.future_every={every}: "
+            "predictive questions would see nothing; lower reader.future_every"
+        )
+    return torch.from_numpy(slots), result
 
 
 def counterfactual_part(
@@ -214,6 +219,7 @@ def counterfactual_part(
     if steps < 1:
         raise ValueError(f"{store.path}: {store.observed_frames} observed frames leave nothing to roll out")
     pick = torch.arange(0, store.observed_frames, frame_stride) // stride  # rows of [history, rollout]
+    steps = max(1, int(pick.max()) - (H - 1))  # no further than the last frame the reader sees
     M = len(cfs.video)
     K, D = store.num_slots, store.slot_dim
     out = torch.zeros(M, len(pick), K, D)
@@ -281,6 +287,7 @@ def train_reader(
     *,
     seed: int,
     extra: dict,
+    source: dict,
 ) -> tuple[QAReader, dict[str, float]]:
     """Train on ``train``, validate on ``val`` (accuracy table) -> the reader and its last validation."""
     slot_dim = train.parts.observed.shape[-1]
@@ -298,7 +305,8 @@ def train_reader(
         m.train()
         return accuracy_table(val.examples, pred)
 
-    config = {"reader": asdict(cfg), "vocab": vocab.tokens, "slot_dim": slot_dim}
+    # the inputs' fingerprint is part of the config, so resuming under other inputs is an error
+    config = {"reader": asdict(cfg), "vocab": vocab.tokens, "slot_dim": slot_dim, "source": source}
     t = Trainer(model, optim, trainer, run_dir, kind=KIND, model_config=config, seed=seed, extra=extra)
     if t.checkpoint_path.exists():
         t.resume(t.checkpoint_path)
@@ -340,8 +348,34 @@ def evaluate_clevrer(
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    source = {
+        "predictor_sha256": file_hash(predictor),
+        "slot_dir": str(slot_dir),
+        "reader": asdict(cfg.reader),
+        "optim": asdict(cfg.optim),
+        "seed": cfg.seed,
+        "commit": cfg.commit,
+    }
+    for p, old in results.get("sources", {}).items():
+        if p in cfg.protocols and old != source:
+            diff = sorted(k for k in source if old.get(k) != source[k])
+            raise ValueError(
+                f"{results_path} holds protocol ({p}) results made with other inputs (differing: {diff}); "
+                "choose another out= or delete that directory"
+            )
     todo = [p for p in cfg.protocols if p not in results.get("protocols", {})]
+    props = {}
+    if "b" in todo:
+        props = {s: object_properties(data_root / f"{s}.h5") for s in ("train", "validation")}
+        for s in ("train", "validation"):
+            with SlotStore(slot_dir / f"{s}.h5") as st:
+                if not st.has("slot_object"):
+                    raise ValueError(
+                        f"{st.path} has no slot_object (which object each slot covers): the grounding "
+                        "readout cannot be trained, so protocol (b) is not available here; use protocols=[a]"
+                    )
     if not todo:
+        _write_markdown(out, results)
         return results
     model, ckpt = load_predictor(predictor, cfg.trainer.device)
     stride = int(ckpt["extra"]["windows"]["stride"])
@@ -362,7 +396,7 @@ def evaluate_clevrer(
         for s, st in stores.items():
             future[s], rollout_errors[s] = future_part(
                 model, st, out / f"rollout_{s}.h5", stride=stride, every=rc.future_every,
-                commit=cfg.commit, batch_size=cfg.batch_size,
+                commit=cfg.commit, batch_size=cfg.batch_size, source=source,
             )  # fmt: skip
         extra_info = {
             "predictor": str(predictor),
@@ -378,7 +412,6 @@ def evaluate_clevrer(
                 if protocol == "b":
                     frames = list(range(0, model.cfg.history * stride, stride))
                     if grounding is None:
-                        props = {k: object_properties(data_root / f"{k}.h5") for k in stores}
                         x, y, _ = readout_data(stores["train"], props["train"], frames)
                         readout = fit_readout(x, y, seed=cfg.seed)
                         xv, yv, _ = readout_data(stores["validation"], props["validation"], frames)
@@ -393,8 +426,10 @@ def evaluate_clevrer(
             _, metrics = train_reader(
                 splits["train"], splits["validation"], vocab, rc, cfg.optim, cfg.trainer,
                 out / f"protocol_{protocol}", seed=cfg.seed, extra={**extra_info, "protocol": protocol},
+                source={**source, "protocol": protocol},
             )  # fmt: skip
             results.setdefault("protocols", {})[protocol] = metrics
+            results.setdefault("sources", {})[protocol] = source
             results.update(
                 {
                     "predictor": str(predictor),
@@ -411,6 +446,10 @@ def evaluate_clevrer(
     finally:
         for st in stores.values():
             st.close()
-    rows_md = {f"protocol ({p})": results["protocols"][p] for p in PROTOCOLS if p in results["protocols"]}
-    write_text_atomic(out / "results.md", markdown_table(rows_md) + "\n")
+    _write_markdown(out, results)
     return results
+
+
+def _write_markdown(out: Path, results: dict) -> Path:
+    rows = {f"protocol ({p})": results["protocols"][p] for p in PROTOCOLS if p in results["protocols"]}
+    return write_text_atomic(out / "results.md", markdown_table(rows) + "\n")

@@ -338,6 +338,8 @@ class QAReader(nn.Module):
         return self.answer(h), self.choice(h)[:, 0]
 
     def training_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        device = self.cls.device
+        batch = {k: v.to(device) for k, v in batch.items()}
         answer, choice = self(batch)
         is_choice, target = batch["is_choice"], batch["target"]
         ce = F.cross_entropy(answer.float(), target.clamp(max=len(ANSWERS) - 1), reduction="none")

@@ -81,7 +81,7 @@ def main_job(cfg: MainConfig, out: Path) -> Path:
     from .evaluation.clevrer_qa import QAConfig, evaluate_clevrer
     from .evaluation.dynamics import intervention_errors
     from .sim.generate import generate
-    from .training.checkpoint import file_hash
+    from .training.checkpoint import file_hash, last_checkpoint
     from .training.encoder import load_encoder, train_encoder
     from .training.predictor import load_predictor, train_predictor
     from .viz import show_slots, show_video
@@ -102,7 +102,6 @@ def main_job(cfg: MainConfig, out: Path) -> Path:
 
     timer.run("data", make_data, (out / "data_train_00000.png").exists())
     enc_dir = out / "encoder"
-    last = enc_dir / "checkpoints" / "last.pt"
     timer.run(
         "encoder",
         lambda: train_encoder(
@@ -113,7 +112,7 @@ def main_job(cfg: MainConfig, out: Path) -> Path:
             cfg.clips,
             enc_dir,
             seed=cfg.seed,
-            resume=last if last.exists() else None,
+            resume=last_checkpoint(enc_dir),
             extra={"data": "clevrer_sim", "main_job": True},
         ),
         (enc_dir / "encoder.pt").exists(),
@@ -140,10 +139,9 @@ def main_job(cfg: MainConfig, out: Path) -> Path:
     }
     for name, masking in maskings.items():
         run = out / f"predictor_{name}"
-        last = run / "checkpoints" / "last.pt"
         timer.run(
             f"predictor_{name}",
-            lambda run=run, masking=masking, last=last: train_predictor(
+            lambda run=run, masking=masking: train_predictor(
                 data / "slots",
                 cfg.predictor,
                 masking,
@@ -152,7 +150,7 @@ def main_job(cfg: MainConfig, out: Path) -> Path:
                 cfg.windows,
                 run,
                 seed=cfg.seed,
-                resume=last if last.exists() else None,
+                resume=last_checkpoint(run),
                 extra={"slots": "learned"},
             ),
             (run / "predictor.pt").exists(),

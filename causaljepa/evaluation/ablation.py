@@ -24,6 +24,7 @@ import numpy as np
 from ..io import save_figure, write_json_atomic, write_text_atomic
 from ..masking import MaskConfig
 from ..models.predictor import PredictorConfig
+from ..training.checkpoint import last_checkpoint
 from ..training.loop import OptimConfig
 from ..training.predictor import WindowConfig, train_predictor
 from .clevrer_qa import QAConfig, evaluate_clevrer
@@ -133,11 +134,10 @@ def masking_ablation(
                 if ckpt.exists():
                     _check_run(ckpt, masking_config(k), windows)
                 else:
-                    last = run / "checkpoints" / "last.pt"
                     print(f"ablation: training the predictor {name}/{mask}/seed{seed}")
                     train_predictor(
                         slot_dir, predictor, masking_config(k), predictor_optim, qa.trainer, windows, run,
-                        seed=seed, resume=last if last.exists() else None,
+                        seed=seed, resume=last_checkpoint(run),
                         extra={"slots": name, "ablation": True},
                     )  # fmt: skip
                 print(f"ablation: QA on {name}/{mask}/seed{seed}")

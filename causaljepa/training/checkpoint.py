@@ -95,3 +95,9 @@ def file_hash(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def last_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """<run_dir>/checkpoints/last.pt where an interrupted run left one, else None."""
+    last = Path(run_dir) / "checkpoints" / "last.pt"
+    return last if last.exists() else None

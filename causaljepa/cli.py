@@ -329,6 +329,7 @@ def _qa_config(cfg, seed: int):
         commit=cfg.commit,
         batch_size=cfg.batch_size,
         seed=seed,
+        counterfactuals=getattr(cfg, "counterfactuals", "rollout"),
     )
 
 

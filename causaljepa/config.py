@@ -206,6 +206,7 @@ class EvalClevrerCommand:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     commit: int = 1  # rollouts: predicted frames that join the chain per forward pass
     batch_size: int = 64  # rollouts
+    counterfactuals: str = "rollout"  # protocol (b) reads the rollout, or (diagnostic) "truth": cf_slots
     out: str | None = None  # default: <checkpoint's run>/qa
 
 

@@ -257,7 +257,7 @@ def qa_world(tmp_path_factory) -> dict[str, Path]:
     root, run = base / "ds", base / "run"
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(base)
-        _run(["data", "generate", "preset=smoke", f"data.root={root}"])
+        _run(["data", "generate", "preset=smoke", f"data.root={root}", "data.generator.counterfactuals=true"])
         _run(["oracle-slots", f"data.root={root}", "splits=[train,validation]"])
         _run(
             [
@@ -389,3 +389,33 @@ def test_eval_clevrer_refuses_results_of_other_inputs(qa_world, monkeypatch, cap
     (out / "results.md").unlink()
     cli.main([*common, "protocols=[a]"])  # nothing to run: the table is written again
     assert "protocol (a)" in (out / "results.md").read_text()
+
+
+def test_protocol_b_on_the_true_counterfactual_world(qa_world, monkeypatch):
+    """counterfactuals=truth: protocol (b) reads the re-simulated world without the named object."""
+    from causaljepa.data.slot_store import SlotStore
+    from causaljepa.data.store import VideoStore
+    from causaljepa.evaluation.clevrer_qa import described_object, true_counterfactual_part
+    from causaljepa.evaluation.qa import Counterfactuals
+
+    monkeypatch.chdir(qa_world["base"])
+    root = qa_world["root"]
+    with VideoStore(root / "validation.h5") as vs, SlotStore(root / "oracle_slots" / "validation.h5") as st:
+        props = vs.f["object_properties"][:]
+        first = vs.annotation(0)["object_property"][0]
+        attrs = {k: first[k] for k in ("color", "shape", "material")}
+        assert described_object(props[0], attrs) == 0
+        part = true_counterfactual_part(st, props, Counterfactuals([0], [attrs], [0]), 16)
+        np.testing.assert_array_equal(
+            part[0].numpy(), st.read("cf_slots", 0, 0, st.observed_frames, 16, removed=0)
+        )
+        assert not part[0, :, 0].any()  # the removed object's oracle slot is empty throughout
+    out = qa_world["base"] / "truth"
+    cli.main(["eval", "clevrer", "preset=smoke", f"checkpoint={qa_world['run'] / 'predictor.pt'}",
+              f"data.root={root}", "protocols=[b]", "counterfactuals=truth", f"out={out}", "reader.dim=16",
+              "reader.heads=2", "reader.mlp_hidden=16", "trainer.progress=false"])  # fmt: skip
+    res = json.loads((out / "results.json").read_text())
+    assert (
+        res["sources"]["b"]["counterfactuals"] == "truth"
+        and "counterfactual_question" in res["protocols"]["b"]
+    )

@@ -242,29 +242,52 @@ def counterfactual_part(
     return out, chosen
 
 
+def described_object(props: np.ndarray, attrs: dict[str, str]) -> int | None:
+    """The one annotated object (row of props (O, 3)) that ``attrs`` describe, or None."""
+    vocab = {key: values for key, values in PROPERTY_VOCAB}
+    match = [
+        o
+        for o in range(props.shape[0])
+        if (props[o] >= 0).all()
+        and all(
+            props[o, j] == vocab[key].index(attrs[key]) for j, (key, _) in enumerate(_GROUPS) if key in attrs
+        )
+    ]
+    return match[0] if len(match) == 1 else None
+
+
+def true_counterfactual_part(
+    store: SlotStore, props: np.ndarray, cfs: Counterfactuals, frame_stride: int
+) -> torch.Tensor:
+    """The diagnostic upper bound of protocol (b): the slots of the re-simulated world without the
+    named object (``cf_slots``) in place of the predictor's rollout -> (M, To, K, D)."""
+    if not store.has("cf_slots"):
+        raise ValueError(
+            f"{store.path} has no cf_slots; counterfactuals=truth needs slots of data generated with "
+            "data.generator.counterfactuals=true"
+        )
+    rows = []
+    for i, attrs in zip(cfs.video, cfs.attrs, strict=True):
+        o = described_object(props[i], attrs)
+        if o is None or not store.read("cf_valid", i)[o]:
+            raise ValueError(f"{store.path}: video {i}: no single object with cf_slots matches {attrs}")
+        rows.append(store.read("cf_slots", i, 0, store.observed_frames, frame_stride, removed=o))
+    return torch.from_numpy(np.stack(rows))
+
+
 def grounding_accuracy(
     store: SlotStore, props: np.ndarray, cfs: Counterfactuals, chosen: torch.Tensor, frames: list[int]
 ) -> dict:
     """Fraction of counterfactual questions whose grounded slot covers the named object in one of
     ``frames``; questions whose description matches no single annotated object are not scored."""
-    vocab = {key: values for key, values in PROPERTY_VOCAB}
     hits, scored = 0, 0
     for m, (i, attrs) in enumerate(zip(cfs.video, cfs.attrs, strict=True)):
-        match = [
-            o
-            for o in range(props.shape[1])
-            if (props[i, o] >= 0).all()
-            and all(
-                props[i, o, j] == vocab[key].index(attrs[key])
-                for j, (key, _) in enumerate(_GROUPS)
-                if key in attrs
-            )
-        ]
-        if len(match) != 1:
+        o = described_object(props[i], attrs)
+        if o is None:
             continue
         scored += 1
         covers = np.stack([store.read("slot_object", i, t, t + 1)[0] for t in frames])  # (F, K)
-        hits += bool((covers[:, int(chosen[m])] == match[0]).any())
+        hits += bool((covers[:, int(chosen[m])] == o).any())
     return {"questions": scored, "accuracy": hits / scored if scored else float("nan")}
 
 
@@ -326,6 +349,11 @@ class QAConfig:
     commit: int = 1
     batch_size: int = 64  # rollouts
     seed: int = 0
+    counterfactuals: str = "rollout"  # protocol (b) reads: "rollout" (the world model) | "truth" (diagnostic)
+
+    def __post_init__(self) -> None:
+        if self.counterfactuals not in ("rollout", "truth"):
+            raise ValueError(f"counterfactuals must be 'rollout' or 'truth', got {self.counterfactuals!r}")
 
 
 def evaluate_clevrer(
@@ -355,6 +383,7 @@ def evaluate_clevrer(
         "optim": asdict(cfg.optim),
         "seed": cfg.seed,
         "commit": cfg.commit,
+        "counterfactuals": cfg.counterfactuals,
     }
     for p, old in results.get("sources", {}).items():
         if p in cfg.protocols and old != source:
@@ -409,7 +438,9 @@ def evaluate_clevrer(
             for s, st in stores.items():
                 ex, cfs = build_examples(questions[s], rows[s], vocab, rc.max_words, protocol == "b")
                 cf = None
-                if protocol == "b":
+                if protocol == "b" and cfg.counterfactuals == "truth":
+                    cf = true_counterfactual_part(st, props[s], cfs, rc.frame_stride)
+                elif protocol == "b":
                     frames = list(range(0, model.cfg.history * stride, stride))
                     if grounding is None:
                         x, y, _ = readout_data(stores["train"], props["train"], frames)

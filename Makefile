@@ -70,8 +70,9 @@ predictor-figures: $(STAMP)
 	done; done
 
 # Issue 5's masking ablation: masking {none, object 0..1 .. 0..4} x 3 seeds x {learned, oracle}
-# slots, a predictor and two QA readers each (configs/eval_ablation.yaml; about 2 minutes a run
-# on 2 cores at the quick preset). Needs `make quick-encoder` first. Finished runs are kept.
+# slots, a predictor and two QA readers each (configs/eval_ablation.yaml; about 3.2 minutes a run
+# on 2 cores at the quick preset, 1.6 hours in all). Needs `make quick-encoder` first. Finished
+# runs are kept, so an interrupted ablation continues.
 ABLATION_RUN ?= runs/ablation
 ablation: $(STAMP)
 	$(BIN)/cjepa oracle-slots splits=[train,validation]

@@ -318,7 +318,7 @@ def cmd_intervene(cfg) -> None:
     print(f"written: {out}")
 
 
-def _qa_config(cfg, seed: int):
+def _qa_config(cfg, seed: int, counterfactuals: str = "rollout"):
     from .evaluation.clevrer_qa import QAConfig
 
     return QAConfig(
@@ -329,7 +329,7 @@ def _qa_config(cfg, seed: int):
         commit=cfg.commit,
         batch_size=cfg.batch_size,
         seed=seed,
-        counterfactuals=getattr(cfg, "counterfactuals", "rollout"),
+        counterfactuals=counterfactuals,
     )
 
 
@@ -341,7 +341,9 @@ def cmd_eval_clevrer(cfg) -> None:
     ckpt = load_checkpoint(cfg.checkpoint, "predictor")
     slot_dir = resolve_slots(cfg.data.root, cfg.slots) if cfg.slots else Path(ckpt["extra"]["slot_dir"])
     out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint).parent / "qa"
-    result = evaluate_clevrer(cfg.data.root, slot_dir, cfg.checkpoint, out, _qa_config(cfg, cfg.seed))
+    result = evaluate_clevrer(
+        cfg.data.root, slot_dir, cfg.checkpoint, out, _qa_config(cfg, cfg.seed, cfg.counterfactuals)
+    )
     print((out / "results.md").read_text())
     if "grounding" in result:
         print(f"grounding of the removed object (validation): {result['grounding']['questions']}")

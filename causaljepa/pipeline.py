@@ -78,7 +78,7 @@ class Timer:
 
 def main_job(cfg: MainConfig, out: Path) -> Path:
     from .data.slot_store import extract_slots
-    from .evaluation.clevrer_qa import QAConfig, evaluate_clevrer
+    from .evaluation.clevrer_qa import PROTOCOLS, QAConfig, evaluate_clevrer
     from .evaluation.dynamics import intervention_errors
     from .sim.generate import generate
     from .training.checkpoint import file_hash, last_checkpoint
@@ -159,14 +159,16 @@ def main_job(cfg: MainConfig, out: Path) -> Path:
     qa = {}
     for name in maskings:
         run = out / f"predictor_{name}"
-        qa[name] = timer.run(
+        results = run / "qa" / "results.json"
+        done = results.exists() and set(PROTOCOLS) <= set(
+            json.loads(results.read_text()).get("protocols", {})
+        )
+        timer.run(
             f"qa_{name}",
             lambda run=run: evaluate_clevrer(data, data / "slots", run / "predictor.pt", run / "qa", qa_cfg),
-            (run / "qa" / "results.json").exists()
-            and all(
-                p in json.loads((run / "qa" / "results.json").read_text()).get("protocols", {}) for p in "ab"
-            ),
-        ) or json.loads((run / "qa" / "results.json").read_text())
+            done,
+        )
+        qa[name] = json.loads(results.read_text())
 
     def interventions():
         from .data.slot_store import SlotStore
@@ -225,13 +227,16 @@ def write_report(
     slots_metrics = json.loads((out / "slots_metrics.json").read_text())
     interventions = json.loads((out / "interventions.json").read_text())
     val = slots_metrics["data/validation"]
-    curves, frames = {}, None
-    for name in qa:
-        r = json.loads((out / f"predictor_{name}" / "qa" / "rollout_validation.json").read_text())
-        frames = r["frame_index"]
-        curves[f"predictor ({name} masking)"] = r["horizon_mse"]["predictor"]
-        curves["copy last frame"] = r["horizon_mse"]["copy_last"]
-        curves["linear extrapolation"] = r["horizon_mse"]["linear"]
+    rollouts = {
+        m: json.loads((out / f"predictor_{m}" / "qa" / "rollout_validation.json").read_text()) for m in qa
+    }
+    curves = {f"predictor ({m} masking)": r["horizon_mse"]["predictor"] for m, r in rollouts.items()}
+    r = next(iter(rollouts.values()))  # the baselines do not depend on the predictor
+    curves["copy last frame"], curves["linear extrapolation"] = (
+        r["horizon_mse"]["copy_last"],
+        r["horizon_mse"]["linear"],
+    )
+    frames = r["frame_index"]
     title = "rollout error past the observed frames (validation)"
     plot_curves(
         curves, frames, out / "rollout_error.png", title=title, xlabel="video frame", ylabel="slot MSE"

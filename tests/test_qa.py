@@ -272,7 +272,7 @@ def qa_world(tmp_path_factory) -> dict[str, Path]:
     return {"base": base, "root": root, "run": run}
 
 
-def test_eval_clevrer_command(qa_world, capsys, monkeypatch):
+def test_eval_clevrer_command(qa_world, monkeypatch):
     monkeypatch.chdir(qa_world["base"])
     ckpt = qa_world["run"] / "predictor.pt"
     argv = [
@@ -298,42 +298,24 @@ def test_eval_clevrer_command(qa_world, capsys, monkeypatch):
     assert (out / "protocol_b" / "reader.pt").exists() and "protocol (b)" in (out / "results.md").read_text()
     with __import__("h5py").File(out / "rollout_validation.h5") as f:
         assert f["slots"].shape[0] == 2 and f.attrs["kind"] == "rollout"
-    capsys.readouterr()
-    cli.main(argv)  # done: read back, not trained again
-    assert "qa_reader" not in capsys.readouterr().err
+    stamps = {f: f.stat().st_mtime_ns for f in (out / "protocol_a" / "reader.pt", out / "rollout_train.h5")}
+    cli.main(argv)  # done: read back, nothing trained or rolled out again
+    assert {f: f.stat().st_mtime_ns for f in stamps} == stamps
     assert json.loads((out / "results.json").read_text()) == res
 
 
 def test_eval_clevrer_errors(qa_world, monkeypatch, capsys):
     monkeypatch.chdir(qa_world["base"])
-    ckpt = qa_world["run"] / "predictor.pt"
-    with pytest.raises(SystemExit):
-        cli.main(
-            [
-                "eval",
-                "clevrer",
-                "preset=smoke",
-                f"checkpoint={ckpt}",
-                f"data.root={qa_world['root']}",
-                "protocols=[c]",
-                f"out={qa_world['base'] / 'bad'}",
-            ]
-        )
-    assert "protocol 'c' is not known" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        cli.main(
-            [
-                "eval",
-                "clevrer",
-                "preset=smoke",
-                f"checkpoint={ckpt}",
-                f"data.root={qa_world['root']}",
-                "reader.frame_stride=5",
-                f"out={qa_world['base'] / 'bad2'}",
-                "trainer.progress=false",
-            ]
-        )
-    assert "must be a multiple of the predictor's stride" in capsys.readouterr().err
+    base = ["eval", "clevrer", "preset=smoke", f"checkpoint={qa_world['run'] / 'predictor.pt'}",
+            f"data.root={qa_world['root']}", "trainer.progress=false"]  # fmt: skip
+    cases = [
+        ("protocols=[c]", "protocol 'c' is not known"),
+        ("reader.frame_stride=5", "must be a multiple of the predictor's stride"),
+    ]
+    for k, (override, message) in enumerate(cases):
+        with pytest.raises(SystemExit):
+            cli.main([*base, override, f"out={qa_world['base'] / f'bad{k}'}"])
+        assert message in capsys.readouterr().err
 
 
 def test_eval_ablation_command(qa_world, monkeypatch, capsys):
@@ -419,3 +401,18 @@ def test_protocol_b_on_the_true_counterfactual_world(qa_world, monkeypatch):
         res["sources"]["b"]["counterfactuals"] == "truth"
         and "counterfactual_question" in res["protocols"]["b"]
     )
+
+
+def test_readout_data_labels_each_slot_with_its_objects_attributes(qa_world):
+    from causaljepa.data.slot_store import SlotStore
+    from causaljepa.evaluation.clevrer_qa import object_properties, readout_data
+
+    root = qa_world["root"]
+    props = object_properties(root / "validation.h5")
+    with SlotStore(root / "oracle_slots" / "validation.h5") as st:
+        x, y = readout_data(st, props, [0, 4])
+        obj = st.f["slot_object"][:, [0, 4]]
+    assert len(x) == int((obj >= 0).sum()) and x.shape[1] == st.slot_dim
+    # oracle slots carry the attributes one-hot after the 8 kinematic fields
+    colour, shape, material = x[:, 8:16].argmax(1), x[:, 16:19].argmax(1), x[:, 19:21].argmax(1)
+    assert torch.equal(torch.stack([colour, shape, material], 1), y)

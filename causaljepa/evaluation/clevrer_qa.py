@@ -83,34 +83,16 @@ class AttributeReadout(nn.Module):
         return {key: F.log_softmax(p, dim=-1) for (key, _), p in zip(_GROUPS, parts, strict=True)}
 
 
-def readout_data(
-    store: SlotStore, props: np.ndarray, frames: list[int]
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Slots at ``frames`` that cover an annotated object -> (X (M, D), Y (M, 3) attribute ids,
-    video (M,))."""
-    if not store.has("slot_object"):
-        raise ValueError(
-            f"{store.path} has no slot_object (which object each slot covers): the grounding readout "
-            "cannot be trained, so protocol (b) is not available for this store; use protocols=[a]"
-        )
-    xs, ys, vs = [], [], []
-    for i in range(store.num_videos):
-        for t in frames:
-            slots = store.read("slots", i, t, t + 1)[0]  # (K, D)
-            obj = store.read("slot_object", i, t, t + 1)[0].astype(np.int64)  # (K,)
-            for k in np.flatnonzero(obj >= 0):
-                p = props[i, obj[k]]
-                if (p >= 0).all():
-                    xs.append(slots[k])
-                    ys.append(p)
-                    vs.append(i)
-    if not xs:
+def readout_data(store: SlotStore, props: np.ndarray, frames: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Slots at ``frames`` that cover an annotated object -> (X (M, D), Y (M, 3) attribute ids)."""
+    slots = store.f["slots"][:, frames]  # (N, F, K, D)
+    obj = store.f["slot_object"][:, frames].astype(np.int64)  # (N, F, K), -1 = no object
+    video = np.broadcast_to(np.arange(store.num_videos)[:, None, None], obj.shape)
+    p = props[video, np.maximum(obj, 0)]  # (N, F, K, 3)
+    keep = (obj >= 0) & (p >= 0).all(axis=-1)
+    if not keep.any():
         raise ValueError(f"{store.path}: no slot covers an annotated object in frames {frames}")
-    return (
-        torch.from_numpy(np.stack(xs)).float(),
-        torch.from_numpy(np.stack(ys)).long(),
-        torch.tensor(vs),
-    )
+    return torch.from_numpy(slots[keep]).float(), torch.from_numpy(p[keep]).long()
 
 
 def fit_readout(x: torch.Tensor, y: torch.Tensor, *, steps: int = 400, seed: int = 0) -> AttributeReadout:
@@ -396,7 +378,7 @@ def evaluate_clevrer(
     props = {}
     if "b" in todo:
         props = {s: object_properties(data_root / f"{s}.h5") for s in ("train", "validation")}
-        for s in ("train", "validation"):
+        for s in ("train", "validation") if cfg.counterfactuals == "rollout" else ():
             with SlotStore(slot_dir / f"{s}.h5") as st:
                 if not st.has("slot_object"):
                     raise ValueError(
@@ -432,7 +414,16 @@ def evaluate_clevrer(
             "slot_dir": str(slot_dir),
             "encoder_hash": stores["train"].encoder_hash,
         }
-        grounding = None
+        grounding, readout = None, None
+        frames = list(range(0, model.cfg.history * stride, stride))  # the first history window
+        if "b" in todo and cfg.counterfactuals == "rollout":
+            x, y = readout_data(stores["train"], props["train"], frames)
+            readout = fit_readout(x, y, seed=cfg.seed)
+            grounding = {
+                "readout_validation_accuracy": readout_accuracy(
+                    readout, *readout_data(stores["validation"], props["validation"], frames)
+                )
+            }
         for protocol in todo:
             splits = {}
             for s, st in stores.items():
@@ -441,12 +432,6 @@ def evaluate_clevrer(
                 if protocol == "b" and cfg.counterfactuals == "truth":
                     cf = true_counterfactual_part(st, props[s], cfs, rc.frame_stride)
                 elif protocol == "b":
-                    frames = list(range(0, model.cfg.history * stride, stride))
-                    if grounding is None:
-                        x, y, _ = readout_data(stores["train"], props["train"], frames)
-                        readout = fit_readout(x, y, seed=cfg.seed)
-                        xv, yv, _ = readout_data(stores["validation"], props["validation"], frames)
-                        grounding = {"readout_validation_accuracy": readout_accuracy(readout, xv, yv)}
                     cf, chosen = counterfactual_part(
                         model, st, readout, cfs, stride=stride, frame_stride=rc.frame_stride,
                         commit=cfg.commit, batch_size=cfg.batch_size, progress=cfg.trainer.progress,

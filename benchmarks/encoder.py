@@ -40,8 +40,7 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = p.parse_args()
     device = torch.device(a.device)
-    if device.type == "cpu":
-        keep_freed_memory()  # as the trainer does
+    keep_freed_memory(device)  # as the trainer does
     cfg = EncoderConfig(**yaml.safe_load((CONFIGS / f"{a.encoder}.yaml").read_text()))
     machine_info = device_ceilings(device)
     frames = torch.randint(0, 256, (a.batch, a.clip, a.size, a.size, 3), dtype=torch.uint8, device=device)

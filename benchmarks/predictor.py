@@ -53,8 +53,7 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = p.parse_args()
     device = torch.device(a.device)
-    if device.type == "cpu":
-        keep_freed_memory()  # as the trainer does
+    keep_freed_memory(device)  # as the trainer does
     raw = yaml.safe_load((CONFIGS / f"{a.predictor}.yaml").read_text())
     cfg = PredictorConfig(**{**raw, "slot_dim": a.slot_dim})
     machine_info = device_ceilings(device)

@@ -110,7 +110,9 @@ def cmd_show(cfg) -> None:
 
 def _resume(out: Path, resume: str | None) -> Path | None:
     """resume=auto continues the run in ``out`` if there is one; a run there is never overwritten."""
-    last = out / "checkpoints" / "last.pt"
+    from .training.checkpoint import checkpoint_path
+
+    last = checkpoint_path(out)
     if resume == "auto":
         return last if last.exists() else None
     if resume is None and last.exists():

@@ -137,6 +137,11 @@ def test_fg_ari_video_and_per_frame_shapes():
     frames = fg_ari(true.flatten(0, 1), pred.flatten(0, 1))
     assert frames.shape == (b * t,)
     assert torch.equal(frames, fg_ari(true.reshape(b * t, -1), pred.reshape(b * t, -1)))
+    # slot ids that swap between two frames: each frame alone is perfect, the video is not
+    truth = torch.tensor([[[1, 1, 2, 2], [1, 1, 2, 2]]])  # (1 video, 2 frames, 4 pixels)
+    swapped = torch.tensor([[[5, 5, 6, 6], [6, 6, 5, 5]]])
+    assert fg_ari(truth.flatten(0, 1), swapped.flatten(0, 1)).tolist() == [1.0, 1.0]
+    assert fg_ari(truth, swapped).item() < 0.5
 
 
 def test_random_labelling_ari_near_zero():

@@ -391,6 +391,11 @@ def test_extraction_errors_leave_no_file(smoke, tmp_path):
         extract_slots(model, smoke["root"] / "test.h5", out, encoder_hash="h", chunk=0)
     with pytest.raises(FileNotFoundError, match=r"nope\.h5"):
         extract_slots(model, tmp_path / "nope.h5", out, encoder_hash="h", progress=False)
+    # raised inside the writer, after the datasets were created: the partial file goes too
+    with pytest.raises(StoreError, match="has no counterfactual videos"):
+        extract_slots(
+            model, smoke["root"] / "test.h5", out, encoder_hash="h", progress=False, counterfactuals=True
+        )
     assert list(tmp_path.iterdir()) == []
 
 

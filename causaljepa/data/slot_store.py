@@ -47,11 +47,11 @@ def match_slots_to_objects(segments: torch.Tensor, masks: torch.Tensor, num_slot
     O = int(masks.max()) + 1
     if O == 1:  # no object in any of these frames
         return torch.full((B, T, num_slots), -1, dtype=torch.int8)
+    from ..evaluation.object_discovery import contingency
+
     seg = segments.reshape(B * T, -1).long()
     obj = masks.reshape(B * T, -1).long()
-    rows = torch.arange(B * T)[:, None] * (num_slots * O)
-    counts = torch.bincount((rows + seg * O + obj).flatten(), minlength=B * T * num_slots * O)
-    counts = counts.reshape(B * T, num_slots, O)[:, :, 1:]  # background is not an object
+    counts = contingency(seg, obj, num_slots, O)[:, :, 1:]  # (B T, K, O - 1): background is not an object
     best = counts.argmax(dim=-1)
     best = torch.where(counts.amax(dim=-1) > 0, best, torch.full_like(best, -1))
     return best.reshape(B, T, num_slots).to(torch.int8)
@@ -199,8 +199,7 @@ def extract_slots(
     if batch_size < 1 or chunk < 1:
         raise ValueError(f"batch_size ({batch_size}) and chunk ({chunk}) must be >= 1")
     device = torch.device(device)
-    if device.type == "cpu":
-        keep_freed_memory()
+    keep_freed_memory(device)
     model = model.to(device).eval()
     cfg = model.cfg
     K, D, R = cfg.num_slots, cfg.slot_dim, cfg.resolution

@@ -84,7 +84,7 @@ def _num_labels(x: Tensor, given: int | None, name: str) -> int:
     return given
 
 
-def _contingency(true: Tensor, pred: Tensor, kt: int, kp: int, valid: Tensor | None = None) -> Tensor:
+def contingency(true: Tensor, pred: Tensor, kt: int, kp: int, valid: Tensor | None = None) -> Tensor:
     """Per-row contingency tables: ``(N, P)`` id maps -> ``(N, kt, kp)`` int64 pixel counts.
 
     ``true < kt`` and ``pred < kp`` are assumed; only pixels where ``valid`` is True are counted.
@@ -139,7 +139,7 @@ def adjusted_rand_index(
     kt = _num_labels(true, num_true, "num_true")
     kp = _num_labels(pred, num_pred, "num_pred")
 
-    table = _contingency(true, pred, kt, kp, valid)  # (B, Kt, Kp)
+    table = contingency(true, pred, kt, kp, valid)  # (B, Kt, Kp)
     n = table.sum((1, 2))  # (B,)
     index = _comb2(table).sum((1, 2))  # (B,) pairs together in both
     sum_a = _comb2(table.sum(2)).sum(1)  # (B,) pairs together in true
@@ -193,7 +193,7 @@ def mean_best_overlap(true_masks: Tensor, pred_masks: Tensor) -> Tensor:
     """
     true, pred = _flatten_rows(true_masks, pred_masks)  # (B, P)
     kt, kp = _num_labels(true, None, "num_true"), _num_labels(pred, None, "num_pred")
-    inter = _contingency(true, pred, kt, kp).double()  # (B, Kt, Kp)
+    inter = contingency(true, pred, kt, kp).double()  # (B, Kt, Kp)
     area_t = inter.sum(2)  # (B, Kt)
     area_p = inter.sum(1)  # (B, Kp)
     union = area_t.unsqueeze(2) + area_p.unsqueeze(1) - inter  # (B, Kt, Kp)
@@ -225,7 +225,7 @@ def temporal_consistency(true_masks: Tensor, pred_masks: Tensor, min_pixels: int
     kt, kp = _num_labels(true, None, "num_true"), _num_labels(pred, None, "num_pred")
     if b * t == 0 or kt == 1:
         return 0, 0
-    table = _contingency(true, pred, kt, kp).view(b, t, kt, kp)[:, :, 1:]  # (B, T, O, Kp)
+    table = contingency(true, pred, kt, kp).view(b, t, kt, kp)[:, :, 1:]  # (B, T, O, Kp)
     present = table.sum(3) >= min_pixels  # (B, T, O)
     slot = table.argmax(3)  # (B, T, O); argmax returns the first maximum: the lowest id
     lo = torch.where(present, slot, torch.full_like(slot, kp)).amin(1)  # (B, O)

@@ -20,6 +20,8 @@ import ctypes
 import ctypes.util
 import sys
 
+import torch
+
 M_TRIM_THRESHOLD = -1
 M_TOP_PAD = -2
 M_MMAP_THRESHOLD = -3
@@ -28,12 +30,13 @@ MMAP_THRESHOLD_MAX = 32 * 2**20  # glibc's ceiling on 64-bit systems
 _done = False
 
 
-def keep_freed_memory() -> bool:
-    """Tune glibc's malloc once per process; True if it took effect."""
+def keep_freed_memory(device: torch.device | str = "cpu") -> bool:
+    """Tune glibc's malloc once per process for CPU work on ``device``; True if it took effect
+    (a CUDA device's tensors do not live in malloc's heap: nothing to do)."""
     global _done
     if _done:
         return True
-    if not sys.platform.startswith("linux"):
+    if torch.device(device).type != "cpu" or not sys.platform.startswith("linux"):
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

@@ -97,7 +97,12 @@ def file_hash(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def checkpoint_path(run_dir: str | os.PathLike) -> Path:
+    """Where a training run keeps its latest state: <run_dir>/checkpoints/last.pt."""
+    return Path(run_dir) / "checkpoints" / "last.pt"
+
+
 def last_checkpoint(run_dir: str | os.PathLike) -> Path | None:
-    """<run_dir>/checkpoints/last.pt where an interrupted run left one, else None."""
-    last = Path(run_dir) / "checkpoints" / "last.pt"
+    """The run's latest state where an interrupted run left one, else None."""
+    last = checkpoint_path(run_dir)
     return last if last.exists() else None

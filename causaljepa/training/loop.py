@@ -30,7 +30,7 @@ import torch
 
 from ..io import write_json_atomic
 from .allocator import keep_freed_memory
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import checkpoint_path, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 PRECISIONS = ("fp32", "bf16")
 DEVICES = ("cpu", "cuda")
@@ -97,8 +97,7 @@ def resolve_device(cfg: TrainerConfig) -> torch.device:
         raise RuntimeError("trainer.device=cuda but no CUDA device is available; use trainer=cpu")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    if cfg.device == "cpu":
-        keep_freed_memory()  # about 1.5x faster CPU steps; see causaljepa/training/allocator.py
+    keep_freed_memory(cfg.device)  # about 1.5x faster CPU steps; see causaljepa/training/allocator.py
     return torch.device(cfg.device)
 
 
@@ -145,22 +144,18 @@ class RunLog:
         from torch.utils.tensorboard import SummaryWriter
 
         self.csv_path = run_dir / "metrics.csv"
-        self.rows: list[dict] = []
+        kept: list[dict] = []
         if resume_step is not None and self.csv_path.exists():
             with open(self.csv_path, newline="") as f:
-                self.rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
-        self._rewrite()
-        self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step)
-
-    def _rewrite(self) -> None:
+                kept = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
         with open(self.csv_path, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=["step", "name", "value"])
             w.writeheader()
-            w.writerows(self.rows)
+            w.writerows(kept)
+        self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step)
 
     def log(self, step: int, metrics: dict[str, float], prefix: str) -> None:
         new = [{"step": step, "name": f"{prefix}/{k}", "value": repr(float(v))} for k, v in metrics.items()]
-        self.rows += new
         with open(self.csv_path, "a", newline="") as f:
             csv.DictWriter(f, fieldnames=["step", "name", "value"]).writerows(new)
         for r in new:
@@ -208,7 +203,7 @@ class Trainer:
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.run_dir / "checkpoints" / "last.pt"
+        return checkpoint_path(self.run_dir)
 
     def save(self, path: Path | None = None) -> Path:
         return save_checkpoint(

@@ -155,14 +155,8 @@ def cmd_extract_slots(cfg) -> None:
     digest = file_hash(cfg.checkpoint)
     root = Path(cfg.data.root)
     out = Path(cfg.out) if cfg.out else root / "slots"
-    for split in cfg.splits:
-        src = root / f"{check_split(split)}.h5"
-        if not src.exists():
-            raise FileNotFoundError(
-                f"{src} does not exist; splits={list(cfg.splits)} names a split with no store"
-            )
     report = {}
-    for split in cfg.splits:
+    for split in _splits(root, cfg.splits):
         metrics = extract_slots(
             model,
             root / f"{split}.h5",
@@ -209,7 +203,9 @@ def _splits(root: Path, splits) -> list[str]:
     """The splits, each checked to have a video store under ``root``."""
     for split in splits:
         if not (root / f"{check_split(split)}.h5").exists():
-            raise FileNotFoundError(f"{root / f'{split}.h5'} does not exist; splits={list(splits)} names it")
+            raise FileNotFoundError(
+                f"{root / f'{split}.h5'} does not exist; splits={list(splits)} names a split with no store"
+            )
     return list(splits)
 
 
@@ -257,10 +253,10 @@ def cmd_train(cfg) -> None:
 def _predictor_and_store(cfg):
     """The predictor, its window stride, and the slot store of cfg.split it is to run on."""
     from .data.slot_store import SlotStore
-    from .training.predictor import load_predictor
+    from .training.predictor import load_predictor, resolve_slots
 
     model, ckpt = load_predictor(cfg.checkpoint, cfg.device)
-    slot_dir = Path(cfg.slots) if cfg.slots else Path(ckpt["extra"]["slot_dir"])
+    slot_dir = resolve_slots(cfg.data.root, cfg.slots) if cfg.slots else Path(ckpt["extra"]["slot_dir"])
     store = SlotStore(slot_dir / f"{check_split(cfg.split)}.h5")
     if store.encoder_hash != ckpt["extra"]["encoder_hash"]:
         raise ValueError(

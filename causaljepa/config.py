@@ -170,7 +170,7 @@ class PredictorEvalCommand:
     seed: int = 0
     checkpoint: str = MISSING  # predictor.pt from cjepa train
     split: str = "validation"
-    slots: str | None = None  # a slot store directory; default: the one the predictor trained on
+    slots: str | None = None  # learned | oracle | a directory; default: the one the predictor trained on
     commit: int = 1  # predicted frames that join the rollout chain per forward pass
     batch_size: int = 64
     device: str = "cpu"

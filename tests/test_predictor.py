@@ -19,8 +19,8 @@ from causaljepa.config import TrainCommand, config_dir, preset_overrides, regist
 from causaljepa.data.oracle import ORACLE_FIELDS, oracle_features
 from causaljepa.data.slot_store import SlotStore
 from causaljepa.data.store import VideoStore
-from causaljepa.data.windows import WindowSampler
-from causaljepa.evaluation.dynamics import matched_mse
+from causaljepa.data.windows import WindowSampler, step_actions
+from causaljepa.evaluation.dynamics import matched_mse, window_actions
 from causaljepa.masking import MaskConfig, MaskSampler, targets
 from causaljepa.models.predictor import CJEPAPredictor, PredictorConfig, complete_graph, graph_mask, sigreg
 from causaljepa.rollout import intervene, rollout, token_mask
@@ -340,6 +340,17 @@ def test_replace_sets_the_slot_and_rolls_forward():
     a = intervene(model, hist, 1, 4, at=CFG.history - 1, value=value)
     b = intervene(model, hist, 1, 4, at=CFG.history - 1, value=value + 1)
     assert a.shape == (2, 4, 4, CFG.slot_dim) and not torch.allclose(a, b)
+    # the same as writing the value into the history and letting the model infer what follows
+    edited = hist.clone()
+    edited[:, CFG.history - 1, 1] = value
+    hidden = torch.zeros(2, CFG.history, 4, dtype=torch.bool)  # at = the last frame: nothing after it
+    torch.testing.assert_close(a, rollout(model, edited, 4, hidden=hidden))
+    at = CFG.history - 2
+    c = intervene(model, hist, 1, 4, at=at, value=value)
+    edited = hist.clone()
+    edited[:, at, 1] = value
+    hidden[:, at + 1 :, 1] = True
+    torch.testing.assert_close(c, rollout(model, edited, 4, hidden=hidden))
     with pytest.raises(ValueError, match="a replacement must fall in the last 4 history frames"):
         intervene(model, torch.cat([hist, hist], 1), 1, 4, at=0, value=value)
 
@@ -371,6 +382,17 @@ def test_baselines():
     hist, fut = t[:, :3], t[:, 3:]
     torch.testing.assert_close(linear_extrapolation(hist, 2), fut)
     torch.testing.assert_close(copy_last(hist, 2), hist[:, 2:3].expand(1, 2, 2, 3))
+    # one history frame: no velocity, so the extrapolation is the last frame
+    torch.testing.assert_close(linear_extrapolation(hist[:, :1], 2), copy_last(hist[:, :1], 2))
+
+
+def test_window_actions_for_a_predictor_without_action_nodes(world):
+    with SlotStore(world["slots"] / "validation.h5") as st:
+        assert st.action_dim == 5
+        assert window_actions(st, [0], 0, 4, 2, 0) is None  # trained with windows.actions=false
+        assert window_actions(st, [0, 1], 0, 4, 2, 10).shape == (2, 4, 10)
+        with pytest.raises(ValueError, match="the predictor takes 7 action values per step"):
+            window_actions(st, [0], 0, 4, 2, 7)
 
 
 def test_matched_mse_ignores_slot_order():
@@ -548,6 +570,22 @@ def test_intervene_command(world, capsys):
     assert result["steps"] == 3 and result["all"]["cases"] == len(result["cases"]) > 0
     for case in result["cases"]:
         assert case["intervened"] >= 0 and case["factual"] >= 0
+    assert result["most_affected_half"]["cases"] <= result["all"]["cases"]
+    # the first case, recomputed by hand from the store
+    model, ckpt = load_predictor(run / "predictor.pt")
+    stride, H, case = ckpt["extra"]["windows"]["stride"], model.cfg.history, result["cases"][0]
+    i, o = case["video"], case["object"]
+    with SlotStore(world["slots"] / "validation.h5") as st:
+        last = (H - 1) * stride
+        hist = torch.from_numpy(st.read("slots", i, 0, last + 1, stride))[None]
+        sel = torch.from_numpy(st.read("slot_object", i, 0, 1)[0] == o)[None]
+        acts = torch.from_numpy(step_actions(st.read("actions", i), 0, H + 3, stride))[None]
+        t0, t1 = last + stride, last + 3 * stride + 1
+        cf_truth = torch.from_numpy(st.read("cf_slots", i, t0, t1, stride, removed=o))
+    removed = intervene(model, hist, sel, 3, actions=acts)[0][:, ~sel[0]]
+    factual = rollout(model, hist, 3, actions=acts)[0][:, ~sel[0]]
+    assert case["intervened"] == pytest.approx(matched_mse(removed, cf_truth), rel=1e-5)
+    assert case["factual"] == pytest.approx(matched_mse(factual, cf_truth), rel=1e-5)
     assert "intervened MSE" in capsys.readouterr().out
 
 

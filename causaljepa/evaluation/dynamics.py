@@ -40,14 +40,15 @@ def window_actions(
     store: SlotStore, videos: list[int], start: int, steps: int, stride: int, action_dim: int
 ) -> torch.Tensor | None:
     """The step actions (B, steps, stride A) of ``videos`` from frame ``start``, or None for a
-    predictor without action nodes; an error where store and predictor disagree."""
+    predictor without action nodes (trained with windows.actions=false, or on a store without
+    actions); an error where store and predictor disagree."""
+    if not action_dim:
+        return None
     if store.action_dim * stride != action_dim:
         raise ValueError(
             f"the predictor takes {action_dim} action values per step, {store.path} gives "
             f"{store.action_dim * stride} ({store.action_dim} per frame at stride {stride})"
         )
-    if not action_dim:
-        return None
     rows = [step_actions(store.read("actions", i), start, steps, stride) for i in videos]
     return torch.from_numpy(np.stack(rows))
 
@@ -193,16 +194,20 @@ def intervention_errors(
         range(0, len(cases), batch_size), desc="interventions", unit="batch", disable=not progress
     ):
         batch = cases[c0 : c0 + batch_size]
-        vids = [i for i, _, _ in batch]
-        hist = torch.stack([torch.from_numpy(store.read("slots", i, 0, last + 1, stride)) for i in vids])
+        # what does not depend on the removed object is read and rolled out once per video
+        videos = sorted({i for i, _, _ in batch})
+        row = torch.tensor([videos.index(i) for i, _, _ in batch])
+        hist_v = torch.stack([torch.from_numpy(store.read("slots", i, 0, last + 1, stride)) for i in videos])
+        actions_v = window_actions(store, videos, 0, H + steps, stride, cfg.action_dim)
+        factual = rollout(model, hist_v.to(device), steps, actions=actions_v, commit=commit).cpu()[row]
+        truth_v = [torch.from_numpy(store.read("slots", i, t0, t1, stride)) for i in videos]
         sel = torch.stack([s for _, _, s in batch])  # (B, K)
-        actions = window_actions(store, vids, 0, H + steps, stride, cfg.action_dim)
-        factual = rollout(model, hist.to(device), steps, actions=actions, commit=commit).cpu()
-        removed = intervene(model, hist.to(device), sel, steps, actions=actions, commit=commit).cpu()
+        actions = None if actions_v is None else actions_v[row]
+        removed = intervene(model, hist_v[row].to(device), sel, steps, actions=actions, commit=commit).cpu()
         for b, (i, o, s) in enumerate(batch):
             keep = ~s
             cf_truth = torch.from_numpy(store.read("cf_slots", i, t0, t1, stride, removed=o))  # (S, K, D)
-            fact_truth = torch.from_numpy(store.read("slots", i, t0, t1, stride))
+            fact_truth = truth_v[int(row[b])]
             rows.append(
                 {
                     "video": i,

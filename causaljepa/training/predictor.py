@@ -79,7 +79,10 @@ def copy_last(history: torch.Tensor, steps: int) -> torch.Tensor:
 
 
 def linear_extrapolation(history: torch.Tensor, steps: int) -> torch.Tensor:
-    """Baseline: last + h (last - previous), for h = 1..steps. (B, H >= 2, K, D) -> (B, steps, K, D)."""
+    """Baseline: last + h (last - previous), for h = 1..steps. (B, H, K, D) -> (B, steps, K, D);
+    with one history frame there is no velocity to extrapolate: the last frame, repeated."""
+    if history.shape[1] < 2:
+        return copy_last(history, steps)
     last, prev = history[:, -1:], history[:, -2:-1]
     h = torch.arange(1, steps + 1, dtype=history.dtype, device=history.device)[None, :, None, None]
     return last + h * (last - prev)
@@ -99,7 +102,7 @@ class FutureValidator:
         hist, fut = self.batch["slots"][:, : self.H], self.batch["slots"][:, self.H :]
         self.baselines = {
             "copy_last": horizon_mse(copy_last(hist, self.F), fut),
-            "linear": horizon_mse(linear_extrapolation(hist, self.F), fut) if self.H >= 2 else None,
+            "linear": horizon_mse(linear_extrapolation(hist, self.F), fut),
         }
 
     @torch.no_grad()
@@ -124,8 +127,7 @@ class FutureValidator:
         out = {"mse_future": float(err.mean())}
         out.update({f"mse_h{h + 1}": float(e) for h, e in enumerate(err)})
         for name, base in self.baselines.items():
-            if base is not None:
-                out[f"{name}_future"] = float(base.mean())
+            out[f"{name}_future"] = float(base.mean())
         return out
 
 

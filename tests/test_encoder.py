@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 
-from causaljepa import cli
 from causaljepa.data.store import StoreLayout, VideoStoreWriter
 from causaljepa.io import partial_path
 from causaljepa.models.savi import BroadcastDecoder, EncoderConfig, SAVi, frames_to_input, segmentation
@@ -87,7 +87,7 @@ def data_root(tmp_path_factory) -> Path:
     """The smoke dataset: 4 train / 2 validation / 2 test videos of 32 frames at 64x64, with masks."""
     base = tmp_path_factory.mktemp("encoder_data")
     root = base / "ds"
-    cli.main(["data", "generate", "preset=smoke", f"data.root={root}", f"hydra.run.dir={base / 'hydra'}"])
+    run_cli(["data", "generate", "preset=smoke", f"data.root={root}", f"hydra.run.dir={base / 'hydra'}"])
     return root
 
 

@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 from hydra import compose, initialize_config_dir
 
 from causaljepa import cli
@@ -94,10 +95,7 @@ def smoke(tmp_path_factory) -> dict[str, Path]:
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(base)  # Hydra's run folders go under ./runs
         for argv in commands:
-            try:
-                cli.main(argv)
-            except SystemExit as e:  # a module fixture must not end in SystemExit: pytest hides it
-                raise RuntimeError(f"'cjepa {' '.join(argv)}' exited with {e.code} (see stderr)") from e
+            run_cli(argv)
     return {"base": base, "root": root, "run": run, "encoder": run / "encoder.pt", "slots": root / "slots"}
 
 
@@ -257,7 +255,7 @@ def test_extract_slots_command(smoke):
             assert (s.observed_frames, s.fps) == (vs.observed_frames, vs.fps) == (24, 25.0)
             assert s.f.attrs["video_store"] == f"{split}.h5"
             assert np.isfinite(s.f["slots"][:]).all()
-            np.testing.assert_array_equal(s.slots(1, 2, 9, 3), s.f["slots"][1, 2:9:3])
+            np.testing.assert_array_equal(s.read("slots", 1, 2, 9, 3), s.f["slots"][1, 2:9:3])
             assert s.metrics == report[split]
     val = report["validation"]
     for name in ("fg_ari", "frame_fg_ari"):  # ARI is below 0 for a worse-than-chance split
@@ -464,7 +462,7 @@ def test_slot_store_rejects_other_files(smoke, tmp_path):
     with pytest.raises(StoreError, match=r"wrong\.h5: field 'slots' is float64"):
         SlotStore(wrong)
     with SlotStore(good) as s, pytest.raises(IndexError, match=r"video index 2 out of range \[0, 2\)"):
-        s.slots(2)
+        s.read("slots", 2)
 
 
 # configs ----------------------------------------------------------------------------------------------

@@ -115,19 +115,6 @@ class SlotStore(H5Reader):
         self.fps = float(a["fps"])
         self.metrics = json.loads(a.get("metrics", "{}"))
 
-    def __len__(self) -> int:
-        return self.num_videos
-
-    @property
-    def video_ids(self) -> list[str]:
-        return [v.decode() if isinstance(v, bytes) else v for v in self.f["video_ids"][:]]
-
-    def slots(self, i: int, t0: int = 0, t1: int | None = None, stride: int = 1) -> np.ndarray:
-        """(T', K, D) slots of video i, frames t0:t1:stride."""
-        if not 0 <= i < self.num_videos:
-            raise IndexError(f"{self.path}: video index {i} out of range [0, {self.num_videos})")
-        return self.f["slots"][i, t0:t1:stride]
-
     def read(
         self, name: str, i: int, t0: int = 0, t1: int | None = None, stride: int = 1, *, removed=None
     ) -> np.ndarray:
@@ -138,8 +125,7 @@ class SlotStore(H5Reader):
             raise KeyError(
                 f"{self.path}: field '{name}' is not in this slot store (fields: {sorted(self.f)})"
             )
-        if not 0 <= i < self.num_videos:
-            raise IndexError(f"{self.path}: video index {i} out of range [0, {self.num_videos})")
+        i = self._check_index(i)
         if name == "cf_valid":
             return self.f[name][i]
         if name == "cf_slots":

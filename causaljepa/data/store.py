@@ -214,10 +214,12 @@ class VideoStoreWriter:
 
 
 class H5Reader:
-    """What every read-only store shares: its open HDF5 file ``f``, ``has``, closing."""
+    """What every read-only store shares: its open HDF5 file ``f``, ``has``, closing, and the
+    per-video basics (``num_videos`` is set by the subclass's validation)."""
 
     f: h5py.File
     path: Path
+    num_videos: int
 
     def _open(self, path, missing: str, validate, **h5_options) -> None:
         """Open ``path`` read-only and run ``validate``; every failure names the file."""
@@ -236,6 +238,18 @@ class H5Reader:
 
     def has(self, name: str) -> bool:
         return name in self.f
+
+    def __len__(self) -> int:
+        return self.num_videos
+
+    @property
+    def video_ids(self) -> list[str]:
+        return [v.decode() if isinstance(v, bytes) else v for v in self.f["video_ids"][:]]
+
+    def _check_index(self, i: int) -> int:
+        if not -self.num_videos <= i < self.num_videos:
+            raise IndexError(f"{self.path}: video index {i} out of range [0, {self.num_videos})")
+        return i % self.num_videos
 
     def close(self) -> None:
         self.f.close()
@@ -334,18 +348,6 @@ class VideoStore(H5Reader):
             )
 
     # access --------------------------------------------------------------------------------
-    def __len__(self) -> int:
-        return self.num_videos
-
-    @property
-    def video_ids(self) -> list[str]:
-        return [v.decode() if isinstance(v, bytes) else v for v in self.f["video_ids"][:]]
-
-    def _check_index(self, i: int) -> int:
-        if not -self.num_videos <= i < self.num_videos:
-            raise IndexError(f"{self.path}: video index {i} out of range [0, {self.num_videos})")
-        return i % self.num_videos
-
     def read(
         self,
         name: str,

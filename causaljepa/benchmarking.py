@@ -8,48 +8,29 @@ import platform
 import time
 
 
-def fp32_matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """The machine's fp32 matrix-multiply rate (GFLOP/s) with torch's current thread count."""
-    import torch
-
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
-
-
 def matmul_gflops(dtype, device, n: int = 2048, repeats: int = 5) -> float:
-    """The matrix-multiply rate (GFLOP/s) of ``device`` in ``dtype``: best of ``repeats``."""
+    """The matrix-multiply rate (GFLOP/s) of ``device`` in ``dtype`` with torch's current thread
+    count: best of ``repeats`` after a warm-up."""
     import torch
 
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    best = float("inf")
-    for _ in range(repeats + 1):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        a @ b
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
+    timed(lambda: a @ b, 1, device)  # warm-up
+    return 2 * n**3 / min(timed(lambda: a @ b, 1, device) for _ in range(repeats)) / 1e9
 
 
-def machine() -> dict:
+def machine(device=None) -> dict:
+    """What the machine is, and the fp32 matmul rate of ``device`` (default: the CPU)."""
     import torch
 
+    device = torch.device("cpu") if device is None else device
     return {
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "processor": platform.processor() or platform.machine(),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "fp32_matmul_gflops": round(fp32_matmul_gflops(), 1),
+        "fp32_matmul_gflops": round(matmul_gflops(torch.float32, device), 1),
     }
 
 
@@ -57,9 +38,7 @@ def device_ceilings(device) -> dict:
     """``machine()`` for ``device``: its fp32 and bf16 matrix-multiply rates (GFLOP/s)."""
     import torch
 
-    info = machine()
-    if device.type != "cpu":
-        info["fp32_matmul_gflops"] = round(matmul_gflops(torch.float32, device), 1)
+    info = machine(device)
     info["bf16_matmul_gflops"] = round(matmul_gflops(torch.bfloat16, device), 1)
     return {**info, "device": str(device)}
 

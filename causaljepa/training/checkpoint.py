@@ -106,3 +106,18 @@ def last_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     """The run's latest state where an interrupted run left one, else None."""
     last = checkpoint_path(run_dir)
     return last if last.exists() else None
+
+
+def load_model(path: str | os.PathLike, kind: str, config_cls, model_cls, device="cpu"):
+    """A trained model of ``kind`` rebuilt from its checkpoint's config, in eval mode on ``device``,
+    and the checkpoint; a config this causaljepa cannot read is an error naming the file."""
+    ckpt = load_checkpoint(path, kind)
+    try:
+        cfg = config_cls(**ckpt["model_config"])
+    except TypeError as e:
+        raise ValueError(
+            f"{path}: its model_config does not match this causaljepa's {config_cls.__name__}: {e}"
+        ) from e
+    model = model_cls(cfg)
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval(), ckpt

@@ -23,7 +23,7 @@ from ..data.clips import ClipSampler
 from ..data.store import VideoStore
 from ..evaluation.object_discovery import fg_ari, mean_best_overlap, summarize
 from ..models.savi import EncoderConfig, SAVi, segmentation
-from .checkpoint import load_checkpoint
+from .checkpoint import load_model
 from .loop import OptimConfig, Trainer, TrainerConfig
 
 KIND = "encoder"
@@ -136,13 +136,4 @@ def train_encoder(
 
 def load_encoder(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[SAVi, dict]:
     """A trained encoder (encoder.pt or a training checkpoint) in eval mode, and its checkpoint."""
-    ckpt = load_checkpoint(path, KIND)
-    try:
-        cfg = EncoderConfig(**ckpt["model_config"])
-    except TypeError as e:
-        raise ValueError(
-            f"{path}: its model_config does not match this causaljepa's EncoderConfig: {e}"
-        ) from e
-    model = SAVi(cfg)
-    model.load_state_dict(ckpt["model"])
-    return model.to(device).eval(), ckpt
+    return load_model(path, KIND, EncoderConfig, SAVi, device)

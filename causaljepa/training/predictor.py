@@ -25,7 +25,7 @@ from ..data.slot_store import SlotStore
 from ..data.windows import WindowSampler
 from ..masking import MaskConfig, MaskSampler
 from ..models.predictor import CJEPAPredictor, PredictorConfig
-from .checkpoint import load_checkpoint
+from .checkpoint import load_model
 from .loop import OptimConfig, Trainer, TrainerConfig
 
 KIND = "predictor"
@@ -190,13 +190,4 @@ def load_predictor(
     path: str | os.PathLike, device: str | torch.device = "cpu"
 ) -> tuple[CJEPAPredictor, dict]:
     """A trained predictor in eval mode, and its checkpoint (``extra`` has masking and windows)."""
-    ckpt = load_checkpoint(path, KIND)
-    try:
-        cfg = PredictorConfig(**ckpt["model_config"])
-    except TypeError as e:
-        raise ValueError(
-            f"{path}: its model_config does not match this causaljepa's PredictorConfig: {e}"
-        ) from e
-    model = CJEPAPredictor(cfg)
-    model.load_state_dict(ckpt["model"])
-    return model.to(device).eval(), ckpt
+    return load_model(path, KIND, PredictorConfig, CJEPAPredictor, device)

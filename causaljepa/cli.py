@@ -14,6 +14,7 @@
     cjepa eval clevrer           checkpoint=PT [...]  CLEVRER QA reader, protocols (a) and (b)
     cjepa main                   [out=runs/main ...]  the whole pipeline -> <out>/report.md
     cjepa eval ablation          [...]             masking x seeds x slots: predictors, readers, tables
+    cjepa eval influence         checkpoints=[PT,...] [...]  influence graphs, scored against the truth
 
 Everything after the subcommand is Hydra's: overrides (``data.generator.height=128``),
 ``--cfg job`` to print the composed config, ``--help``. Each handler here only turns the
@@ -253,16 +254,12 @@ def cmd_train(cfg) -> None:
 def _predictor_and_store(cfg):
     """The predictor, its window stride, and the slot store of cfg.split it is to run on."""
     from .data.slot_store import SlotStore
-    from .training.predictor import load_predictor, resolve_slots
+    from .training.predictor import check_same_encoder, load_predictor, resolve_slots
 
     model, ckpt = load_predictor(cfg.checkpoint, cfg.device)
     slot_dir = resolve_slots(cfg.data.root, cfg.slots) if cfg.slots else Path(ckpt["extra"]["slot_dir"])
     store = SlotStore(slot_dir / f"{check_split(cfg.split)}.h5")
-    if store.encoder_hash != ckpt["extra"]["encoder_hash"]:
-        raise ValueError(
-            f"{store.path} holds slots of encoder {store.encoder_hash[:12]}, the predictor was trained on "
-            f"{ckpt['extra']['encoder_hash'][:12]}; give slots= a directory made by the same encoder"
-        )
+    check_same_encoder(store, ckpt)
     return model, int(ckpt["extra"]["windows"]["stride"]), store
 
 
@@ -368,6 +365,36 @@ def cmd_eval_ablation(cfg) -> None:
     print(f"written: {result['markdown']}  {result['json']}  {result['png']}")
 
 
+def cmd_eval_influence(cfg) -> None:
+    from .evaluation.influence_graphs import evaluate_influence
+    from .training.checkpoint import load_checkpoint
+    from .training.predictor import resolve_slots
+
+    root = Path(cfg.data.root)
+    video_store = root / f"{check_split(cfg.split)}.h5"
+    pairs = []
+    for checkpoint in cfg.checkpoints:
+        kind = cfg.slots or load_checkpoint(checkpoint, "predictor")["extra"].get("slots")
+        if kind is None:
+            raise ValueError(f"{checkpoint} does not say which slots it was trained on; give slots=")
+        store = resolve_slots(root, kind) / f"{cfg.split}.h5"
+        if not store.exists():
+            raise FileNotFoundError(
+                f"{store} does not exist: the predictor {checkpoint} needs its {kind} slots of {video_store} "
+                "(cjepa oracle-slots, or cjepa extract-slots ... counterfactuals=true for the "
+                "counterfactual truth); or give slots=DIR"
+            )
+        pairs.append((checkpoint, store))
+    result = evaluate_influence(
+        pairs, video_store, Path(cfg.out), cfg.probe, weight=cfg.weight, pictures=cfg.pictures, seed=cfg.seed,
+        device=cfg.device,
+    )  # fmt: skip
+    print(Path(result["markdown"]).read_text())
+    for r in result["results"]:
+        print(f"{r['name']}: {r['graphs']} graphs under {Path(cfg.out) / r['name'] / 'graphs'}")
+    print(f"written: {result['markdown']}  {result['json']}  {result['png']}")
+
+
 def cmd_main(cfg) -> None:
     from .pipeline import MainConfig, main_job
 
@@ -407,6 +434,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, Callable]] = {
     ("intervene",): ("intervene", cmd_intervene),
     ("eval", "clevrer"): ("eval_clevrer", cmd_eval_clevrer),
     ("eval", "ablation"): ("eval_ablation", cmd_eval_ablation),
+    ("eval", "influence"): ("eval_influence", cmd_eval_influence),
     ("main",): ("main", cmd_main),
 }
 

@@ -15,6 +15,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
+from .evaluation.influence import ProbeConfig
 from .evaluation.qa import ReaderConfig
 from .masking import MaskConfig
 from .models.predictor import PredictorConfig
@@ -232,6 +233,22 @@ class EvalAblationCommand:
 
 
 @dataclass
+class EvalInfluenceCommand:
+    """cjepa eval influence: influence graphs of predictors, scored against the simulator's truth"""
+
+    data: Any = MISSING  # the video store <data.root>/<split>.h5 gives frames and truth
+    seed: int = 0  # the gradient probe's random projections
+    checkpoints: list[str] = MISSING  # predictor.pt files, e.g. one per masking
+    split: str = "validation"
+    slots: str | None = None  # learned | oracle | a directory; default: the kind each predictor trained on
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    weight: str = "intervention_remove"  # the measure that sets edge weights, neighbourhoods and pictures
+    pictures: int = 4  # videos drawn as PNG per predictor
+    device: str = "cpu"
+    out: str = "runs/influence"
+
+
+@dataclass
 class MainCommand:
     """cjepa main: the whole pipeline on the built-in world (causaljepa/pipeline.py)"""
 
@@ -267,6 +284,7 @@ COMMAND_SCHEMAS = {
     "intervene": InterveneCommand,
     "eval_clevrer": EvalClevrerCommand,
     "eval_ablation": EvalAblationCommand,
+    "eval_influence": EvalInfluenceCommand,
     "main": MainCommand,
 }
 DATA_SCHEMAS = {"clevrer_sim": ClevrerSimData, "clevrer": ClevrerData}

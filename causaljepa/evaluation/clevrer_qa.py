@@ -349,7 +349,7 @@ def evaluate_clevrer(
     rollout_<split>.h5/.json, protocol_<p>/ (the reader's run: reader.pt, metrics.csv),
     results.json and results.md. A protocol whose results exist is not run again, and an
     interrupted reader continues from its last checkpoint."""
-    from ..training.predictor import load_predictor
+    from ..training.predictor import check_same_encoder, load_predictor
 
     data_root, slot_dir, out = Path(data_root), Path(slot_dir), Path(out)
     for p in cfg.protocols:
@@ -396,11 +396,7 @@ def evaluate_clevrer(
     stores = {s: SlotStore(slot_dir / f"{s}.h5") for s in ("train", "validation")}
     try:
         for st in stores.values():
-            if st.encoder_hash != ckpt["extra"]["encoder_hash"]:
-                raise ValueError(
-                    f"{st.path} holds slots of encoder {st.encoder_hash[:12]}, the predictor {predictor} was "
-                    f"trained on {ckpt['extra']['encoder_hash'][:12]}"
-                )
+            check_same_encoder(st, ckpt)
         rows = {s: video_index(stores[s].video_ids, questions[s], f"questions/{s}.json") for s in stores}
         observed = {s: observed_part(st, rc.frame_stride) for s, st in stores.items()}
         future, rollout_errors = {}, {}

@@ -57,6 +57,16 @@ def resolve_slots(data_root: str | os.PathLike, slots: str) -> Path:
     return Path(slots)
 
 
+def check_same_encoder(store: SlotStore, ckpt: dict) -> None:
+    """A predictor runs only on slots of the encoder it was trained on (oracle: "oracle")."""
+    want = ckpt["extra"]["encoder_hash"]
+    if store.encoder_hash != want:
+        raise ValueError(
+            f"{store.path} holds slots of encoder {store.encoder_hash[:12]}, the predictor was trained on "
+            f"{want[:12]}; give slots= a directory made by the same encoder"
+        )
+
+
 def fit_to_store(cfg: PredictorConfig, store: SlotStore, windows: WindowConfig) -> PredictorConfig:
     """Fill slot_dim (0 = the store's) and action_dim (the store's actions x stride) from the store."""
     if cfg.slot_dim not in (0, store.slot_dim):

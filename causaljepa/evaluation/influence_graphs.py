@@ -281,7 +281,7 @@ def _draw(ax, frame: np.ndarray, G: nx.DiGraph, title: str, truth: str = "counte
     xy = {}
     for n, d in G.nodes(data=True):
         if d["kind"] == "action":
-            xy[n] = (VIEW[0] + 0.35, VIEW[3] - 0.3)
+            xy[n] = (VIEW[0] + 0.45, VIEW[2] + 0.3)
             ax.text(*xy[n], "action", fontsize=6, color="white", ha="center", va="center",
                     bbox={"boxstyle": "round", "fc": "black", "alpha": 0.6})  # fmt: skip
         elif "x" in d:  # an object outside the view sits on the border, drawn as a square
@@ -299,9 +299,10 @@ def _draw(ax, frame: np.ndarray, G: nx.DiGraph, title: str, truth: str = "counte
         if s not in xy or t not in xy:
             continue
         shown = d.get("in_neighbourhood", bool(d.get("times")))
-        if shown and top > 0:
+        if shown and top > 0:  # the action node's edges are dashed
             ax.annotate("", xy=xy[t], xytext=xy[s], arrowprops={
                 "arrowstyle": "-|>", "color": colors[int(d[truth])], "alpha": 0.85,
+                "ls": "--" if s == ACTION else "-",
                 "lw": 0.5 + 3.5 * d["weight"] / top, "shrinkA": 4, "shrinkB": 4,
                 "connectionstyle": "arc3,rad=0.15"})  # fmt: skip
         elif d[truth] == 1:
@@ -332,7 +333,9 @@ def draw_video(
     panels.append((vgraph, vgraph.graph["last_visible"]))
     cols = min(4, len(panels))
     rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.5 * rows + 0.7), squeeze=False)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(3.6 * cols, 2.6 * rows + 0.8), squeeze=False, layout="constrained"
+    )
     vid = vgraph.graph["video_id"]
     for ax, (G, t) in zip(axes.flat, panels, strict=False):
         frame = vs.read("frames", video.video, times=[t])[0]
@@ -349,9 +352,12 @@ def draw_video(
         Line2D([], [], color="0.6", lw=2, label="in neighbourhood, undetermined"),
         Line2D([], [], color="black", ls=":", lw=1, label="true, missed"),
     ]
-    fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=7, frameon=False)
-    fig.suptitle(f"{vid}: influence ({vgraph.graph['weight_measure']}), arrow width = influence", fontsize=9)
-    fig.tight_layout(rect=(0, 0.05, 1, 0.95))
+    fig.legend(handles=handles, loc="outside lower center", ncol=4, fontsize=7, frameon=False)
+    fig.suptitle(
+        f"{vid}: each object's influence neighbourhood ({vgraph.graph['weight_measure']}), "
+        "arrow width = influence, dashed = from the action node",
+        fontsize=9,
+    )
     return save_figure(fig, out, dpi=110)
 
 

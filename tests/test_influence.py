@@ -21,6 +21,7 @@ from causaljepa.evaluation.influence import (
     VideoTruth,
     auroc,
     average_precision,
+    bootstrap_difference,
     neighbourhood,
     probe_store,
     probe_windows,
@@ -69,6 +70,22 @@ def test_average_precision_by_hand():
     # a tie is one threshold: both tied items are counted together, precision 1/2 for the positive
     assert average_precision(np.array([0.7, 0.7]), np.array([1, 0])) == pytest.approx(0.5)
     assert np.isnan(average_precision(np.array([0.3]), np.array([0])))
+
+
+def test_bootstrap_difference():
+    rng = np.random.default_rng(0)
+    y = rng.random(200) < 0.3
+    video = np.repeat(np.arange(20), 10)
+    noise = rng.random(200)
+    a = {"counterfactual.label": y, "counterfactual.video": video, "counterfactual.gradient": noise}
+    d = bootstrap_difference(a, a, "counterfactual", "gradient", n=50)
+    assert d["difference"] == 0 and d["low"] == 0 and d["high"] == 0
+    b = {**a, "counterfactual.gradient": y + 0.1 * noise}  # a perfect ranking
+    d = bootstrap_difference(a, b, "counterfactual", "gradient", n=200)
+    assert d["difference"] == pytest.approx(1 - auroc(noise, y))
+    assert 0 < d["low"] <= d["difference"] <= d["high"]
+    other = {**b, "counterfactual.label": ~y}
+    assert bootstrap_difference(a, other, "counterfactual", "gradient") is None  # not the same pairs
 
 
 def test_neighbourhood_and_top_k():
@@ -348,7 +365,18 @@ def test_eval_influence_command(world, capsys):
         a = w["counterfactual"]["measures"][k]["auroc"]
         assert np.isnan(a) or 0 <= a <= 1
     assert "action" in w  # the world has pushes
-    assert (out / "scores.md").read_text().startswith("# Influence probes")
+    md = (out / "scores.md").read_text()
+    assert md.startswith("# Influence probes") and "## does masking make the influence more causal?" in md
+    effect = scores["masking_effect"]
+    assert len(effect) == len(MEASURES) * 2  # every measure against both truths
+    assert all(e["base"] == "oracle_none" and e["other"] == "oracle_object_0-4" for e in effect)
+    with np.load(out / "oracle_none" / "pairs.npz") as f:
+        n = int(w["counterfactual"]["positives"] + w["counterfactual"]["negatives"])
+        assert f["windows.counterfactual.label"].shape == (n,)
+        assert f["windows.counterfactual.gradient"].shape == (n,)
+        assert auroc(f["windows.contact.gradient"], f["windows.contact.label"]) == pytest.approx(
+            w["contact"]["measures"]["gradient"]["auroc"], nan_ok=True
+        )
     assert (out / "scores.png").stat().st_size > 0
     run = out / "oracle_object_0-4"
     pngs = sorted(run.glob("influence_*.png"))

@@ -117,20 +117,13 @@ class ProbeConfig:
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     """The probability that a random positive scores above a random negative (ties count half):
     the Mann-Whitney U statistic over average ranks. NaN without both classes."""
+    from scipy.stats import rankdata
+
     scores, labels = np.asarray(scores, np.float64), np.asarray(labels, bool)
     pos, neg = int(labels.sum()), int((~labels).sum())
     if pos == 0 or neg == 0:
         return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores), np.float64)
-    s = scores[order]
-    i = 0
-    while i < len(s):  # average ranks over ties
-        j = i
-        while j + 1 < len(s) and s[j + 1] == s[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2 + 1
-        i = j + 1
+    ranks = rankdata(scores)  # average ranks over ties, 1-based
     return float((ranks[labels].sum() - pos * (pos + 1) / 2) / (pos * neg))
 
 
@@ -638,18 +631,56 @@ def scored_names(results) -> list[str]:
     return list(MEASURES) + [k for k in BASELINES if all(k in r.measures for r in results)]
 
 
-def _pairs(results, truth: str, names: list[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def _pairs(results, truth: str, names: list[str]) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """The off-diagonal (target, source) pairs with a determined truth, pooled over results
-    (video results: only pairs that shared a window)."""
+    (video results: only pairs that shared a window) -> scores per name, labels, and the
+    video of each pair."""
     scores: dict[str, list] = {k: [] for k in names}
-    labels = []
+    labels, videos = [], []
     for r in results:
         y = getattr(r, truth)
         ok = (y >= 0) & ~np.eye(len(y), dtype=bool) & np.isfinite(r.measures[MEASURES[0]])
         for k in names:
             scores[k].append(r.measures[k][ok])
         labels.append(y[ok])
-    return {k: np.concatenate(v) for k, v in scores.items()}, np.concatenate(labels).astype(bool)
+        videos.append(np.full(int(ok.sum()), r.window.video if isinstance(r, WindowResult) else r.video))
+    cat = np.concatenate
+    return {k: cat(v) for k, v in scores.items()}, cat(labels).astype(bool), cat(videos).astype(np.int64)
+
+
+def pair_arrays(results) -> dict[str, np.ndarray]:
+    """The scored pairs as flat arrays (for ``pairs.npz`` and ``bootstrap_difference``):
+    <truth>.label, <truth>.video and <truth>.<measure> for each truth."""
+    names = scored_names(results)
+    out = {}
+    for truth in TRUTHS:
+        s, y, v = _pairs(results, truth, names)
+        out[f"{truth}.label"], out[f"{truth}.video"] = y, v
+        out.update({f"{truth}.{k}": s[k] for k in names})
+    return out
+
+
+def bootstrap_difference(
+    a: dict[str, np.ndarray], b: dict[str, np.ndarray], truth: str, measure: str, n: int = 1000, seed: int = 0
+) -> dict | None:
+    """AUROC(b) - AUROC(a) on the same pairs, with a 95 % interval from resampling videos with
+    replacement (``n`` times; pairs of one video move together, as they are not independent).
+    None where a and b were not scored on the same pairs."""
+    y, v = a[f"{truth}.label"], a[f"{truth}.video"]
+    if not (np.array_equal(y, b[f"{truth}.label"]) and np.array_equal(v, b[f"{truth}.video"])):
+        return None
+    sa, sb = a[f"{truth}.{measure}"], b[f"{truth}.{measure}"]
+    ids = np.unique(v)
+    rows = {u: np.flatnonzero(v == u) for u in ids}
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(n):
+        idx = np.concatenate([rows[u] for u in rng.choice(ids, len(ids))])
+        diffs.append(auroc(sb[idx], y[idx]) - auroc(sa[idx], y[idx]))
+    diffs = np.array(diffs)
+    diffs = diffs[np.isfinite(diffs)]
+    lo, hi = np.percentile(diffs, [2.5, 97.5]) if len(diffs) else (np.nan, np.nan)
+    return {"difference": auroc(sb, y) - auroc(sa, y), "low": float(lo), "high": float(hi), "resamples": n}
 
 
 def score(results, truths=TRUTHS) -> dict:
@@ -658,7 +689,7 @@ def score(results, truths=TRUTHS) -> dict:
     out = {}
     names = scored_names(results)
     for truth in truths:
-        s, y = _pairs(results, truth, names)
+        s, y, _ = _pairs(results, truth, names)
         entry: dict = {"positives": int(y.sum()), "negatives": int((~y).sum())}
         if truth == "counterfactual":
             cf = [r.counterfactual for r in results]

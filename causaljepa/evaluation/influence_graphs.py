@@ -46,7 +46,9 @@ from .influence import (
     WindowResult,
     aggregate_video,
     best_measure,
+    bootstrap_difference,
     neighbourhood,
+    pair_arrays,
     probe_store,
     score,
     scored_names,
@@ -423,7 +425,8 @@ def probe_checkpoint(
     device: str = "cpu",
     progress: bool = True,
 ) -> dict:
-    """Probe one predictor on one slot store; write scores.json, graphs/ and PNGs under ``out``.
+    """Probe one predictor on one slot store; write scores.json, pairs.npz (every scored pair:
+    ``<windows|videos>.<truth>.<label|video|measure>``), graphs/ and PNGs under ``out``.
     A finished run (its scores.json written for the same checkpoint, stores and settings) is
     read back, not repeated."""
     from tqdm import tqdm
@@ -464,6 +467,13 @@ def probe_checkpoint(
         for n, video in enumerate(tqdm(videos, desc="export", unit="video", disable=not progress)):
             meta = GraphMeta(store.video_ids[video.video], stride, weight, str(checkpoint))
             exported += export_video(vs, video, meta, cfg, out, picture=n < pictures)["graphs"]
+    pairs = {
+        f"{level}.{k}": v
+        for level, rs in (("windows", windows), ("videos", videos))
+        for k, v in pair_arrays(rs).items()
+    }
+    with atomic_output(out / "pairs.npz") as tmp, open(tmp, "wb") as f:
+        np.savez(f, **pairs)
     result = {
         "checkpoint": str(checkpoint),
         "name": run_name(ckpt["extra"]),
@@ -520,6 +530,57 @@ def markdown(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def comparisons(results: list[dict], out: Path, n: int = 1000) -> list[dict]:
+    """Each predictor with masking against the one without on the same slots: the AUROC
+    difference of every measure against every truth (windows), with its 95 % interval over
+    videos (``bootstrap_difference``); only where both were scored on the same pairs."""
+    rows = []
+    for base in [r for r in results if (r.get("masking") or {}).get("strategy") == "none"]:
+        for other in results:
+            if other is base or other.get("slots") != base.get("slots"):
+                continue
+            with (
+                np.load(out / base["name"] / "pairs.npz") as fa,
+                np.load(out / other["name"] / "pairs.npz") as fb,
+            ):
+                a = {k[len("windows.") :]: fa[k] for k in fa.files if k.startswith("windows.")}
+                b = {k[len("windows.") :]: fb[k] for k in fb.files if k.startswith("windows.")}
+            for truth in TRUTHS:
+                for measure in MEASURES:
+                    d = bootstrap_difference(a, b, truth, measure, n=n)
+                    if d is not None:
+                        rows.append(
+                            {
+                                "base": base["name"],
+                                "other": other["name"],
+                                "truth": truth,
+                                "measure": measure,
+                                **d,
+                            }
+                        )
+    return rows
+
+
+def masking_markdown(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    lines = [
+        "## does masking make the influence more causal?",
+        "",
+        "AUROC with masking minus AUROC without, per window, on the same pairs; 95 % interval from "
+        f"{rows[0]['resamples']} resamplings of the videos.",
+        "",
+        "| with | without | truth | measure | difference | 95 % interval |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['other']} | {r['base']} | {r['truth']} | {r['measure']} | {r['difference']:+.3f} | "
+            f"[{r['low']:+.3f}, {r['high']:+.3f}] |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def plot_scores(results: list[dict], out) -> Path:
     """Window-level AUROC per measure, one bar per predictor, a panel per truth."""
     import matplotlib
@@ -574,15 +635,18 @@ def evaluate_influence(
         )  # fmt: skip
         r["name"] = name
         results.append(r)
+    masking = comparisons(results, out)
     summary = {
         "video_store": str(video_store),
         "probe": cfg.to_dict(),
         "weight": weight,
         "seed": seed,
         "results": [{k: v for k, v in r.items() if k != "fingerprint"} for r in results],
+        "masking_effect": masking,
     }
     write_json_atomic(out / "scores.json", summary)
     text = f"# Influence probes against the truth ({Path(video_store).name})\n\n" + markdown(results)
+    text += masking_markdown(masking)
     write_text_atomic(out / "scores.md", text)
     png = plot_scores(results, out / "scores.png")
     return {"json": out / "scores.json", "markdown": out / "scores.md", "png": png, "results": results}

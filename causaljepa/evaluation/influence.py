@@ -408,30 +408,17 @@ class VideoTruth:
     def counterfactual(self, objects: list[int], t_h: int, t1: int, cfg: ProbeConfig) -> np.ndarray:
         """(M, M) int8 [target, source]: 1 if removing the source changes the target in (t_h, t1],
         0 if not, -1 undetermined (the target already differs at t_h, or a world is missing)."""
-        M = len(objects)
-        out = np.full((M, M), -1, np.int8)
-        if not self.has_counterfactuals:
-            return out
-        for si, i in enumerate(objects):
-            if not self.cf_valid[i]:
-                continue
-            for tj, j in enumerate(objects):
-                if i == j or not (self.cf_present[i, t_h, j] and self.present[t_h, j]):
-                    continue
-                dp = np.linalg.norm(self.cf_position[i, t_h, j] - self.position[t_h, j])
-                dv = np.linalg.norm(self.cf_velocity[i, t_h, j] - self.velocity[t_h, j])
-                if dp > cfg.agree or dv > cfg.agree:
-                    continue
-                both = self.cf_present[i, t_h + 1 : t1 + 1, j] & self.present[t_h + 1 : t1 + 1, j]
-                gap = np.linalg.norm(
-                    self.cf_position[i, t_h + 1 : t1 + 1, j] - self.position[t_h + 1 : t1 + 1, j], axis=-1
-                )
-                out[tj, si] = int(bool(np.any(gap[both] > cfg.threshold)))
-        return out
+        return self._removal_effect(objects, slice(t_h + 1, t1 + 1), t_h, cfg)
 
     def video_counterfactual(self, objects: list[int], cfg: ProbeConfig) -> np.ndarray:
         """(M, M) int8: removing the source moves the target by more than the threshold at some
         frame where the target exists in both worlds (-1 without that world)."""
+        return self._removal_effect(objects, slice(None), None, cfg)
+
+    def _removal_effect(self, objects, frames: slice, agree_at: int | None, cfg: ProbeConfig) -> np.ndarray:
+        """[target, source]: does the target's position move by more than the threshold in
+        ``frames`` in the world without the source (where both worlds have it)? With
+        ``agree_at``, only targets in the same state at that frame in both worlds (else -1)."""
         M = len(objects)
         out = np.full((M, M), -1, np.int8)
         if not self.has_counterfactuals:
@@ -442,8 +429,16 @@ class VideoTruth:
             for tj, j in enumerate(objects):
                 if i == j:
                     continue
-                both = self.cf_present[i, :, j] & self.present[:, j]
-                gap = np.linalg.norm(self.cf_position[i, :, j] - self.position[:, j], axis=-1)
+                if agree_at is not None:
+                    t = agree_at
+                    if not (self.cf_present[i, t, j] and self.present[t, j]):
+                        continue
+                    dp = np.linalg.norm(self.cf_position[i, t, j] - self.position[t, j])
+                    dv = np.linalg.norm(self.cf_velocity[i, t, j] - self.velocity[t, j])
+                    if dp > cfg.agree or dv > cfg.agree:
+                        continue
+                both = self.cf_present[i, frames, j] & self.present[frames, j]
+                gap = np.linalg.norm(self.cf_position[i, frames, j] - self.position[frames, j], axis=-1)
                 out[tj, si] = int(bool(np.any(gap[both] > cfg.threshold)))
         return out
 

@@ -47,6 +47,7 @@ def test_every_primary_config_composes(name):
         "intervene": ["checkpoint=somewhere"],
         "eval_clevrer": ["checkpoint=somewhere"],
         "eval_ablation": ["out=somewhere"],
+        "eval_influence": ["checkpoints=[somewhere]"],
     }
     cfg = to_object(_compose(name, required.get(name, [])))
     assert isinstance(cfg, COMMAND_SCHEMAS[name])

@@ -646,7 +646,7 @@ def evaluate_influence(
     }
     write_json_atomic(out / "scores.json", summary)
     text = f"# Influence probes against the truth ({Path(video_store).name})\n\n" + markdown(results)
-    text += masking_markdown(masking)
+    text += "\n" + masking_markdown(masking)
     write_text_atomic(out / "scores.md", text)
     png = plot_scores(results, out / "scores.png")
     return {"json": out / "scores.json", "markdown": out / "scores.md", "png": png, "results": results}

@@ -366,29 +366,12 @@ def cmd_eval_ablation(cfg) -> None:
 
 
 def cmd_eval_influence(cfg) -> None:
-    from .evaluation.influence_graphs import evaluate_influence
-    from .training.checkpoint import load_checkpoint
-    from .training.predictor import resolve_slots
+    from .evaluation.influence_graphs import RunOptions, evaluate_influence
 
-    root = Path(cfg.data.root)
-    video_store = root / f"{check_split(cfg.split)}.h5"
-    pairs = []
-    for checkpoint in cfg.checkpoints:
-        kind = cfg.slots or load_checkpoint(checkpoint, "predictor")["extra"].get("slots")
-        if kind is None:
-            raise ValueError(f"{checkpoint} does not say which slots it was trained on; give slots=")
-        store = resolve_slots(root, kind) / f"{cfg.split}.h5"
-        if not store.exists():
-            raise FileNotFoundError(
-                f"{store} does not exist: the predictor {checkpoint} needs its {kind} slots of {video_store} "
-                "(cjepa oracle-slots, or cjepa extract-slots ... counterfactuals=true for the "
-                "counterfactual truth); or give slots=DIR"
-            )
-        pairs.append((checkpoint, store))
+    opts = RunOptions(weight=cfg.weight, pictures=cfg.pictures, seed=cfg.seed, device=cfg.device)
     result = evaluate_influence(
-        pairs, video_store, Path(cfg.out), cfg.probe, weight=cfg.weight, pictures=cfg.pictures, seed=cfg.seed,
-        device=cfg.device,
-    )  # fmt: skip
+        cfg.checkpoints, cfg.data.root, check_split(cfg.split), cfg.slots, cfg.out, cfg.probe, opts
+    )
     print(Path(result["markdown"]).read_text())
     for r in result["results"]:
         print(f"{r['name']}: {r['graphs']} graphs under {Path(cfg.out) / r['name'] / 'graphs'}")

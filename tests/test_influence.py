@@ -27,6 +27,7 @@ from causaljepa.evaluation.influence import (
     probe_windows,
     top_k,
     window_plan,
+    window_results,
 )
 from causaljepa.evaluation.influence_graphs import load_pyg, to_pyg
 from causaljepa.models.predictor import CJEPAPredictor, PredictorConfig
@@ -327,7 +328,9 @@ def test_window_plan_and_probe_store(world):
             assert w.slots_of == [[o] for o in w.objects]  # oracle: slot k is object k
         with pytest.raises(ValueError, match="spans"):
             window_plan(st, 0, 40, 10, 2, 4)
-        results = probe_store(model, st, vs, stride=2, cfg=cfg, seed=0, progress=False)
+        videos = probe_store(model, st, vs, stride=2, cfg=cfg, seed=0, progress=False)
+        results = window_results(videos)
+        assert [v.video for v in videos] == sorted({r.window.video for r in results})
         assert len(results) == sum(len(window_plan(st, v, H, Fu, 2, 4)) for v in range(st.num_videos))
         r = results[0]
         M = len(r.window.objects)
@@ -338,7 +341,7 @@ def test_window_plan_and_probe_store(world):
         np.testing.assert_array_equal(
             r.contact, truth.contact(r.window.objects, r.window.last_visible, r.window.end)
         )
-        again = probe_store(model, st, vs, stride=2, cfg=cfg, seed=0, progress=False)
+        again = window_results(probe_store(model, st, vs, stride=2, cfg=cfg, seed=0, progress=False))
         for k in MEASURES:  # the same seed gives the same numbers
             np.testing.assert_array_equal(again[3].measures[k], results[3].measures[k])
 
@@ -395,6 +398,9 @@ def test_eval_influence_command(world, capsys):
     for key in ("weight", "in_neighbourhood", "in_top_k", "contact", "counterfactual", "time", *MEASURES):
         assert key in e, key
     assert e["weight"] == e["intervention_remove"] and e["time"] == G.graph["last_visible"]
+    L, nh = G.graph["layers"], G.graph["heads"]
+    heads = np.array([[e[f"attention_l{a}_h{b}"] for b in range(nh)] for a in range(L)])
+    assert e["attention"] == pytest.approx(heads.mean(), rel=1e-5)  # the mean over layers and heads
     # every target's neighbourhood carries at least the share of its incoming weight
     for t in objects:
         inc = {s: d["weight"] for s, _, d in G.in_edges(t, data=True)}
@@ -407,6 +413,8 @@ def test_eval_influence_command(world, capsys):
     d0 = pyg["windows"][0]
     assert d0.edge_index.shape == (2, len(G.edges)) and d0.num_nodes == len(G.nodes)
     assert d0.edge_attr.shape[0] == len(G.edges) and d0.video_id == vid
+    assert d0.edge_heads.shape == (len(G.edges), L, nh)
+    assert not hasattr(pyg["video"][0], "edge_heads") or pyg["video"][0].edge_heads is None
     want = to_pyg(G, tuple(d0.edge_fields))
     torch.testing.assert_close(torch.sort(d0.edge_weight).values, torch.sort(want.edge_weight).values)
     # a second run with the same settings reads the finished runs back

@@ -511,12 +511,12 @@ def probe_store(
     *,
     stride: int,
     cfg: ProbeConfig,
-    videos: list[int] | None = None,
     seed: int = 0,
     progress: bool = True,
-) -> list[WindowResult]:
-    """Probe every window of ``videos`` (default: all) of ``store`` and attach the truths of the
-    video store ``vs`` it was made from; ``seed`` draws the gradient probe's projections."""
+) -> list[VideoResult]:
+    """Probe every window of ``store``, attach the truths of the video store ``vs`` it was made
+    from (each video's read once), and aggregate each video's windows; ``seed`` draws the
+    gradient probe's projections. Videos without a window to probe are left out."""
     from tqdm import tqdm
 
     if store.video_ids != vs.video_ids:
@@ -525,13 +525,12 @@ def probe_store(
         )
     model.eval()
     H, Fu = model.cfg.history, model.cfg.future
-    videos = list(range(store.num_videos)) if videos is None else videos
-    plan = [w for v in videos for w in window_plan(store, v, H, Fu, stride, cfg.every)]
+    plan = [w for v in range(store.num_videos) for w in window_plan(store, v, H, Fu, stride, cfg.every)]
     if not plan:
         raise ValueError(f"{store.path}: no window with at least two objects to probe")
-    truths = {}
+    truths: dict[int, VideoTruth] = {}
+    per_video: dict[int, list[WindowResult]] = {}
     generator = torch.Generator().manual_seed(seed)
-    results = []
     for c in tqdm(
         list(_chunks(len(plan), cfg.batch_size)), desc="influence probes", unit="batch", disable=not progress
     ):
@@ -547,10 +546,10 @@ def probe_store(
         out = probe_windows(model, slots, node_matrix(batch, store.num_slots, M), actions, cfg, generator)
         for b, w in enumerate(batch):
             if w.video not in truths:
-                truths = {w.video: VideoTruth.read(vs, w.video)}  # windows come video by video
+                truths[w.video] = VideoTruth.read(vs, w.video)
             truth = truths[w.video]
             m = len(w.objects)
-            results.append(
+            per_video.setdefault(w.video, []).append(
                 WindowResult(
                     window=w,
                     measures={
@@ -568,7 +567,12 @@ def probe_store(
                     pushed=truth.pushed(w.objects, w.last_visible, w.end) if actions is not None else None,
                 )
             )
-    return results
+    return [aggregate_video(rs, truths[v], cfg) for v, rs in per_video.items()]
+
+
+def window_results(videos: list[VideoResult]) -> list[WindowResult]:
+    """Every window of ``videos``, in order."""
+    return [w for v in videos for w in v.windows]
 
 
 @dataclass
@@ -583,6 +587,7 @@ class VideoResult:
     counterfactual: np.ndarray  # (M, M) int8
     pushed: np.ndarray | None  # (M,) int8: pushed at some frame
     windows: list[WindowResult]
+    truth: VideoTruth  # what the truths above come from (and the objects' positions)
 
 
 def aggregate_video(windows: list[WindowResult], truth: VideoTruth, cfg: ProbeConfig) -> VideoResult:
@@ -602,9 +607,8 @@ def aggregate_video(windows: list[WindowResult], truth: VideoTruth, cfg: ProbeCo
         act_count[sel] += 1
         for k in names:
             sums[k][grid] += r.measures[k]
-        for k in MEASURES:
-            if act_sums is not None:
-                act_sums[k][sel] += r.action[k]
+        for k in act_sums or ():
+            act_sums[k][sel] += r.action[k]
     with np.errstate(invalid="ignore", divide="ignore"):
         measures = {k: np.where(count > 0, v / count, np.nan) for k, v in sums.items()}
         action = None if act_sums is None else {k: v / np.maximum(act_count, 1) for k, v in act_sums.items()}
@@ -618,6 +622,7 @@ def aggregate_video(windows: list[WindowResult], truth: VideoTruth, cfg: ProbeCo
         counterfactual=truth.video_counterfactual(objects, cfg),
         pushed=truth.pushed(objects, 0, T) if action is not None else None,
         windows=windows,
+        truth=truth,
     )
 
 
@@ -687,23 +692,21 @@ def score(results, truths=TRUTHS) -> dict:
         s, y, _ = _pairs(results, truth, names)
         entry: dict = {"positives": int(y.sum()), "negatives": int((~y).sum())}
         if truth == "counterfactual":
-            cf = [r.counterfactual for r in results]
-            entry["undetermined"] = int(sum(((y < 0) & ~np.eye(len(y), dtype=bool)).sum() for y in cf))
+            entry["undetermined"] = int(
+                sum(
+                    ((c < 0) & ~np.eye(len(c), dtype=bool)).sum() for c in (r.counterfactual for r in results)
+                )
+            )
         entry["measures"] = {k: {"auroc": auroc(s[k], y), "ap": average_precision(s[k], y)} for k in names}
         out[truth] = entry
     with_actions = [r for r in results if r.action is not None]
     if with_actions:
         y = np.concatenate([r.pushed for r in with_actions]).astype(bool)
+        s = {k: np.concatenate([r.action[k] for r in with_actions]) for k in MEASURES}
         out["action"] = {
             "positives": int(y.sum()),
             "negatives": int((~y).sum()),
-            "measures": {
-                k: {
-                    "auroc": auroc(np.concatenate([r.action[k] for r in with_actions]), y),
-                    "ap": average_precision(np.concatenate([r.action[k] for r in with_actions]), y),
-                }
-                for k in MEASURES
-            },
+            "measures": {k: {"auroc": auroc(s[k], y), "ap": average_precision(s[k], y)} for k in MEASURES},
         }
     return out
 

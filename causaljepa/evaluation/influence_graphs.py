@@ -9,6 +9,8 @@ Per window and per video, a networkx ``DiGraph`` (written as GraphML) and a torc
     in_neighbourhood    the source is in the target's influence neighbourhood (under weight)
     in_top_k            the source is among the target's top-k sources
     contact, counterfactual   the truths (1, 0, or -1 = undetermined)
+    attention_l<l>_h<h> window graphs: the attention of layer l, head h (the layer's own value
+                        is the mean over its heads)
     time                the window's last visible frame (video graphs: ``times``, the last visible
                         frames of the windows where the edge is in the neighbourhood, comma
                         separated, and ``peak_time``, the window where its weight is largest)
@@ -19,7 +21,8 @@ weight_measure, checkpoint. Node attributes: object, slots (comma separated), la
 states), kind (object | action).
 
 ``<video_id>.pt`` holds the same graphs as torch_geometric ``Data`` dictionaries (tensors and
-strings only, so ``torch.load(weights_only=True)`` reads it; ``load_pyg`` rebuilds the ``Data``).
+strings only, so ``torch.load(weights_only=True)`` reads it; ``load_pyg`` rebuilds the ``Data``);
+a window's ``Data`` also has ``edge_heads`` (E, layers, heads).
 """
 
 from __future__ import annotations
@@ -42,9 +45,7 @@ from .influence import (
     TRUTHS,
     ProbeConfig,
     VideoResult,
-    VideoTruth,
     WindowResult,
-    aggregate_video,
     best_measure,
     bootstrap_difference,
     neighbourhood,
@@ -52,6 +53,7 @@ from .influence import (
     probe_store,
     score,
     scored_names,
+    window_results,
 )
 from .influence import (
     top_k as top_k_sources,
@@ -103,6 +105,8 @@ def window_graph(r: WindowResult, meta: GraphMeta, labels: dict, positions, cfg:
     w = r.window
     G = nx.DiGraph(
         video_id=meta.video_id,
+        layers=r.heads.shape[0],
+        heads=r.heads.shape[1],
         start=w.start,
         last_visible=w.last_visible,
         end=w.end,
@@ -120,6 +124,11 @@ def window_graph(r: WindowResult, meta: GraphMeta, labels: dict, positions, cfg:
             if i == j:
                 continue
             attrs = {k: float(v[j, i]) for k, v in r.measures.items()}
+            attrs |= {
+                f"attention_l{layer}_h{h}": float(r.heads[layer, h, j, i])
+                for layer in range(r.heads.shape[0])
+                for h in range(r.heads.shape[1])
+            }
             G.add_edge(
                 src,
                 tgt,
@@ -238,6 +247,15 @@ def to_pyg(G: nx.DiGraph, edge_fields: tuple[str, ...] = MEASURES):
         ),
         node_object=torch.tensor([G.nodes[n]["object"] for n in nodes], dtype=torch.long),
     )
+    if "layers" in G.graph:  # a window graph: every layer's and head's attention
+        L, h = G.graph["layers"], G.graph["heads"]
+        data.edge_heads = torch.tensor(
+            [
+                [[d.get(f"attention_l{a}_h{b}", math.nan) for b in range(h)] for a in range(L)]
+                for *_, d in edges
+            ],
+            dtype=torch.float32,
+        ).reshape(len(edges), L, h)
     data.edge_fields = list(edge_fields)
     for k, v in G.graph.items():
         data[k] = v
@@ -339,8 +357,10 @@ def draw_video(
         rows, cols, figsize=(3.6 * cols, 2.6 * rows + 0.8), squeeze=False, layout="constrained"
     )
     vid = vgraph.graph["video_id"]
+    times = sorted({t for _, t in panels})
+    frames = dict(zip(times, vs.read("frames", video.video, times=times), strict=True))
     for ax, (G, t) in zip(axes.flat, panels, strict=False):
-        frame = vs.read("frames", video.video, times=[t])[0]
+        frame = frames[t]
         if G is vgraph:
             title = f"whole video ({len(video.windows)} windows)"
         else:
@@ -382,13 +402,9 @@ def export_video(
 ) -> dict:
     """GraphML and PyG files of one video's windows and of the video; a PNG if ``picture``."""
     labels = {o: _label(vs, video.video, o) for o in video.objects}
-    truth_states = vs.read("states", video.video) if vs.has("states") else None
-    col = {n: c for c, n in enumerate(vs.state_fields)}
 
     def positions(objects, t):
-        if truth_states is None or "x" not in col:
-            return None
-        return truth_states[t, objects][:, [col["x"], col["y"]]]
+        return None if video.truth.position is None else video.truth.position[t, objects]
 
     graphs = [
         window_graph(r, meta, labels, positions(r.window.objects, r.window.last_visible), cfg)
@@ -400,7 +416,7 @@ def export_video(
     folder = out / "graphs" / meta.video_id
     files = [write_graphml(G, folder / f"window_{G.graph['start']:04d}.graphml") for G in graphs]
     files.append(write_graphml(vgraph, folder / "video.graphml"))
-    fields = tuple(k for k in scored_names(video.windows))
+    fields = tuple(scored_names(video.windows))
     files.append(
         save_pyg(
             folder / "pyg.pt",
@@ -412,61 +428,67 @@ def export_video(
     return {"graphs": len(graphs) + 1, "files": [str(f) for f in files]}
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How a probe run weighs, draws and computes (the command's top-level keys)."""
+
+    weight: str = "intervention_remove"  # the measure behind edge weights, neighbourhoods and pictures
+    pictures: int = 4  # videos drawn as PNG per predictor
+    seed: int = 0  # the gradient probe's random projections
+    device: str = "cpu"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.weight not in MEASURES:
+            raise ValueError(f"weight={self.weight!r} is not a measure; choose one of {list(MEASURES)}")
+        if self.pictures < 0:
+            raise ValueError(f"pictures must be >= 0, got {self.pictures}")
+
+
 def probe_checkpoint(
     checkpoint: str | os.PathLike,
+    model,
+    ckpt: dict,
     slot_store: str | os.PathLike,
     video_store: str | os.PathLike,
     out: str | os.PathLike,
     cfg: ProbeConfig,
-    *,
-    weight: str = "intervention_remove",
-    pictures: int = 4,
-    seed: int = 0,
-    device: str = "cpu",
-    progress: bool = True,
+    opts: RunOptions,
 ) -> dict:
-    """Probe one predictor on one slot store; write scores.json, pairs.npz (every scored pair:
+    """Probe one predictor (``model`` and its checkpoint dict ``ckpt``, loaded from
+    ``checkpoint``) on one slot store; write scores.json, pairs.npz (every scored pair:
     ``<windows|videos>.<truth>.<label|video|measure>``), graphs/ and PNGs under ``out``.
     A finished run (its scores.json written for the same checkpoint, stores and settings) is
     read back, not repeated."""
     from tqdm import tqdm
 
     from ..training.checkpoint import file_hash
-    from ..training.predictor import check_same_encoder, load_predictor
+    from ..training.predictor import check_same_encoder
 
-    if weight not in MEASURES:
-        raise ValueError(f"weight={weight!r} is not a measure; choose one of {list(MEASURES)}")
     out = Path(out)
     fingerprint = {
         "checkpoint": file_hash(checkpoint),
         "slot_store": str(slot_store),
         "video_store": str(video_store),
         "probe": cfg.to_dict(),
-        "weight": weight,
-        "pictures": pictures,
-        "seed": seed,
+        "weight": opts.weight,
+        "pictures": opts.pictures,
+        "seed": opts.seed,
     }
     done = out / "scores.json"
     if done.exists():
         old = json.loads(done.read_text())
         if old.get("fingerprint") == fingerprint:
             return old
-    model, ckpt = load_predictor(checkpoint, device)
     stride = int(ckpt["extra"]["windows"]["stride"])
     with SlotStore(slot_store) as store, VideoStore(video_store) as vs:
         check_same_encoder(store, ckpt)
-        windows = probe_store(model, store, vs, stride=stride, cfg=cfg, seed=seed, progress=progress)
-        per_video: dict[int, list[WindowResult]] = {}
-        for r in windows:
-            per_video.setdefault(r.window.video, []).append(r)
-        videos = [
-            aggregate_video(rs, VideoTruth.read(vs, v), cfg)
-            for v, rs in tqdm(per_video.items(), desc="video graphs", unit="video", disable=not progress)
-        ]
+        videos = probe_store(model, store, vs, stride=stride, cfg=cfg, seed=opts.seed, progress=opts.progress)
         exported = 0
-        for n, video in enumerate(tqdm(videos, desc="export", unit="video", disable=not progress)):
-            meta = GraphMeta(store.video_ids[video.video], stride, weight, str(checkpoint))
-            exported += export_video(vs, video, meta, cfg, out, picture=n < pictures)["graphs"]
+        for n, video in enumerate(tqdm(videos, desc="export", unit="video", disable=not opts.progress)):
+            meta = GraphMeta(store.video_ids[video.video], stride, opts.weight, str(checkpoint))
+            exported += export_video(vs, video, meta, cfg, out, picture=n < opts.pictures)["graphs"]
+    windows = window_results(videos)
     pairs = {
         f"{level}.{k}": v
         for level, rs in (("windows", windows), ("videos", videos))
@@ -607,45 +629,52 @@ def plot_scores(results: list[dict], out) -> Path:
 
 
 def evaluate_influence(
-    checkpoints: list[tuple[str, Path]],
-    video_store: str | os.PathLike,
+    checkpoints: list[str],
+    data_root: str | os.PathLike,
+    split: str,
+    slots: str | None,
     out: str | os.PathLike,
     cfg: ProbeConfig,
-    *,
-    weight: str = "intervention_remove",
-    pictures: int = 4,
-    seed: int = 0,
-    device: str = "cpu",
-    progress: bool = True,
+    opts: RunOptions,
 ) -> dict:
-    """Probe each (checkpoint, slot store) pair; write <out>/<name>/... per predictor and the
-    combined scores.json, scores.md and scores.png."""
-    out = Path(out)
-    results, seen = [], set()
-    for checkpoint, slot_store in checkpoints:
-        from ..training.checkpoint import load_checkpoint
+    """Probe each predictor on the slots of ``<data_root>/<split>.h5`` (``slots``: learned,
+    oracle or a directory; None: the kind each predictor was trained on, under ``data_root``);
+    write <out>/<name>/... per predictor and the combined scores.json, scores.md and scores.png."""
+    from ..training.predictor import load_predictor, resolve_slots
 
-        name = run_name(load_checkpoint(checkpoint, "predictor")["extra"])
+    out, root = Path(out), Path(data_root)
+    video_store = root / f"{split}.h5"
+    results, seen = [], set()
+    for checkpoint in checkpoints:
+        model, ckpt = load_predictor(checkpoint, opts.device)
+        kind = slots or ckpt["extra"].get("slots")
+        if kind is None:
+            raise ValueError(f"{checkpoint} does not say which slots it was trained on; give slots=")
+        slot_store = resolve_slots(root, kind) / f"{split}.h5"
+        if not slot_store.exists():
+            raise FileNotFoundError(
+                f"{slot_store} does not exist: the predictor {checkpoint} needs its {kind} slots of "
+                f"{video_store} (cjepa oracle-slots, or cjepa extract-slots ... counterfactuals=true for the "
+                "counterfactual truth); or give slots=DIR"
+            )
+        name = run_name(ckpt["extra"])
         while name in seen:
             name += "+"
         seen.add(name)
-        r = probe_checkpoint(
-            checkpoint, slot_store, video_store, out / name, cfg, weight=weight, pictures=pictures,
-            seed=seed, device=device, progress=progress,
-        )  # fmt: skip
+        r = probe_checkpoint(checkpoint, model, ckpt, slot_store, video_store, out / name, cfg, opts)
         r["name"] = name
         results.append(r)
     masking = comparisons(results, out)
     summary = {
         "video_store": str(video_store),
         "probe": cfg.to_dict(),
-        "weight": weight,
-        "seed": seed,
+        "weight": opts.weight,
+        "seed": opts.seed,
         "results": [{k: v for k, v in r.items() if k != "fingerprint"} for r in results],
         "masking_effect": masking,
     }
     write_json_atomic(out / "scores.json", summary)
-    text = f"# Influence probes against the truth ({Path(video_store).name})\n\n" + markdown(results)
+    text = f"# Influence probes against the truth ({video_store.name})\n\n" + markdown(results)
     text += "\n" + masking_markdown(masking)
     write_text_atomic(out / "scores.md", text)
     png = plot_scores(results, out / "scores.png")

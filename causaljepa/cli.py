@@ -111,11 +111,11 @@ def cmd_show(cfg) -> None:
 
 def _resume(out: Path, resume: str | None) -> Path | None:
     """resume=auto continues the run in ``out`` if there is one; a run there is never overwritten."""
-    from .training.checkpoint import checkpoint_path
+    from .training.checkpoint import checkpoint_path, last_checkpoint
 
-    last = checkpoint_path(out)
     if resume == "auto":
-        return last if last.exists() else None
+        return last_checkpoint(out)
+    last = checkpoint_path(out)
     if resume is None and last.exists():
         raise ValueError(
             f"{out} already holds a run; continue it with resume=auto (or resume={last}) "

@@ -48,6 +48,11 @@ class MaskConfig:
                 f"masking: need 0 <= min_objects ({self.min_objects}) <= max_objects ({self.max_objects})"
             )
 
+    @property
+    def name(self) -> str:
+        """A short name for run directories and tables: none, or <strategy>_<min>-<max>."""
+        return "none" if self.strategy == "none" else f"{self.strategy}_{self.min_objects}-{self.max_objects}"
+
 
 class MaskSampler:
     """Draws ``hidden`` (B, T, K) masks for windows of ``history`` + ``future`` frames of K slots."""

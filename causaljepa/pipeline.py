@@ -22,16 +22,14 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from .evaluation.ablation import masking_config
 from .evaluation.qa import ReaderConfig, markdown_table
 from .io import save_figure, write_json_atomic, write_text_atomic
-from .masking import MaskConfig
 from .models.predictor import PredictorConfig
 from .models.savi import EncoderConfig
 from .training.encoder import ClipConfig
 from .training.loop import OptimConfig, TrainerConfig
 from .training.predictor import WindowConfig
-
-MASKINGS = ("object", "none")
 
 
 @dataclass(frozen=True)
@@ -133,10 +131,7 @@ def main_job(cfg: MainConfig, out: Path) -> Path:
 
     timer.run("slots", make_slots, (out / "slots_validation_00000.png").exists())
 
-    maskings = {
-        "object": MaskConfig("object", 0, cfg.max_masked),
-        "none": MaskConfig("none", 0, 0),
-    }
+    maskings = {"object": masking_config(cfg.max_masked), "none": masking_config(0)}
     for name, masking in maskings.items():
         run = out / f"predictor_{name}"
         timer.run(

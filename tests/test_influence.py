@@ -9,7 +9,7 @@ import networkx as nx
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli as _run
+from conftest import oracle_world
 
 from causaljepa import cli
 from causaljepa.data.slot_store import SlotStore
@@ -296,15 +296,11 @@ def test_contact_and_push_truth_and_baselines():
 def world(tmp_path_factory) -> dict[str, Path]:
     """Smoke data with pushes and counterfactual videos, oracle slots, two smoke predictors."""
     base = tmp_path_factory.mktemp("influence")
-    root = base / "ds"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(base)
-        _run(["data", "generate", "preset=smoke", f"data.root={root}", "data.generator.counterfactuals=true",
-              "data.generator.scene.pushes=2"])  # fmt: skip
-        _run(["oracle-slots", f"data.root={root}"])
-        for masking in ("none", "object"):
-            _run(["train", "preset=smoke", "slots=oracle", f"data.root={root}", f"masking={masking}",
-                  f"out={base / masking}", "trainer.progress=false"])  # fmt: skip
+    root = oracle_world(
+        base,
+        ("data.generator.counterfactuals=true", "data.generator.scene.pushes=2"),
+        {m: (f"masking={m}",) for m in ("none", "object")},
+    )
     return {"base": base, "root": root}
 
 

@@ -11,6 +11,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from conftest import oracle_world
 from conftest import run_cli as _run
 from hydra import compose, initialize_config_dir
 
@@ -431,23 +432,8 @@ def test_oracle_features():
 def world(tmp_path_factory) -> dict[str, Path]:
     """Smoke data with pushes and counterfactual videos, its oracle slots, and a smoke predictor."""
     base = tmp_path_factory.mktemp("predictor")
-    root, run = base / "ds", base / "run"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(base)
-        _run(["data", "generate", "preset=smoke", f"data.root={root}", "data.generator.counterfactuals=true",
-              "data.generator.scene.pushes=2"])  # fmt: skip
-        _run(["oracle-slots", f"data.root={root}"])
-        _run(
-            [
-                "train",
-                "preset=smoke",
-                "slots=oracle",
-                f"data.root={root}",
-                f"out={run}",
-                "trainer.progress=false",
-            ]
-        )
-    return {"base": base, "root": root, "run": run, "slots": root / "oracle_slots"}
+    root = oracle_world(base, ("data.generator.counterfactuals=true", "data.generator.scene.pushes=2"))
+    return {"base": base, "root": root, "run": base / "run", "slots": root / "oracle_slots"}
 
 
 def test_oracle_slot_store(world):

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli as _run
+from conftest import oracle_world
 
 from causaljepa import cli
 from causaljepa.data.questions import ANSWERS, QuestionFileError
 from causaljepa.evaluation.ablation import masking_config, summarize
-from causaljepa.evaluation.clevrer_qa import AttributeReadout, fit_readout, ground, readout_accuracy
+from causaljepa.evaluation.clevrer_qa import fit_readout, ground, readout_accuracy
 from causaljepa.evaluation.qa import (
     EXTRA_CF,
     EXTRA_FUTURE,
@@ -224,7 +224,6 @@ def test_grounding_finds_the_described_slot(one_thread):
 
     readout = fit_readout(feats(props), props, steps=200)
     assert min(readout_accuracy(readout, feats(props), props).values()) > 0.99
-    assert isinstance(readout, AttributeReadout)
     # a video of 3 slots: red cube rubber, blue sphere metal, red sphere rubber
     objs = torch.tensor([[1, 0, 0], [2, 1, 1], [1, 1, 0]])
     slots = feats(objs)[None, None].expand(2, 2, 3, 16)  # (B=2, T=2, K=3, D)
@@ -254,22 +253,8 @@ def test_ablation_summary_pairs_seeds():
 @pytest.fixture(scope="module")
 def qa_world(tmp_path_factory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("qa")
-    root, run = base / "ds", base / "run"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(base)
-        _run(["data", "generate", "preset=smoke", f"data.root={root}", "data.generator.counterfactuals=true"])
-        _run(["oracle-slots", f"data.root={root}", "splits=[train,validation]"])
-        _run(
-            [
-                "train",
-                "preset=smoke",
-                "slots=oracle",
-                f"data.root={root}",
-                f"out={run}",
-                "trainer.progress=false",
-            ]
-        )
-    return {"base": base, "root": root, "run": run}
+    root = oracle_world(base, ("data.generator.counterfactuals=true",))
+    return {"base": base, "root": root, "run": base / "run"}
 
 
 def test_eval_clevrer_command(qa_world, monkeypatch):
@@ -316,44 +301,46 @@ def test_eval_clevrer_errors(qa_world, monkeypatch, capsys):
         with pytest.raises(SystemExit):
             cli.main([*base, override, f"out={qa_world['base'] / f'bad{k}'}"])
         assert message in capsys.readouterr().err
+        # refused before any reader is trained or rollout written
+        assert not (qa_world["base"] / f"bad{k}" / "protocol_a").exists()
+        assert not list((qa_world["base"] / f"bad{k}").glob("rollout_*.h5"))
 
 
 def test_eval_ablation_command(qa_world, monkeypatch, capsys):
     monkeypatch.chdir(qa_world["base"])
     out = qa_world["base"] / "ablation"
-    cli.main(
-        [
-            "eval",
-            "ablation",
-            "preset=smoke",
-            f"data.root={qa_world['root']}",
-            f"out={out}",
-            "slots=[oracle]",
-            "seeds=[0,1]",
-            "max_masked=[0,2]",
-            "trainer.progress=false",
-        ]
-    )
+    common = [
+        "eval",
+        "ablation",
+        "preset=smoke",
+        f"data.root={qa_world['root']}",
+        f"out={out}",
+        "slots=[oracle]",
+    ]
+    cli.main([*common, "seeds=[0,1]", "max_masked=[0,2]", "trainer.progress=false"])
     md = (out / "ablation.md").read_text()
     assert "oracle slots, protocol (b)" in md and "object_0-2" in md and "paired by seed" in md
     summary = json.loads((out / "ablation.json").read_text())["summary"]["oracle"]
     assert summary["a"]["none"]["seeds"] == 2 and "counterfactual_gain" in summary["b"]["object_0-2"]
+    runs = {  # each run's own results, from its results.json
+        (m, s): json.loads((out / "oracle" / m / f"seed{s}" / "qa" / "results.json").read_text())[
+            "protocols"
+        ]["b"]
+        for m in ("none", "object_0-2")
+        for s in (0, 1)
+    }
+    gain = summary["b"]["object_0-2"]["counterfactual_gain"]
+    want = [
+        runs["object_0-2", s]["counterfactual_question"] - runs["none", s]["counterfactual_question"]
+        for s in (0, 1)
+    ]
+    assert gain["per_seed"] == pytest.approx(want)
+    assert gain["mean"] == pytest.approx(np.mean(want))
     assert (out / "ablation.png").stat().st_size > 1000
     assert (out / "oracle" / "object_0-2" / "seed1" / "predictor.pt").exists()
     with pytest.raises(SystemExit):
-        cli.main(
-            [
-                "eval",
-                "ablation",
-                "preset=smoke",
-                f"data.root={qa_world['root']}",
-                f"out={out}",
-                "slots=[oracle]",
-                "max_masked=[1]",
-            ]
-        )
+        cli.main([*common, "max_masked=[1]"])
     assert "needs 0 (no masking)" in capsys.readouterr().err
-    assert np.isfinite(summary["b"]["object_0-2"]["counterfactual_gain"]["mean"])
 
 
 def test_eval_clevrer_refuses_results_of_other_inputs(qa_world, monkeypatch, capsys):

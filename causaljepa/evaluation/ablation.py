@@ -34,7 +34,7 @@ TARGET = "counterfactual_question"
 
 
 def masking_name(k: int) -> str:
-    return "none" if k == 0 else f"object_0-{k}"
+    return masking_config(k).name
 
 
 def masking_config(k: int) -> MaskConfig:

@@ -43,7 +43,7 @@ from ..data.store import VideoStore
 from ..io import write_json_atomic, write_text_atomic
 from ..models.predictor import CJEPAPredictor
 from ..rollout import intervene
-from ..training.checkpoint import file_hash
+from ..training.checkpoint import file_hash, last_checkpoint
 from ..training.loop import OptimConfig, Trainer, TrainerConfig
 from .dynamics import rollout_store, window_actions
 from .qa import (
@@ -63,6 +63,7 @@ from .qa import (
 PROTOCOLS = ("a", "b")
 KIND = "qa_reader"
 _GROUPS = [(key, len(vocab)) for key, vocab in PROPERTY_VOCAB]  # colour 8, shape 3, material 2
+_VALUES = dict(PROPERTY_VOCAB)  # property -> its values
 
 
 class AttributeReadout(nn.Module):
@@ -120,11 +121,10 @@ def ground(model: AttributeReadout, slots: torch.Tensor, attrs: list[dict[str, s
     """slots (B, T, K, D), one attribute description per row -> (B,) the slot most likely to be
     the described object (log-probabilities of the named values summed, best frame)."""
     lp = model.log_probs(slots.float())
-    vocab = {key: values for key, values in PROPERTY_VOCAB}
     score = slots.new_zeros(slots.shape[:3])  # (B, T, K)
     for b, a in enumerate(attrs):
         for key, value in a.items():
-            score[b] += lp[key][b, :, :, vocab[key].index(value)]
+            score[b] += lp[key][b, :, :, _VALUES[key].index(value)]
     return score.amax(dim=1).argmax(dim=1)
 
 
@@ -173,6 +173,15 @@ def future_part(
     return torch.from_numpy(slots), result
 
 
+def check_frame_stride(frame_stride: int, stride: int) -> None:
+    """The counterfactual rollout runs at the predictor's stride and must land on the reader's frames."""
+    if frame_stride % stride:
+        raise ValueError(
+            f"reader.frame_stride={frame_stride} must be a multiple of the predictor's stride {stride} so "
+            "the counterfactual rollout has the reader's frames"
+        )
+
+
 def counterfactual_part(
     model: CJEPAPredictor,
     store: SlotStore,
@@ -192,13 +201,9 @@ def counterfactual_part(
 
     H = model.cfg.history
     last = (H - 1) * stride
-    steps = (store.observed_frames - 1 - last) // stride
-    if frame_stride % stride:
-        raise ValueError(
-            f"reader.frame_stride={frame_stride} must be a multiple of the predictor's stride {stride} so "
-            "the counterfactual rollout has the reader's frames"
-        )
-    if steps < 1:
+    available = (store.observed_frames - 1 - last) // stride
+    check_frame_stride(frame_stride, stride)
+    if available < 1:
         raise ValueError(f"{store.path}: {store.observed_frames} observed frames leave nothing to roll out")
     pick = torch.arange(0, store.observed_frames, frame_stride) // stride  # rows of [history, rollout]
     steps = max(1, int(pick.max()) - (H - 1))  # no further than the last frame the reader sees
@@ -226,13 +231,14 @@ def counterfactual_part(
 
 def described_object(props: np.ndarray, attrs: dict[str, str]) -> int | None:
     """The one annotated object (row of props (O, 3)) that ``attrs`` describe, or None."""
-    vocab = {key: values for key, values in PROPERTY_VOCAB}
     match = [
         o
         for o in range(props.shape[0])
         if (props[o] >= 0).all()
         and all(
-            props[o, j] == vocab[key].index(attrs[key]) for j, (key, _) in enumerate(_GROUPS) if key in attrs
+            props[o, j] == _VALUES[key].index(attrs[key])
+            for j, (key, _) in enumerate(_GROUPS)
+            if key in attrs
         )
     ]
     return match[0] if len(match) == 1 else None
@@ -263,12 +269,13 @@ def grounding_accuracy(
     """Fraction of counterfactual questions whose grounded slot covers the named object in one of
     ``frames``; questions whose description matches no single annotated object are not scored."""
     hits, scored = 0, 0
+    owners = store.f["slot_object"][:, frames]  # (N, F, K): read once
     for m, (i, attrs) in enumerate(zip(cfs.video, cfs.attrs, strict=True)):
         o = described_object(props[i], attrs)
         if o is None:
             continue
         scored += 1
-        covers = np.stack([store.read("slot_object", i, t, t + 1)[0] for t in frames])  # (F, K)
+        covers = owners[i]  # (F, K)
         hits += bool((covers[:, int(chosen[m])] == o).any())
     return {"questions": scored, "accuracy": hits / scored if scored else float("nan")}
 
@@ -313,11 +320,12 @@ def train_reader(
     # the inputs' fingerprint is part of the config, so resuming under other inputs is an error
     config = {"reader": asdict(cfg), "vocab": vocab.tokens, "slot_dim": slot_dim, "source": source}
     t = Trainer(model, optim, trainer, run_dir, kind=KIND, model_config=config, seed=seed, extra=extra)
-    if t.checkpoint_path.exists():
-        t.resume(t.checkpoint_path)
+    last = last_checkpoint(run_dir)
+    if last is not None:
+        t.resume(last)
     val_metrics = t.fit(next_batch, validate)
     t.export("reader.pt")
-    return t.model, val_metrics
+    return val_metrics
 
 
 @dataclass(frozen=True)
@@ -334,6 +342,9 @@ class QAConfig:
     counterfactuals: str = "rollout"  # protocol (b) reads: "rollout" (the world model) | "truth" (diagnostic)
 
     def __post_init__(self) -> None:
+        for p in self.protocols:
+            if p not in PROTOCOLS:
+                raise ValueError(f"protocol {p!r} is not known; protocols are {list(PROTOCOLS)}")
         if self.counterfactuals not in ("rollout", "truth"):
             raise ValueError(f"counterfactuals must be 'rollout' or 'truth', got {self.counterfactuals!r}")
 
@@ -352,9 +363,6 @@ def evaluate_clevrer(
     from ..training.predictor import check_same_encoder, load_predictor
 
     data_root, slot_dir, out = Path(data_root), Path(slot_dir), Path(out)
-    for p in cfg.protocols:
-        if p not in PROTOCOLS:
-            raise ValueError(f"protocol {p!r} is not known; protocols are {list(PROTOCOLS)}")
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
@@ -378,13 +386,6 @@ def evaluate_clevrer(
     props = {}
     if "b" in todo:
         props = {s: object_properties(data_root / f"{s}.h5") for s in ("train", "validation")}
-        for s in ("train", "validation") if cfg.counterfactuals == "rollout" else ():
-            with SlotStore(slot_dir / f"{s}.h5") as st:
-                if not st.has("slot_object"):
-                    raise ValueError(
-                        f"{st.path} has no slot_object (which object each slot covers): the grounding "
-                        "readout cannot be trained, so protocol (b) is not available here; use protocols=[a]"
-                    )
     if not todo:
         _write_markdown(out, results)
         return results
@@ -397,6 +398,14 @@ def evaluate_clevrer(
     try:
         for st in stores.values():
             check_same_encoder(st, ckpt)
+        if "b" in todo and cfg.counterfactuals == "rollout":  # checked before any rollout or training
+            check_frame_stride(rc.frame_stride, stride)
+            for st in stores.values():
+                if not st.has("slot_object"):
+                    raise ValueError(
+                        f"{st.path} has no slot_object (which object each slot covers): the grounding "
+                        "readout cannot be trained, so protocol (b) is not available here; use protocols=[a]"
+                    )
         rows = {s: video_index(stores[s].video_ids, questions[s], f"questions/{s}.json") for s in stores}
         observed = {s: observed_part(st, rc.frame_stride) for s, st in stores.items()}
         future, rollout_errors = {}, {}
@@ -435,7 +444,7 @@ def evaluate_clevrer(
                     if s == "validation":
                         grounding["questions"] = grounding_accuracy(st, props[s], cfs, chosen, frames)
                 splits[s] = Split(ex, VisualParts(observed[s], future[s], cf))
-            _, metrics = train_reader(
+            metrics = train_reader(
                 splits["train"], splits["validation"], vocab, rc, cfg.optim, cfg.trainer,
                 out / f"protocol_{protocol}", seed=cfg.seed, extra={**extra_info, "protocol": protocol},
                 source={**source, "protocol": protocol},

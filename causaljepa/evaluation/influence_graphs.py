@@ -386,10 +386,9 @@ def draw_video(
 # the run -----------------------------------------------------------------------------------
 def run_name(extra: dict) -> str:
     """A predictor's short name from its checkpoint: <slots>_<masking>."""
-    m = extra.get("masking", {})
-    strategy = m.get("strategy", "?")
-    mask = "none" if strategy == "none" else f"{strategy}_{m.get('min_objects', 0)}-{m.get('max_objects', 0)}"
-    return f"{extra.get('slots', 'slots')}_{mask}"
+    from ..masking import MaskConfig
+
+    return f"{extra.get('slots', 'slots')}_{MaskConfig(**extra['masking']).name}"
 
 
 def export_video(

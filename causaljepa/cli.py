@@ -15,6 +15,7 @@
     cjepa main                   [out=runs/main ...]  the whole pipeline -> <out>/report.md
     cjepa eval ablation          [...]             masking x seeds x slots: predictors, readers, tables
     cjepa eval influence         checkpoints=[PT,...] [...]  influence graphs, scored against the truth
+    cjepa eval phyre             [folds=... preset=...]  PHYRE: AUCCESS, violation of expectation, fidelity
 
 Everything after the subcommand is Hydra's: overrides (``data.generator.height=128``),
 ``--cfg job`` to print the composed config, ``--help``. Each handler here only turns the
@@ -33,6 +34,7 @@ from omegaconf import DictConfig
 
 from .config import (
     ClevrerSimData,
+    PhyreSimData,
     check_split,
     config_dir,
     preset_overrides,
@@ -51,6 +53,15 @@ def _require_sim(data, command: str) -> ClevrerSimData:
 
 
 def cmd_generate(cfg) -> None:
+    if isinstance(cfg.data, PhyreSimData):
+        from .sim.phyre_generate import generate as generate_phyre
+
+        if cfg.layout != "store":
+            raise ValueError(f"layout={cfg.layout!r}: phyre_sim writes only the store layout (layout=store)")
+        store = generate_phyre(cfg.data.generator, Path(cfg.data.root), workers=cfg.workers)
+        print(f"rollouts: {store}  tasks: {store.parent / 'tasks.json'}")
+        print(f"next: cjepa oracle-slots data=phyre_sim data.root={cfg.data.root}")
+        return
     data = _require_sim(cfg.data, "data generate")
     root = Path(data.root)
     if cfg.layout == "store":
@@ -215,6 +226,12 @@ def cmd_oracle_slots(cfg) -> None:
 
     root = Path(cfg.data.root)
     out = Path(cfg.out) if cfg.out else root / "oracle_slots"
+    if isinstance(cfg.data, PhyreSimData):  # one store of every task's attempts, no splits
+        from .data.phyre_slots import write_phyre_oracle_slots
+        from .sim.phyre_generate import ROLLOUTS_FILE
+
+        print(f"rollouts: {write_phyre_oracle_slots(root / ROLLOUTS_FILE, out / ROLLOUTS_FILE)}")
+        return
     for split in _splits(root, cfg.splits):
         print(f"{split}: {write_oracle_slots(root / f'{split}.h5', out / f'{split}.h5')}")
 
@@ -378,6 +395,34 @@ def cmd_eval_influence(cfg) -> None:
     print(f"written: {result['markdown']}  {result['json']}  {result['png']}")
 
 
+def cmd_eval_phyre(cfg) -> None:
+    from .evaluation.phyre import PhyreEvalConfig, evaluate_phyre
+    from .training.predictor import resolve_slots
+
+    if not isinstance(cfg.data, PhyreSimData):
+        raise ValueError(f"'cjepa eval phyre' needs data=phyre_sim, got data={cfg.data.name}")
+    if cfg.slots == "learned":
+        raise ValueError(
+            "slots=learned: the PHYRE evaluation runs on oracle slots (its implausible clips are made "
+            "from object states); use slots=oracle or a directory of oracle-format slots"
+        )
+    job = PhyreEvalConfig(
+        predictor=cfg.predictor,
+        masking=cfg.masking,
+        predictor_train=cfg.predictor_train,
+        episodes=cfg.episodes,
+        readout=cfg.readout,
+        readout_train=cfg.readout_train,
+        trainer=cfg.trainer,
+        ranking=cfg.ranking,
+        voe=cfg.voe,
+        folds={k: list(v) for k, v in cfg.folds.items()},
+        seed=cfg.seed,
+    )
+    root = Path(cfg.data.root)
+    evaluate_phyre(root, resolve_slots(root, cfg.slots), job, Path(cfg.out), progress=cfg.trainer.progress)
+
+
 def cmd_main(cfg) -> None:
     from .pipeline import MainConfig, main_job
 
@@ -418,6 +463,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, Callable]] = {
     ("eval", "clevrer"): ("eval_clevrer", cmd_eval_clevrer),
     ("eval", "ablation"): ("eval_ablation", cmd_eval_ablation),
     ("eval", "influence"): ("eval_influence", cmd_eval_influence),
+    ("eval", "phyre"): ("eval_phyre", cmd_eval_phyre),
     ("main",): ("main", cmd_main),
 }
 

@@ -16,13 +16,16 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from .evaluation.influence import ProbeConfig
+from .evaluation.phyre import RankingConfig, VoEConfig
 from .evaluation.qa import ReaderConfig
 from .masking import MaskConfig
 from .models.predictor import PredictorConfig
 from .models.savi import EncoderConfig
 from .sim.generate import SPLITS, GenerateConfig
+from .sim.phyre_generate import PhyreGenerateConfig
 from .training.encoder import ClipConfig
 from .training.loop import OptimConfig, TrainerConfig
+from .training.phyre import EpisodeConfig, ReadoutConfig
 from .training.predictor import WindowConfig
 
 
@@ -33,6 +36,15 @@ class ClevrerSimData:
     name: str = "clevrer_sim"
     root: str = "datasets/clevrer_sim"
     generator: GenerateConfig = field(default_factory=GenerateConfig)
+
+
+@dataclass(frozen=True)
+class PhyreSimData:
+    """data=phyre_sim: the built-in PHYRE-protocol world (ball tier, templates of our own design)."""
+
+    name: str = "phyre_sim"
+    root: str = "datasets/phyre_sim"
+    generator: PhyreGenerateConfig = field(default_factory=PhyreGenerateConfig)
 
 
 @dataclass(frozen=True)
@@ -249,6 +261,26 @@ class EvalInfluenceCommand:
 
 
 @dataclass
+class EvalPhyreCommand:
+    """cjepa eval phyre: per fold, the world model and readout trained, then AUCCESS, VoE, fidelity"""
+
+    data: Any = MISSING  # data=phyre_sim: <data.root>/rollouts.h5 and tasks.json
+    seed: int = 0
+    slots: str = "oracle"  # oracle (<root>/oracle_slots) | a directory holding rollouts.h5
+    predictor: PredictorConfig = field(default_factory=PredictorConfig)
+    masking: MaskConfig = field(default_factory=MaskConfig)
+    predictor_train: OptimConfig = field(default_factory=OptimConfig)
+    episodes: EpisodeConfig = field(default_factory=EpisodeConfig)
+    readout: ReadoutConfig = field(default_factory=ReadoutConfig)
+    readout_train: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    ranking: RankingConfig = field(default_factory=RankingConfig)
+    voe: VoEConfig = field(default_factory=VoEConfig)
+    folds: dict[str, list[int]] = field(default_factory=lambda: {"within": [0, 1, 2], "cross": [0]})
+    out: str = "runs/phyre"
+
+
+@dataclass
 class MainCommand:
     """cjepa main: the whole pipeline on the built-in world (causaljepa/pipeline.py)"""
 
@@ -285,9 +317,10 @@ COMMAND_SCHEMAS = {
     "eval_clevrer": EvalClevrerCommand,
     "eval_ablation": EvalAblationCommand,
     "eval_influence": EvalInfluenceCommand,
+    "eval_phyre": EvalPhyreCommand,
     "main": MainCommand,
 }
-DATA_SCHEMAS = {"clevrer_sim": ClevrerSimData, "clevrer": ClevrerData}
+DATA_SCHEMAS = {"clevrer_sim": ClevrerSimData, "clevrer": ClevrerData, "phyre_sim": PhyreSimData}
 
 
 def _writable(node):
@@ -324,17 +357,24 @@ def preset_overrides(config_name: str, overrides: list[str]) -> list[str]:
     """``preset=NAME`` selects configs/preset/<command>/NAME.yaml: one word for every command.
 
     Each command has presets of its own (the data generator's sizes, a training budget), kept
-    in a group per command so that a preset only sets keys its command has.
+    in a group per command so that a preset only sets keys its command has. ``data generate``
+    with ``data=phyre_sim`` takes the phyre_sim generator's presets: preset=NAME picks
+    phyre_NAME.yaml (default phyre_quick).
     """
     out = []
+    phyre = "data=phyre_sim" in overrides
     for o in overrides:
         key, sep, value = o.partition("=")
+        if sep and key == "preset" and phyre and config_name == "data_generate":
+            value = f"phyre_{value}"  # the phyre_sim generator's presets
         if sep and key == "preset":
             group = config_dir() / "preset" / config_name
             if not group.is_dir():
                 raise ValueError(f"preset={value}: this command ({config_name}) has no presets")
             o = f"preset/{config_name}={value}"
         out.append(o)
+    if phyre and config_name == "data_generate" and not any(o.startswith("preset=") for o in overrides):
+        out.append(f"preset/{config_name}=phyre_quick")  # the default preset is clevrer_sim's
     return out
 
 

@@ -9,6 +9,8 @@ One HDF5 file per split, next to nothing else:
     slot_object  int8    (N, T, K)     the object (store index) a slot covers most, -1 = none;
                                        only where the video store has instance masks (or states)
     actions      float32 (N, T, A)     copied from the video store where it has actions
+                 float32 (N, A)        (one action per video at t = 0, e.g. a PHYRE ball)
+    task, success int32 / bool (N,)    copied from a video store of task attempts (phyre_sim)
     cf_slots     float32 (N, O, T, K, D)  the slots of the world without object o, where the
                                        video store has counterfactual videos
     cf_valid     bool    (N, O)        False where object o does not exist
@@ -88,7 +90,9 @@ class SlotStore(H5Reader):
             "video_ids": (N,),
             "segments": (N, T),
             "slot_object": (N, T, K),
-            "actions": (N, T),
+            "actions": (N,) if "actions" in self.f and self.f["actions"].ndim == 2 else (N, T),
+            "task": (N,),
+            "success": (N,),
             "cf_slots": (N,),
             "cf_valid": (N,),
         }
@@ -103,12 +107,14 @@ class SlotStore(H5Reader):
                 f"expected (N, O, {T}, {K}, {D})"
             )
         self.action_fields = tuple(json.loads(a.get("action_fields", "[]")))
-        if "actions" in self.f and self.f["actions"].shape[2:] != (len(self.action_fields),):
+        self.one_shot = "actions" in self.f and self.f["actions"].ndim == 2
+        if "actions" in self.f and self.f["actions"].shape[-1:] != (len(self.action_fields),):
             raise StoreError(
                 f"{self.path}: field 'actions' has shape {self.f['actions'].shape}, expected "
-                f"(N, T, {len(self.action_fields)}) as its 'action_fields' attribute names"
+                f"(N, {'' if self.one_shot else 'T, '}{len(self.action_fields)}) as its 'action_fields' "
+                "attribute names"
             )
-        self.action_dim = self.f["actions"].shape[2] if "actions" in self.f else 0
+        self.action_dim = self.f["actions"].shape[-1] if "actions" in self.f else 0
         self.encoder_hash = str(a["encoder_hash"])
         self.encoder_config = json.loads(a["encoder_config"])
         self.observed_frames = int(a["observed_frames"])

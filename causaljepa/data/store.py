@@ -14,6 +14,10 @@ Fields (N videos, T frames, H x W pixels, O = max objects, F state columns, A ac
     truth              str     (N,)             JSON: events, counterfactual events    [simulated]
     actions            float32 (N, T, A)        per-frame actions, columns in
                                                 attrs["action_fields"]        [actions=A > 0]
+                       float32 (N, A)           or one action per video, taken at t = 0 (a
+                                                PHYRE ball)                 [one_shot=true]
+    task               int32   (N,)             the task a video is an attempt at   [episodes]
+    success            bool    (N,)             whether the attempt solved it       [episodes]
     cf_frames          uint8   (N, O, T, H, W, 3)  the video without object o   [counterfactuals=true]
     cf_masks           uint8   (N, O, T, H, W)
     cf_states          float32 (N, O, T, O, F)
@@ -62,6 +66,8 @@ class StoreLayout:
     truth: bool = False
     counterfactuals: bool = False
     actions: int = 0  # A, the action columns of the `actions` field; 0: no actions
+    one_shot: bool = False  # actions (N, A): one action per video at t = 0, not one per frame
+    episodes: bool = False  # attempts at tasks: `task` and `success` per video (phyre_sim)
     frame_chunk: int = 8
     compression_level: int = 1
 
@@ -73,6 +79,8 @@ class StoreLayout:
             raise ValueError("StoreLayout: counterfactual videos need masks and object fields")
         if self.actions < 0:
             raise ValueError(f"StoreLayout.actions must be >= 0 (0: no actions field), got {self.actions}")
+        if self.one_shot and not self.actions:
+            raise ValueError("StoreLayout: one_shot actions need actions > 0 (the action columns)")
 
     def fields(self, num_state_fields: int) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
         N, T, H, W, O, F = (
@@ -99,7 +107,13 @@ class StoreLayout:
         if self.truth:
             f["truth"] = (STR, (N,))
         if self.actions:
-            f["actions"] = (np.dtype(np.float32), (N, T, self.actions))
+            f["actions"] = (
+                np.dtype(np.float32),
+                (N, self.actions) if self.one_shot else (N, T, self.actions),
+            )
+        if self.episodes:
+            f["task"] = (np.dtype(np.int32), (N,))
+            f["success"] = (np.dtype(bool), (N,))
         if self.counterfactuals:
             f["cf_frames"] = (np.dtype(np.uint8), (N, O, T, H, W, 3))
             f["cf_masks"] = (np.dtype(np.uint8), (N, O, T, H, W))
@@ -116,7 +130,7 @@ def _chunks(name: str, shape: tuple[int, ...], t_chunk: int) -> tuple[int, ...] 
         return (1, t, *shape[2:])
     if name in ("cf_frames", "cf_masks"):
         return (1, 1, min(t_chunk, shape[2]), *shape[3:])
-    if name in ("states", "present", "in_view", "actions"):
+    if name in ("states", "present", "in_view") or (name == "actions" and len(shape) == 3):
         return (1, shape[1], *shape[2:])
     return None
 
@@ -322,6 +336,8 @@ class VideoStore(H5Reader):
                 truth="truth" in self.f,
                 counterfactuals="cf_frames" in self.f,
                 actions=A,
+                one_shot=A > 0 and self.f["actions"].ndim == 2,
+                episodes="success" in self.f,
             )
         except ValueError as e:  # e.g. counterfactual videos without masks or states
             raise self._err(f"inconsistent set of fields: {e}") from e
@@ -330,6 +346,11 @@ class VideoStore(H5Reader):
                 raise self._err(f"field '{name}' is missing (expected with the other fields present)")
             ds = self.f[name]
             if ds.shape != shape:
+                if name == "actions":  # two forms: per frame, or one per video (one-shot)
+                    raise self._err(
+                        f"field 'actions' has shape {ds.shape}, expected {(N, T, A)} (per frame) or "
+                        f"{(N, A)} (one per video), A = the {A} action_fields"
+                    )
                 raise self._err(f"field '{name}' has shape {ds.shape}, expected {shape}")
             if dtype == STR:
                 ok = h5py.check_string_dtype(ds.dtype) is not None
@@ -368,7 +389,11 @@ class VideoStore(H5Reader):
             raise KeyError(f"{self.path}: field '{name}' is not in this store (fields: {sorted(self.f)})")
         i = self._check_index(i)
         ds = self.f[name]
-        if ds.ndim == 1 or name in ("object_properties", "cf_valid"):  # no time axis
+        if (
+            ds.ndim == 1
+            or name in ("object_properties", "cf_valid")
+            or (name == "actions" and self.layout.one_shot)
+        ):  # no time axis
             return ds[i]
         if times is not None:
             sel = [int(t) for t in times]

@@ -60,6 +60,11 @@ class WindowSampler:
                 f"{store.path}: windows of {self.T} frames at stride {stride} span {self.span} frames; "
                 f"the usable frames are {self.frames} of {store.num_frames}"
             )
+        if actions and store.action_dim and store.one_shot:
+            raise ValueError(
+                f"{store.path} holds one action per video (a PHYRE ball at t = 0), not per-frame actions; "
+                "its windows start at frame 0: use causaljepa.training.phyre (cjepa eval phyre)"
+            )
         self.use_actions = actions and store.action_dim > 0
         self.action_dim = store.action_dim * stride if self.use_actions else 0
         self._slots = None

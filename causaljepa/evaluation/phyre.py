@@ -1,0 +1,580 @@
+"""PHYRE evaluation of a world model: action ranking (AUCCESS), rollout fidelity and object
+permanence, and violation of expectation (``cjepa eval phyre``, ``eval/phyre_plausibility.py``).
+
+For each fold (PHYRE's within-template and cross-template splits, ``phyre_sim.folds``):
+
+1. the predictor (``causaljepa.training.phyre``) is trained on the training tasks' attempts,
+   every tenth training task held out for validation, and the success readout on its rollouts;
+2. **fidelity**: the slot error per predicted frame on the test tasks' attempts, next to
+   copying frame 0; **permanence**: the share of rollouts in which a present object vanishes
+   (its predicted ``present`` falls below 0.5), an absent one appears, or two objects that are
+   apart in the truth are predicted on top of each other (a duplicate);
+3. **violation of expectation**: implausible versions of test attempts, made from the
+   simulator's states at a random predicted frame j >= 1 and a random dynamic body o:
+   ``teleport`` (o jumps by 0.15-0.3 of the scene and carries on from there), ``vanish``
+   (o is gone), ``colour`` (o takes another dynamic role's colour), ``pass_through`` (the
+   attempt re-simulated with the pair of bodies (or body and ball) whose collision matters
+   most passing through each other). Surprise = the largest per-slot squared error of the
+   predictor's rollout against the clip; AUROC of surprise, implausible against the
+   unmodified attempts, per type;
+4. **action ranking**: for each test task the fixed candidate set (``sample_actions(n,
+   CANDIDATE_SEED)``, the valid ones) is scored by predictor + readout, and simulated in rank
+   order until solved, at most ``max_attempts`` valid attempts; AUCCESS over the test tasks,
+   next to a random order (the lower bound) and the simulator oracle (an order that puts a
+   solving candidate first where one exists: the upper bound).
+
+Oracle slots only: the implausible clips are built from object states, and learned slots of
+them would need the clips rendered and encoded, which this evaluation does not do.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.phyre_slots import phyre_oracle_features
+from ..data.slot_store import SlotStore
+from ..data.store import VideoStore
+from ..io import write_json_atomic, write_text_atomic
+from ..masking import MaskConfig
+from ..models.predictor import PredictorConfig
+from ..sim import phyre_sim as ps
+from ..sim.phyre_generate import BALL, ROLLOUTS_FILE, TaskIndex, padded_states
+from ..training.checkpoint import file_hash, last_checkpoint
+from ..training.loop import OptimConfig, TrainerConfig
+from ..training.phyre import (
+    EpisodeConfig,
+    EpisodeSampler,
+    ReadoutConfig,
+    load_readout,
+    predict_episodes,
+    score_actions,
+    train_phyre_predictor,
+    train_readout,
+)
+from ..training.predictor import load_predictor
+from .influence import auroc
+
+CANDIDATE_SEED = 20190613  # the fixed candidate action set of every task
+VIOLATIONS = ("teleport", "vanish", "colour", "pass_through")
+DYNAMIC_ROLES = ("goal", "subject", "dynamic")
+FOLD_KINDS = ("within", "cross")
+
+
+@dataclass(frozen=True)
+class RankingConfig:
+    candidates: int = 10_000  # the candidate set, before invalid actions are dropped
+    max_attempts: int = 100  # valid attempts per task (PHYRE's AUCCESS counts k <= 100)
+    tasks: int = 0  # test tasks ranked per fold (0: all), the first ones in task order
+    batch_size: int = 2048
+    precision: str = "bf16"  # of the scoring passes: fp32 | bf16 (autocast)
+
+    def __post_init__(self) -> None:
+        if self.candidates < 1 or self.max_attempts < 1 or self.tasks < 0 or self.batch_size < 1:
+            raise ValueError(
+                f"ranking: candidates ({self.candidates}), max_attempts ({self.max_attempts}) and batch_size "
+                f"({self.batch_size}) must be >= 1, tasks ({self.tasks}) >= 0"
+            )
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"ranking.precision must be fp32 or bf16, got {self.precision!r}")
+
+
+@dataclass(frozen=True)
+class VoEConfig:
+    attempts: int = 400  # test attempts turned into clips of every violation type (0: all)
+    teleport: tuple[float, float] = (0.15, 0.3)  # jump length, scene fractions
+    min_effect: float = 0.05  # a pass-through must move some body this far (scene fractions)
+
+    def __post_init__(self) -> None:
+        lo, hi = self.teleport
+        if self.attempts < 0 or not 0 < lo <= hi < 0.5 or self.min_effect <= 0:
+            raise ValueError(
+                f"voe: attempts ({self.attempts}) >= 0, 0 < teleport[0] <= teleport[1] < 0.5 (got "
+                f"{self.teleport}) and min_effect > 0 (got {self.min_effect}) needed"
+            )
+
+
+@dataclass(frozen=True)
+class PhyreEvalConfig:
+    """Everything one evaluation needs besides the data (plain values; see configs/eval_phyre.yaml)."""
+
+    predictor: PredictorConfig
+    masking: MaskConfig
+    predictor_train: OptimConfig
+    episodes: EpisodeConfig
+    readout: ReadoutConfig
+    readout_train: OptimConfig
+    trainer: TrainerConfig
+    ranking: RankingConfig = field(default_factory=RankingConfig)
+    voe: VoEConfig = field(default_factory=VoEConfig)
+    folds: dict[str, list[int]] = field(default_factory=lambda: {"within": [0, 1, 2], "cross": [0]})
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        bad = [k for k in self.folds if k not in FOLD_KINDS]
+        if bad or not any(self.folds.values()):
+            raise ValueError(
+                f"folds: give seeds for {list(FOLD_KINDS)} (at least one fold), got {self.folds}"
+            )
+        for k, seeds in self.folds.items():
+            if any(not 0 <= s <= 9 for s in seeds) or len(set(seeds)) != len(seeds):
+                raise ValueError(f"folds.{k}={seeds}: PHYRE's folds are distinct seeds in 0..9")
+
+
+# AUCCESS ----------------------------------------------------------------------------------------
+def auccess(attempts: list[int | None], max_attempts: int = 100) -> float:
+    """PHYRE's AUCCESS (0-100): s_k = the share of tasks solved within k valid attempts,
+    weighted by w_k = log(k + 1) - log(k), k = 1..max_attempts. ``attempts`` holds per task
+    the attempt that solved it (1-based), None where none of the first max_attempts did."""
+    if not attempts:
+        raise ValueError("auccess: no tasks")
+    k = np.arange(1, max_attempts + 1)
+    w = np.log(k + 1) - np.log(k)
+    solved_at = np.array([a if a is not None else max_attempts + 1 for a in attempts])
+    s = (solved_at[None, :] <= k[:, None]).mean(axis=1)  # (max_attempts,)
+    return float(100 * (w * s).sum() / w.sum())
+
+
+class OutcomeCache:
+    """Simulated outcomes of one task's candidates, so no candidate is simulated twice."""
+
+    def __init__(self, task: ps.Task, candidates: np.ndarray):
+        self.task, self.candidates, self.known = task, candidates, {}
+        self.simulated = 0
+
+    def solved(self, i: int) -> bool:
+        if i not in self.known:
+            self.known[i] = bool(ps.simulate(self.task, self.candidates[i], fps=None).solved)
+            self.simulated += 1
+        return self.known[i]
+
+    def first_solved(self, order, limit: int | None) -> int | None:
+        """The 1-based attempt in ``order`` (indices into candidates) that solves the task."""
+        for n, i in enumerate(order[:limit] if limit else order, start=1):
+            if self.solved(int(i)):
+                return n
+        return None
+
+
+# VoE clips ----------------------------------------------------------------------------------------
+def _times(episodes: EpisodeConfig, future: int) -> np.ndarray:
+    return np.arange(0, future * episodes.stride + 1, episodes.stride)
+
+
+def violation_clips(
+    vs: VideoStore,
+    tasks: list[ps.Task],
+    video: int,
+    times: np.ndarray,
+    voe: VoEConfig,
+    rng: np.random.Generator,
+) -> dict[str, np.ndarray]:
+    """The oracle slots (1 + F, K, D) at ``times`` of video ``video`` and of each implausible
+    version of it that can be made (a pass-through only where some collision matters)."""
+    roles, shapes = vs.vocab["roles"], vs.vocab["shapes"]
+    states = vs.read("states", video)[times]  # (T', O, F)
+    present = vs.read("present", video)[times]
+    props = vs.read("object_properties", video)
+    fields = vs.state_fields
+
+    def feats(s, p, pr=props):
+        return phyre_oracle_features(s, p, pr, fields, roles, shapes)
+
+    clips = {"plausible": feats(states, present)}
+    dyn = [o for o in range(BALL) if props[o, 0] >= 0 and roles[props[o, 0]] in DYNAMIC_ROLES]
+    o = int(rng.choice(dyn))
+    j = int(rng.integers(1, len(times)))  # the first predicted frame that is violated
+    col = {n: i for i, n in enumerate(fields)}
+    s = states.copy()
+    ang = rng.uniform(0, 2 * math.pi)
+    dist = rng.uniform(*voe.teleport)
+    for c, d in ((col["x"], math.cos(ang)), (col["y"], math.sin(ang))):
+        v = s[j:, o, c] + dist * d
+        s[j:, o, c] = np.where((v < 0.03) | (v > 0.97), s[j:, o, c] - dist * d, v)  # stay inside the scene
+    clips["teleport"] = feats(s, present)
+    p = present.copy()
+    p[j:, o] = False
+    clips["vanish"] = feats(states * p[..., None], p)
+    pr = props.copy()
+    others = [r for r in DYNAMIC_ROLES if r != roles[props[o, 0]]]
+    pr[o, 0] = roles.index(str(rng.choice(others)))
+    recoloured = feats(states, present, pr)
+    clips["colour"] = np.concatenate([clips["plausible"][:j], recoloured[j:]])
+    task = tasks[int(vs.read("task", video))]
+    action = vs.read("actions", video)
+    best, best_effect = None, voe.min_effect
+    n = len(task.bodies)
+    pairs = [(b, n) for b in range(n)] + [tuple(task.goal)]
+    _, _, radius = ps.action_to_ball(action)
+    factual = states[:, :BALL, :2]
+    for pair in pairs:
+        r = ps.simulate(task, action, fps=vs.fps, no_collide=pair)
+        st, pe = padded_states(task, r, radius)
+        effect = float(np.abs(st[times, :BALL, :2] - factual).max())
+        if effect > best_effect:
+            best, best_effect = (st[times], pe[times]), effect
+    if best is not None:
+        clips["pass_through"] = feats(*best)
+    return clips
+
+
+def surprise(model, clips: np.ndarray, actions: np.ndarray) -> np.ndarray:
+    """clips (B, 1 + F, K, D), actions (B, A) -> the largest per-slot squared error (B,) of the
+    predictor's rollout from frame 0 against the clip's later frames."""
+    c = torch.from_numpy(clips)
+    pred = predict_episodes(model, c[:, 0], torch.from_numpy(actions))
+    err = (pred[:, 1:] - c[:, 1:]).pow(2).mean(dim=-1)  # (B, F, K)
+    return err.flatten(1).amax(dim=1).numpy()
+
+
+# fidelity and permanence ------------------------------------------------------------------------
+def fidelity(pred: torch.Tensor, truth: torch.Tensor) -> dict:
+    """pred, truth (N, 1 + F, K, D) -> slot MSE per predicted frame, copy-frame-0's, and the
+    permanence failures (shares of rollouts)."""
+    mse = (pred[:, 1:] - truth[:, 1:]).pow(2).mean(dim=(0, 2, 3))
+    copy = (truth[:, :1] - truth[:, 1:]).pow(2).mean(dim=(0, 2, 3))
+    tp, pp = truth[..., 0] > 0.5, pred[..., 0]  # present (N, T, K)
+    vanish = (tp & (pp < 0.5)).flatten(1).any(dim=1)
+    appear = (~tp & (pp > 0.5)).flatten(1).any(dim=1)
+    pos_t, pos_p = truth[..., 1:3], pred[..., 1:3]  # (N, T, K, 2)
+    dt = (pos_t[:, :, :, None] - pos_t[:, :, None]).norm(dim=-1)  # (N, T, K, K)
+    dp = (pos_p[:, :, :, None] - pos_p[:, :, None]).norm(dim=-1)
+    both = tp[:, :, :, None] & tp[:, :, None]
+    off_diag = ~torch.eye(tp.shape[-1], dtype=torch.bool)
+    duplicate = (both & off_diag & (dt > 0.1) & (dp < 0.02)).flatten(1).any(dim=1)
+    return {
+        "mse_per_frame": [float(v) for v in mse],
+        "copy_frame0_per_frame": [float(v) for v in copy],
+        "mse": float(mse.mean()),
+        "copy_frame0": float(copy.mean()),
+        "vanish": float(vanish.float().mean()),
+        "appear": float(appear.float().mean()),
+        "duplicate": float(duplicate.float().mean()),
+        "rollouts": len(pred),
+    }
+
+
+# one fold ---------------------------------------------------------------------------------------
+def split_videos(task_of: np.ndarray, train_tasks, test_tasks) -> dict[str, np.ndarray]:
+    """Attempt indices of a fold: train, val (every tenth training task) and test."""
+    train_tasks = sorted(train_tasks)
+    val_tasks = set(train_tasks[::10])
+    fit = [t for t in train_tasks if t not in val_tasks]
+    pick = lambda ts: np.flatnonzero(np.isin(task_of, list(ts)))  # noqa: E731
+    return {"train": pick(fit), "val": pick(val_tasks), "test": pick(test_tasks)}
+
+
+def _trained(run_dir: Path, artefact: str, fingerprint: dict, train) -> Path:
+    """``run_dir/artefact`` if a run with this fingerprint made it, else train (resuming an
+    interrupted run); a finished run made under another fingerprint is an error."""
+    path, meta = run_dir / artefact, run_dir / "fingerprint.json"
+    fingerprint = json.loads(json.dumps(fingerprint))  # as read back (tuples are lists)
+    if path.exists():
+        old = json.loads(meta.read_text()) if meta.exists() else None
+        if old != fingerprint:
+            raise ValueError(
+                f"{path} was made with other inputs than this evaluation's; remove {run_dir} or "
+                "choose another out="
+            )
+        return path
+    if meta.exists() and json.loads(meta.read_text()) != fingerprint:
+        raise ValueError(
+            f"{run_dir} holds an interrupted run with other inputs; remove it or choose another out="
+        )
+    write_json_atomic(meta, fingerprint)
+    return train(last_checkpoint(run_dir))
+
+
+def run_fold(
+    root: Path,
+    slot_dir: Path,
+    cfg: PhyreEvalConfig,
+    kind: str,
+    fold: int,
+    out: Path,
+    *,
+    progress: bool = True,
+) -> dict:
+    """Train, evaluate and write <out>/<kind>_<fold>/results.json for one fold."""
+    index = TaskIndex.load(root)
+    tasks = index.tasks
+    run = out / f"{kind}_{fold}"
+    store = SlotStore(slot_dir / ROLLOUTS_FILE)
+    try:
+        task_of = store.f["task"][:]
+        train_t, test_t = ps.folds(tasks, fold, kind)
+        videos = split_videos(task_of, train_t, test_t)
+        base = {"kind": kind, "fold": fold, "slots": file_hash(store.path), "seed": cfg.seed}
+        pfp = {**base, "predictor": asdict(cfg.predictor), "masking": asdict(cfg.masking),
+               "train": asdict(cfg.predictor_train), "episodes": asdict(cfg.episodes)}  # fmt: skip
+        ppath = _trained(
+            run / "predictor", "predictor.pt", pfp,
+            lambda resume: train_phyre_predictor(
+                store, videos["train"], videos["val"], cfg.predictor, cfg.masking, cfg.predictor_train,
+                cfg.trainer, cfg.episodes, run / "predictor", seed=cfg.seed, resume=resume, extra=base,
+            ),
+        )  # fmt: skip
+        model, _ = load_predictor(ppath)
+        F = model.cfg.future
+        train_s = EpisodeSampler(store, videos["train"], F, cfg.episodes.stride)
+        val_s = EpisodeSampler(store, videos["val"], F, cfg.episodes.stride)
+        test_s = EpisodeSampler(store, videos["test"], F, cfg.episodes.stride)
+        rfp = {**pfp, "predictor_sha": file_hash(ppath), "readout": asdict(cfg.readout),
+               "readout_train": asdict(cfg.readout_train)}  # fmt: skip
+        rpath = _trained(
+            run / "readout", "readout.pt", rfp,
+            lambda resume: train_readout(
+                model, train_s, val_s, cfg.readout, cfg.readout_train, cfg.trainer, run / "readout",
+                seed=cfg.seed, resume=resume, extra=base,
+            ),
+        )  # fmt: skip
+        efp = {**rfp, "readout_sha": file_hash(rpath), "ranking": asdict(cfg.ranking), "voe": asdict(cfg.voe)}
+        efp = json.loads(json.dumps(efp))  # as read back (tuples are lists)
+        done = run / "results.json"
+        if done.exists():
+            kept = json.loads(done.read_text())
+            if kept.get("fingerprint") == efp:
+                print(f"{kind} fold {fold}: kept {done}")
+                return kept
+        readout, _ = load_readout(rpath)
+        results = {"fingerprint": efp, "kind": kind, "fold": fold, "train_tasks": len(train_t),
+                   "test_tasks": len(test_t), "attempts": {k: len(v) for k, v in videos.items()}}  # fmt: skip
+
+        # fidelity and permanence, and the readout on the test attempts' rollouts
+        pred = torch.cat([predict_episodes(model, test_s.slots[i : i + 512, 0], test_s.actions[i : i + 512])
+                          for i in range(0, len(test_s), 512)])  # fmt: skip
+        results["fidelity"] = fidelity(pred, test_s.slots)
+        with torch.no_grad():
+            logits = readout(pred).numpy()
+        y = test_s.success.numpy()
+        results["readout"] = {"accuracy": float(((logits > 0) == y).mean()), "auroc": auroc(logits, y),
+                              "solved_share": float(y.mean())}  # fmt: skip
+
+        # violation of expectation
+        results["voe"] = voe_scores(root, tasks, model, cfg, videos["test"], progress=progress)
+
+        # action ranking
+        results["ranking"] = rank_tasks(tasks, test_t, store, task_of, model, readout, cfg.ranking, cfg.seed,
+                                        progress=progress)  # fmt: skip
+    finally:
+        store.close()
+    write_json_atomic(run / "results.json", results)
+    return results
+
+
+def voe_scores(
+    root: Path, tasks, model, cfg: PhyreEvalConfig, test_videos: np.ndarray, *, progress=True
+) -> dict:
+    from tqdm import tqdm
+
+    times = _times(cfg.episodes, model.cfg.future)
+    rng = np.random.default_rng([cfg.seed, 7])
+    chosen = (
+        test_videos if not cfg.voe.attempts else test_videos[:: max(1, len(test_videos) // cfg.voe.attempts)]
+    )
+    chosen = chosen[: cfg.voe.attempts or None]
+    clips: dict[str, list] = {k: [] for k in ("plausible", *VIOLATIONS)}
+    acts: dict[str, list] = {k: [] for k in clips}
+    with VideoStore(Path(root) / ROLLOUTS_FILE) as vs:
+        for v in tqdm(chosen, desc="VoE clips", unit="attempt", disable=not progress):
+            a = vs.read("actions", int(v))
+            for k, c in violation_clips(vs, tasks, int(v), times, cfg.voe, rng).items():
+                clips[k].append(c)
+                acts[k].append(a)
+    s = {k: surprise(model, np.stack(clips[k]), np.stack(acts[k])) for k in clips if clips[k]}
+    out = {"clips": {k: len(v) for k, v in clips.items()}}
+    for k in VIOLATIONS:
+        if k in s:
+            labels = np.r_[np.zeros(len(s["plausible"]), bool), np.ones(len(s[k]), bool)]
+            out[k] = auroc(np.r_[s["plausible"], s[k]], labels)
+    out["surprise_median"] = {k: float(np.median(v)) for k, v in s.items()}
+    return out
+
+
+def rank_tasks(tasks, test_t, store, task_of, model, readout, rc: RankingConfig, seed: int, *, progress=True):
+    from tqdm import tqdm
+
+    candidates = ps.sample_actions(rc.candidates, CANDIDATE_SEED)
+    chosen = sorted(test_t)[: rc.tasks or None]
+    att = {"model": [], "random": [], "oracle": []}
+    scored, score_s, simulated = 0, 0.0, 0
+    per_task = []
+    for ti in tqdm(chosen, desc="ranking", unit="task", disable=not progress):
+        task = tasks[ti]
+        valid = ps.valid_mask(task, candidates)
+        cand = candidates[valid]
+        v0 = int(np.flatnonzero(task_of == ti)[0])
+        scene = torch.from_numpy(store.read("slots", v0, 0, 1)[0])  # (K, D)
+        t0 = time.perf_counter()
+        scores = score_actions(
+            model, readout, scene, torch.from_numpy(cand), batch_size=rc.batch_size, precision=rc.precision
+        )
+        score_s += time.perf_counter() - t0
+        scored += len(cand)
+        cache = OutcomeCache(task, cand)
+        order = np.argsort(-scores.numpy(), kind="stable")
+        rng = np.random.default_rng([seed, ti])
+        random_order = rng.permutation(len(cand))
+        att["model"].append(cache.first_solved(order, rc.max_attempts))
+        att["random"].append(cache.first_solved(random_order, rc.max_attempts))
+        att["oracle"].append(1 if cache.first_solved(random_order, None) is not None else None)
+        simulated += cache.simulated
+        per_task.append({"task": task.task_id, "valid": int(valid.sum()),
+                         **{k: v[-1] for k, v in att.items()}})  # fmt: skip
+    return {
+        "auccess": {k: auccess(v, rc.max_attempts) for k, v in att.items()},
+        "tasks": len(chosen),
+        "candidates_per_s": scored / max(score_s, 1e-9),
+        "candidates_scored": scored,
+        "simulated": simulated,
+        "per_task": per_task,
+    }
+
+
+# the whole evaluation ---------------------------------------------------------------------------
+def summarize(results: list[dict]) -> dict:
+    """Mean and sample std over folds of each kind."""
+
+    def ms(values):
+        v = np.asarray([x for x in values if x == x], np.float64)  # NaN-free
+        return {"mean": float(v.mean()) if len(v) else float("nan"),
+                "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "n": len(v)}  # fmt: skip
+
+    out = {}
+    for kind in FOLD_KINDS:
+        rs = [r for r in results if r["kind"] == kind]
+        if not rs:
+            continue
+        out[kind] = {
+            "folds": [r["fold"] for r in rs],
+            "auccess": {k: ms(r["ranking"]["auccess"][k] for r in rs) for k in ("model", "random", "oracle")},
+            "voe": {k: ms(r["voe"].get(k, float("nan")) for r in rs) for k in VIOLATIONS},
+            "readout_auroc": ms(r["readout"]["auroc"] for r in rs),
+            "mse": ms(r["fidelity"]["mse"] for r in rs),
+            "copy_frame0": ms(r["fidelity"]["copy_frame0"] for r in rs),
+            **{k: ms(r["fidelity"][k] for r in rs) for k in ("vanish", "appear", "duplicate")},
+            "candidates_per_s": ms(r["ranking"]["candidates_per_s"] for r in rs),
+        }
+    return out
+
+
+def results_markdown(summary: dict, results: list[dict]) -> str:
+    f = lambda m: f"{m['mean']:.1f} ± {m['std']:.1f}"  # noqa: E731
+    g = lambda m: f"{m['mean']:.3f} ± {m['std']:.3f}"  # noqa: E731
+    lines = ["# PHYRE evaluation (phyre_sim)", "", "## AUCCESS (mean ± sample std over folds)", "",
+             "| split | folds | world model | random | simulator oracle |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for kind, s in summary.items():
+        a = s["auccess"]
+        lines.append(
+            f"| {kind}-template | {s['folds']} | {f(a['model'])} | {f(a['random'])} | {f(a['oracle'])} |"
+        )
+    lines += ["", "## Violation of expectation: AUROC of surprise, implausible against plausible", "",
+              "| split | " + " | ".join(VIOLATIONS) + " |", "|---|" + "---|" * len(VIOLATIONS)]  # fmt: skip
+    for kind, s in summary.items():
+        lines.append(f"| {kind} | " + " | ".join(g(s["voe"][k]) for k in VIOLATIONS) + " |")
+    lines += ["", "## Rollouts on the test tasks", "",
+              "| split | slot MSE | copy frame 0 | vanish | appear | duplicate | readout AUROC "
+              "| candidates/s |",
+              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for kind, s in summary.items():
+        lines.append(
+            f"| {kind} | {s['mse']['mean']:.4f} | {s['copy_frame0']['mean']:.4f} | "
+            f"{s['vanish']['mean']:.3f} | "
+            f"{s['appear']['mean']:.3f} | {s['duplicate']['mean']:.3f} | {g(s['readout_auroc'])} | "
+            f"{s['candidates_per_s']['mean']:.0f} |"
+        )
+    lines += ["", "## Per fold", "",
+              "| fold | AUCCESS model / random / oracle | VoE " + " / ".join(VIOLATIONS) + " |",
+              "|---|---|---|"]  # fmt: skip
+    for r in results:
+        a = r["ranking"]["auccess"]
+        v = " / ".join(f"{r['voe'].get(k, float('nan')):.3f}" for k in VIOLATIONS)
+        lines.append(
+            f"| {r['kind']} {r['fold']} | {a['model']:.1f} / {a['random']:.1f} / {a['oracle']:.1f} | {v} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def evaluate_phyre(root: str | Path, slot_dir: str | Path, cfg: PhyreEvalConfig, out: str | Path,
+                   *, progress: bool = True) -> dict:  # fmt: skip
+    """Every fold of ``cfg.folds``; writes <out>/results.{json,md} and the ranking picture."""
+    root, slot_dir, out = Path(root), Path(slot_dir), Path(out)
+    if not (slot_dir / ROLLOUTS_FILE).exists():
+        raise FileNotFoundError(
+            f"{slot_dir / ROLLOUTS_FILE} does not exist; make it with 'cjepa oracle-slots data=phyre_sim'"
+        )
+    results = []
+    for kind, seeds in cfg.folds.items():
+        for fold in seeds:  # a finished fold is kept where its inputs are the same, else an error
+            results.append(run_fold(root, slot_dir, cfg, kind, fold, out, progress=progress))
+            a = results[-1]["ranking"]["auccess"]
+            print(f"{kind} fold {fold}: AUCCESS model {a['model']:.1f}, random {a['random']:.1f}, "
+                  f"oracle {a['oracle']:.1f}")  # fmt: skip
+    summary = summarize(results)
+    write_json_atomic(out / "results.json", {"summary": summary, "folds": results})
+    write_text_atomic(out / "results.md", results_markdown(summary, results))
+    first = results[0]
+    run = out / f"{first['kind']}_{first['fold']}"
+    task_id = first["ranking"]["per_task"][0]["task"]
+    png = ranking_picture(root, slot_dir, run, task_id, cfg, out / f"ranking_{task_id.replace(':', '_')}.png")
+    print(f"written: {out / 'results.md'}  {png}")
+    return summary
+
+
+def ranking_picture(
+    root: Path, slot_dir: Path, run: Path, task_id: str, cfg: PhyreEvalConfig, path: Path, rows: int = 4
+) -> Path:
+    """A task's best-ranked actions (rows) and their simulated rollouts (columns), each row
+    titled with its rank, action, readout probability and the simulated outcome."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..io import save_figure
+
+    tasks = TaskIndex.load(root).tasks
+    ti = next(i for i, t in enumerate(tasks) if t.task_id == task_id)
+    task = tasks[ti]
+    model, _ = load_predictor(run / "predictor" / "predictor.pt")
+    readout, _ = load_readout(run / "readout" / "readout.pt")
+    with SlotStore(slot_dir / ROLLOUTS_FILE) as store:
+        v0 = int(np.flatnonzero(store.f["task"][:] == ti)[0])
+        scene = torch.from_numpy(store.read("slots", v0, 0, 1)[0])
+    candidates = ps.sample_actions(cfg.ranking.candidates, CANDIDATE_SEED)
+    cand = candidates[ps.valid_mask(task, candidates)]
+    rc = cfg.ranking
+    logits = score_actions(
+        model, readout, scene, torch.from_numpy(cand), batch_size=rc.batch_size, precision=rc.precision
+    ).numpy()
+    order = np.argsort(-logits, kind="stable")[:rows]
+    times = [0.0, 1.0, 2.0, 4.0, 6.0, task.max_seconds]
+    fig, axes = plt.subplots(
+        rows, len(times), figsize=(1.9 * len(times), 2.1 * rows), constrained_layout=True
+    )
+    for r, i in enumerate(order):
+        a = cand[i]
+        roll = ps.simulate(task, a, fps=5.0)
+        frames, _ = ps.render(task, roll.states, roll.present, ps.action_to_ball(a)[2], 128, 128)
+        outcome = f"solved at {roll.solved_at:.1f} s" if roll.solved else "failed"
+        for c, t in enumerate(times):
+            ax = axes[r, c]
+            ax.imshow(frames[min(len(frames) - 1, round(t * roll.fps))] if c else frames[1])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"t = {t:.0f} s" if c else "ball placed", fontsize=8)
+        p = 1 / (1 + math.exp(-float(logits[i])))
+        axes[r, 0].set_ylabel(
+            f"rank {r + 1}: ({a[0]:.2f}, {a[1]:.2f}, {a[2]:.2f})\np = {p:.2f}, {outcome}", fontsize=8
+        )
+    fig.suptitle(
+        f"task {task_id} ({task.template}): the world model's best-ranked actions, simulated", fontsize=10
+    )
+    return save_figure(fig, path)

@@ -1,0 +1,309 @@
+"""The PHYRE world model: the C-JEPA predictor with the ball as a one-shot action node, and a
+success readout on its rollouts.
+
+An episode is an attempt at a task: the scene before the ball is placed (frame 0 of the slot
+store, the same for every attempt at a task) and the ball's (x, y, r) as the action node at
+t = 0. The predictor sees frame 0 and the action and predicts the slots of frames
+``stride, 2 stride, ..., future x stride`` in one pass (``PredictorConfig.history = 1``):
+one encoded scene and one forward pass per candidate action, which is what makes scoring
+thousands of candidates cheap. With one history frame there is nothing to mask in the history
+(frame 0 is always visible), so the masking strategies all reduce to future prediction here.
+
+The success readout (``SuccessReadout``) is a permutation-invariant DeepSets head over the
+predicted slots of every frame: a per-slot MLP, mean and max over slots, the frames
+concatenated, an MLP to one logit. It is trained on the frozen predictor's rollouts of the
+training tasks' attempts (as SlotFormer trains its readout on rollouts), so it reads the
+kind of slots it will be given at test time.
+
+Outputs of a fold's run directory:
+
+    predictor/   the trainer's run (metrics.csv, tb/, checkpoints/, predictor.pt, val.json)
+    readout/     the readout's run (readout.pt, val.json: accuracy and AUROC on held-out tasks)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data.slot_store import SlotStore
+from ..masking import MaskConfig, MaskSampler
+from ..models.predictor import CJEPAPredictor, PredictorConfig
+from .checkpoint import load_model
+from .loop import OptimConfig, Trainer, TrainerConfig, autocast
+from .predictor import KIND, FutureValidator
+
+READOUT_KIND = "phyre_readout"
+
+
+@dataclass(frozen=True)
+class EpisodeConfig:
+    """The ``episodes`` section: which frames of an attempt the predictor predicts."""
+
+    stride: int = 10  # store frames between predicted frames (5 fps: two seconds)
+    val_episodes: int = 256  # held-out attempts scored per validation
+
+    def __post_init__(self) -> None:
+        if self.stride < 1 or self.val_episodes < 1:
+            raise ValueError(
+                f"episodes.stride ({self.stride}) and episodes.val_episodes ({self.val_episodes}) "
+                "must be >= 1"
+            )
+
+
+class EpisodeSampler:
+    """Episodes (frame 0 and the predicted frames, the one-shot action, the success label) of
+    the attempts ``videos`` of a phyre_sim slot store, read into memory once.
+
+    ``sample(B, generator)`` -> {"slots": (B, 1 + F, K, D), "actions": (B, 3), "success": (B,)}.
+    """
+
+    def __init__(self, store: SlotStore, videos, future: int, stride: int):
+        if not store.one_shot or "success" not in store.f:
+            raise ValueError(
+                f"{store.path} is not a slot store of task attempts (one-shot actions and success labels); "
+                "make it with 'cjepa oracle-slots data=phyre_sim' or 'cjepa extract-slots data=phyre_sim'"
+            )
+        last = future * stride
+        if future < 1 or last >= store.num_frames:
+            raise ValueError(
+                f"{store.path}: {future} predicted frames at stride {stride} reach frame {last}, the "
+                f"attempts have {store.num_frames} frames (0..{store.num_frames - 1}); lower "
+                "predictor.future or episodes.stride"
+            )
+        self.videos = np.asarray(sorted(int(v) for v in videos), np.int64)
+        if not len(self.videos):
+            raise ValueError(f"{store.path}: no attempts selected for this sampler")
+        self.H, self.F, self.stride = 1, future, stride
+        times = np.arange(0, last + 1, stride)
+        self.slots = torch.from_numpy(store.f["slots"][:][self.videos][:, times])  # (N, 1 + F, K, D)
+        self.actions = torch.from_numpy(store.f["actions"][:][self.videos])  # (N, A)
+        self.success = torch.from_numpy(store.f["success"][:][self.videos])  # (N,)
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def batch(self, idx: torch.Tensor) -> dict:
+        return {"slots": self.slots[idx], "actions": self.actions[idx], "success": self.success[idx]}
+
+    def sample(self, B: int, generator: torch.Generator) -> dict:
+        return self.batch(torch.randint(0, len(self), (B,), generator=generator))
+
+    def fixed(self, n: int, seed: int) -> dict:
+        return self.sample(n, torch.Generator().manual_seed(seed))
+
+
+def future_hidden(B: int, steps: int, K: int, device=None) -> torch.Tensor:
+    """(B, 1 + steps, K): frame 0 visible, every predicted frame hidden."""
+    hidden = torch.ones(B, 1 + steps, K, dtype=torch.bool, device=device)
+    hidden[:, 0] = False
+    return hidden
+
+
+@torch.no_grad()
+def predict_episodes(
+    model: CJEPAPredictor, scene: torch.Tensor, actions: torch.Tensor, *, precision: str = "fp32"
+) -> torch.Tensor:
+    """scene (B, K, D) frame-0 slots, actions (B, A) -> predicted slots (B, 1 + F, K, D); frame 0
+    is the scene itself."""
+    B, K, D = scene.shape
+    F = model.cfg.future
+    device = model.out.weight.device
+    slots = torch.zeros(B, 1 + F, K, D, device=device)
+    slots[:, 0] = scene.to(device)
+    with autocast(device, precision):
+        pred, _ = model(slots, future_hidden(B, F, K, device), actions.to(device))
+    pred = pred.float()
+    pred[:, 0] = slots[:, 0]
+    return pred
+
+
+def train_phyre_predictor(
+    store: SlotStore,
+    train_videos,
+    val_videos,
+    predictor: PredictorConfig,
+    masking: MaskConfig,
+    optim: OptimConfig,
+    trainer: TrainerConfig,
+    episodes: EpisodeConfig,
+    run_dir: str | os.PathLike,
+    *,
+    seed: int = 0,
+    resume: str | os.PathLike | None = None,
+    extra: dict | None = None,
+) -> Path:
+    """Train on the attempts ``train_videos``, validate on ``val_videos``; returns predictor.pt."""
+    if predictor.history != 1:
+        raise ValueError(
+            f"predictor.history={predictor.history}: a PHYRE episode is predicted from frame 0 (the scene "
+            "before the ball) alone; set predictor.history=1"
+        )
+    if predictor.slot_dim not in (0, store.slot_dim) or predictor.action_dim not in (0, store.action_dim):
+        raise ValueError(
+            f"predictor.slot_dim={predictor.slot_dim} / action_dim={predictor.action_dim}, but {store.path} "
+            f"holds slots of width {store.slot_dim} and {store.action_dim} action columns; leave both 0"
+        )
+    cfg = replace(predictor, slot_dim=store.slot_dim, action_dim=store.action_dim)
+    torch.manual_seed(seed)
+    model = CJEPAPredictor(cfg)
+    sampler = EpisodeSampler(store, train_videos, cfg.future, episodes.stride)
+    masks = MaskSampler(masking, store.num_slots, cfg.history, cfg.future)
+
+    def next_batch(gen: torch.Generator) -> dict:
+        batch = sampler.sample(optim.batch_size, gen)
+        batch["hidden"] = masks.sample(optim.batch_size, gen)
+        return batch
+
+    val = EpisodeSampler(store, val_videos, cfg.future, episodes.stride)
+    validate = FutureValidator(val, min(episodes.val_episodes, len(val)), max(optim.batch_size, 64))
+    info = {
+        "slot_dir": str(store.path.parent),
+        "encoder_hash": store.encoder_hash,
+        "masking": asdict(masking),
+        "episodes": asdict(episodes),
+        **(extra or {}),
+    }
+    t = Trainer(model, optim, trainer, run_dir, kind=KIND, model_config=cfg.to_dict(), seed=seed, extra=info)
+    if resume is not None:
+        t.resume(resume)
+    t.fit(next_batch, validate)
+    return t.export("predictor.pt")
+
+
+# the success readout -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ReadoutConfig:
+    """configs/eval_phyre.yaml ``readout``: the success classifier on predicted slots."""
+
+    dim: int = 64
+    hidden: int = 128
+    frames: int = 0  # 1 + the predictor's future (0: filled in from the predictor)
+    slot_dim: int = 0  # D (0: filled in from the slot store)
+
+    def __post_init__(self) -> None:
+        if self.dim < 1 or self.hidden < 1 or self.frames < 0 or self.slot_dim < 0:
+            raise ValueError(
+                f"readout: dim ({self.dim}) and hidden ({self.hidden}) must be >= 1, frames and slot_dim >= 0"
+            )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class SuccessReadout(nn.Module):
+    """Predicted slots (B, T, K, D) -> success logit (B,); invariant to the order of the slots."""
+
+    def __init__(self, cfg: ReadoutConfig):
+        super().__init__()
+        if cfg.frames < 1 or cfg.slot_dim < 1:
+            raise ValueError(
+                "ReadoutConfig.frames and slot_dim must be set (>= 1) before building the readout"
+            )
+        self.cfg = cfg
+        self.slot = nn.Sequential(nn.Linear(cfg.slot_dim, cfg.dim), nn.GELU(), nn.Linear(cfg.dim, cfg.dim))
+        self.head = nn.Sequential(
+            nn.Linear(2 * cfg.dim * cfg.frames, cfg.hidden), nn.GELU(), nn.Linear(cfg.hidden, 1)
+        )
+
+    def forward(self, slots: torch.Tensor) -> torch.Tensor:
+        h = self.slot(slots)  # (B, T, K, dim)
+        pooled = torch.cat([h.mean(dim=2), h.amax(dim=2)], dim=-1)  # (B, T, 2 dim)
+        return self.head(pooled.flatten(1)).squeeze(-1)  # (B,)
+
+    def training_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        device = self.head[0].weight.device
+        logits = self(batch["slots"].to(device))
+        y = batch["success"].to(device).float()
+        loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), y)
+        acc = ((logits > 0).float() == y).float().mean()
+        return loss, {"bce": float(loss.detach()), "accuracy": float(acc)}
+
+
+def rollouts_of(model: CJEPAPredictor, sampler: EpisodeSampler, batch_size: int = 512) -> torch.Tensor:
+    """The predictor's rollouts (N, 1 + F, K, D) of every episode of ``sampler``."""
+    out = []
+    for i in range(0, len(sampler), batch_size):
+        sl = slice(i, i + batch_size)
+        out.append(predict_episodes(model, sampler.slots[sl, 0], sampler.actions[sl]).cpu())
+    return torch.cat(out)
+
+
+class _Rollouts:
+    """A fixed set of predicted episodes with their labels, sampled like an EpisodeSampler."""
+
+    def __init__(self, slots: torch.Tensor, success: torch.Tensor):
+        self.slots, self.success = slots, success
+
+    def sample(self, B: int, generator: torch.Generator) -> dict:
+        idx = torch.randint(0, len(self.slots), (B,), generator=generator)
+        return {"slots": self.slots[idx], "success": self.success[idx]}
+
+
+def train_readout(
+    model: CJEPAPredictor,
+    train: EpisodeSampler,
+    val: EpisodeSampler,
+    cfg: ReadoutConfig,
+    optim: OptimConfig,
+    trainer: TrainerConfig,
+    run_dir: str | os.PathLike,
+    *,
+    seed: int = 0,
+    resume: str | os.PathLike | None = None,
+    extra: dict | None = None,
+) -> Path:
+    """Train the readout on the frozen predictor's rollouts of ``train``; validate on ``val``."""
+    from ..evaluation.influence import auroc
+
+    cfg = replace(cfg, frames=1 + model.cfg.future, slot_dim=model.cfg.slot_dim)
+    torch.manual_seed(seed)
+    readout = SuccessReadout(cfg)
+    data = _Rollouts(rollouts_of(model, train), train.success)
+    val_slots = rollouts_of(model, val)
+
+    @torch.no_grad()
+    def validate(m: SuccessReadout) -> dict[str, float]:
+        m.eval()
+        logits = m(val_slots.to(m.head[0].weight.device)).float().cpu()
+        m.train()
+        y = val.success.numpy()
+        return {"accuracy": float(((logits > 0).numpy() == y).mean()), "auroc": auroc(logits.numpy(), y)}
+
+    t = Trainer(readout, optim, trainer, run_dir, kind=READOUT_KIND, model_config=cfg.to_dict(), seed=seed,
+                extra=extra or {})  # fmt: skip
+    if resume is not None:
+        t.resume(resume)
+    t.fit(lambda gen: data.sample(optim.batch_size, gen), validate)
+    return t.export("readout.pt")
+
+
+def load_readout(path: str | os.PathLike, device="cpu") -> tuple[SuccessReadout, dict]:
+    return load_model(path, READOUT_KIND, ReadoutConfig, SuccessReadout, device)
+
+
+@torch.no_grad()
+def score_actions(
+    model: CJEPAPredictor,
+    readout: SuccessReadout,
+    scene: torch.Tensor,
+    actions: torch.Tensor,
+    *,
+    batch_size: int = 4096,
+    precision: str = "fp32",
+) -> torch.Tensor:
+    """Success logits (N,) of N candidate actions (N, A) on one scene (K, D): one forward pass of
+    the predictor and the readout per batch, the scene shared by every candidate."""
+    device = model.out.weight.device
+    out = []
+    for i in range(0, len(actions), batch_size):
+        a = actions[i : i + batch_size].to(device)
+        pred = predict_episodes(model, scene[None].expand(len(a), -1, -1), a, precision=precision)
+        with autocast(device, precision):
+            out.append(readout(pred).float().cpu())
+    return torch.cat(out) if out else torch.zeros(0)

@@ -1,0 +1,713 @@
+"""The PHYRE layers above the simulator: generated rollouts, their oracle slots, the episode
+world model and readout, AUCCESS / fidelity / VoE, and `cjepa eval phyre`."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from conftest import run_cli
+
+from causaljepa import cli
+from causaljepa.data.phyre_slots import PHYRE_ORACLE_FIELDS, SCENE_ROLES, write_phyre_oracle_slots
+from causaljepa.data.slot_store import SlotStore
+from causaljepa.data.store import StoreError, StoreLayout, VideoStore
+from causaljepa.data.windows import WindowSampler
+from causaljepa.evaluation import phyre as ev
+from causaljepa.evaluation.phyre import (
+    VIOLATIONS,
+    OutcomeCache,
+    PhyreEvalConfig,
+    RankingConfig,
+    VoEConfig,
+    auccess,
+    fidelity,
+    split_videos,
+    violation_clips,
+)
+from causaljepa.masking import MaskConfig
+from causaljepa.models.predictor import CJEPAPredictor, PredictorConfig
+from causaljepa.sim import phyre_sim as ps
+from causaljepa.sim.phyre_generate import (
+    BALL,
+    ROLE_VOCAB,
+    ROLLOUTS_FILE,
+    TASKS_FILE,
+    PhyreGenerateConfig,
+    TaskIndex,
+    generate,
+)
+from causaljepa.training.loop import OptimConfig, TrainerConfig
+from causaljepa.training.phyre import (
+    EpisodeConfig,
+    EpisodeSampler,
+    ReadoutConfig,
+    SuccessReadout,
+    future_hidden,
+    load_readout,
+    predict_episodes,
+    score_actions,
+    train_phyre_predictor,
+    train_readout,
+)
+
+TPT, RPT = 2, 4  # tasks per template, rollouts per task (templates 0, 1, 2 of the smoke preset)
+N_TASKS = 3 * TPT
+K, D = ps.MAX_OBJECTS, len(PHYRE_ORACLE_FIELDS)
+T = 41  # 8 s at 5 fps, frames 0..40
+STRIDE, FUTURE = 10, 4
+TIMES = np.arange(0, FUTURE * STRIDE + 1, STRIDE)
+PCFG = PredictorConfig(slot_dim=D, dim=16, layers=1, heads=2, head_dim=8, mlp_hidden=16, dropout=0.0,
+                       history=1, future=FUTURE, action_dim=3)  # fmt: skip
+RCFG = ReadoutConfig(dim=8, hidden=16, frames=1 + FUTURE, slot_dim=D)
+TINY_OPTIM = OptimConfig(steps=3, batch_size=4, warmup_steps=1, log_every=1, val_every=0, ckpt_every=3)
+CPU = TrainerConfig(device="cpu", precision="fp32", progress=False)
+SMOKE_EVAL = ["preset=smoke", "trainer.progress=false"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread(one_thread):
+    """The models are tiny (see conftest.one_thread)."""
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    """Smoke phyre_sim data (2 tasks per template) and its oracle slots, made by the commands."""
+    base = tmp_path_factory.mktemp("phyre")
+    root = base / "ds"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(base)
+        run_cli(["data", "generate", "data=phyre_sim", "preset=smoke", f"data.root={root}", "workers=1",
+                 f"data.generator.tasks_per_template={TPT}"])  # fmt: skip
+        run_cli(["oracle-slots", "data=phyre_sim", f"data.root={root}"])
+    return root
+
+
+@pytest.fixture(scope="module")
+def evaluated(world, tmp_path_factory) -> Path:
+    """`cjepa eval phyre preset=smoke` on the world; returns its out directory."""
+    base = tmp_path_factory.mktemp("phyre_eval")
+    out = base / "out"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(base)
+        run_cli(["eval", "phyre", *SMOKE_EVAL, f"data.root={world}", f"out={out}"])
+    return out
+
+
+def _oracle(world: Path) -> Path:
+    return world / "oracle_slots" / ROLLOUTS_FILE
+
+
+def _model(seed: int = 0) -> CJEPAPredictor:
+    """A random predictor whose rollouts depend on the action (the output layer starts at zero)."""
+    torch.manual_seed(seed)
+    model = CJEPAPredictor(PCFG).eval()
+    torch.nn.init.normal_(model.out.weight, std=0.2)
+    return model
+
+
+def _readout(seed: int = 0) -> SuccessReadout:
+    torch.manual_seed(seed)
+    return SuccessReadout(RCFG).eval()
+
+
+# generation --------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"templates": [99]}, "templates"),
+        ({"templates": [0, 0]}, "distinct"),
+        ({"templates": []}, "templates"),
+        ({"tasks_per_template": 0}, "tasks_per_template"),
+        ({"tasks_per_template": 101}, "tasks_per_template"),
+        ({"rollouts_per_task": 0}, "rollouts_per_task"),
+        ({"rollouts_per_task": 8, "max_attempts": 4}, "max_attempts"),
+        ({"fps": 7.0}, "fps=7.0"),
+        ({"fps": 0.0}, "fps"),
+        ({"height": 4}, "below 8x8"),
+        ({"background": "grey"}, "background"),
+    ],
+)
+def test_generate_config_refuses(kw, match):
+    with pytest.raises(ValueError, match=match):
+        PhyreGenerateConfig(**kw)
+
+
+def test_generated_store_layout(world):
+    with VideoStore(world / ROLLOUTS_FILE) as vs:
+        assert vs.source == "phyre_sim"
+        assert (vs.num_videos, vs.num_frames, vs.max_objects) == (N_TASKS * RPT, T, BALL + 1)
+        assert vs.f["actions"].shape == (N_TASKS * RPT, 3)
+        assert vs.read("actions", 5).shape == (3,)
+        assert vs.f["task"].dtype == np.int32 and vs.f["success"].dtype == bool
+        np.testing.assert_array_equal(vs.f["task"][:], np.repeat(np.arange(N_TASKS), RPT))
+        assert vs.vocab["ball"] == BALL
+        col = {n: i for i, n in enumerate(vs.state_fields)}
+        for i in range(vs.num_videos):
+            present, masks = vs.read("present", i), vs.read("masks", i)
+            states, props = vs.read("states", i), vs.read("object_properties", i)
+            truth, action = vs.truth(i), vs.read("actions", i)
+            # the ball: absent (no pixels) in frame 0, there from frame 1 on
+            assert not present[0, BALL] and present[1:, BALL].all()
+            assert not (masks[0] == BALL + 1).any() and (masks[1] == BALL + 1).any()
+            assert truth["solved"] == bool(vs.f["success"][i])
+            np.testing.assert_allclose(truth["action"], action, atol=1e-7)
+            _, _, radius = ps.action_to_ball(action)
+            np.testing.assert_allclose(states[1:, BALL, col["width"]], 2 * radius / ps.SCENE_SIZE, rtol=1e-5)
+            assert tuple(props[BALL]) == (ROLE_VOCAB.index("ball"), 0, 1)
+            assert (states[~present] == 0).all()
+
+
+def test_generated_tasks_are_balanced(world):
+    d = json.loads((world / TASKS_FILE).read_text())
+    cfg = d["generator_config"]
+    assert d["rollouts_per_task"] == RPT and len(d["tasks"]) == N_TASKS
+    assert [t["task_id"] for t in d["tasks"]] == [t.task_id for t in ps.all_tasks([0, 1, 2], TPT)]
+    with VideoStore(world / ROLLOUTS_FILE) as vs:
+        success, task = vs.f["success"][:], vs.f["task"][:]
+    for ti, rec in enumerate(d["tasks"]):
+        s = success[task == ti]
+        assert int(s.sum()) == rec["solved"] and int((~s).sum()) == rec["failed"]
+        assert rec["solved"] + rec["failed"] == RPT
+        assert rec["tried"] <= cfg["max_attempts"]
+        if rec["tried"] < cfg["max_attempts"]:  # the quotas were met before the attempts ran out
+            assert (rec["solved"], rec["failed"]) == (RPT // 2, RPT - RPT // 2)
+        # solved attempts first
+        assert list(s) == sorted(s, reverse=True)
+    assert sum(r["solved"] for r in d["tasks"]) > 0
+
+
+def test_success_is_the_simulated_outcome(world):
+    tasks = TaskIndex.load(world).tasks
+    with VideoStore(world / ROLLOUTS_FILE) as vs:
+        for i in (0, 2, 5):
+            task = tasks[int(vs.read("task", i))]
+            assert ps.simulate(task, vs.read("actions", i), fps=None).solved == bool(vs.read("success", i))
+
+
+def test_generate_is_deterministic_across_workers_and_tasks(world, tmp_path):
+    """Template 0 alone, on two workers, gives the bytes of the smoke run's first tasks."""
+    with VideoStore(world / ROLLOUTS_FILE) as vs:
+        cfg = PhyreGenerateConfig(**{**vs.generator_config, "templates": [0]})
+        generate(cfg, tmp_path, workers=2, progress=False)
+        with VideoStore(tmp_path / ROLLOUTS_FILE) as small:
+            n = small.num_videos
+            assert n == TPT * RPT
+            for name in ("frames", "masks", "states", "present", "actions", "success", "task"):
+                np.testing.assert_array_equal(small.f[name][:], vs.f[name][:n], err_msg=name)
+            assert [small.truth(i) for i in range(n)] == [vs.truth(i) for i in range(n)]
+    big = json.loads((world / TASKS_FILE).read_text())["tasks"][:TPT]
+    assert json.loads((tmp_path / TASKS_FILE).read_text())["tasks"] == big
+
+
+def test_task_index_rebuilds_and_checks(world, tmp_path):
+    index = TaskIndex.load(world)
+    assert [t.task_id for t in index.tasks] == [t.task_id for t in ps.all_tasks([0, 1, 2], TPT)]
+    assert index.tasks[3] == ps.make_task(1, 1)
+    assert sum(s["solved"] + s["failed"] for s in index.summaries) == N_TASKS * RPT
+    with pytest.raises(FileNotFoundError, match=r"tasks\.json does not exist"):
+        TaskIndex.load(tmp_path)
+    d = json.loads((world / TASKS_FILE).read_text())
+    d["tasks"][2]["bodies"][0]["x"] += 1.0
+    (tmp_path / TASKS_FILE).write_text(json.dumps(d))
+    with pytest.raises(ValueError, match=f"task {d['tasks'][2]['task_id']} differs"):
+        TaskIndex.load(tmp_path)
+
+
+def test_one_shot_layout_needs_actions():
+    with pytest.raises(ValueError, match="one_shot actions need actions > 0"):
+        StoreLayout(num_videos=1, num_frames=2, height=8, width=8, one_shot=True)
+
+
+# oracle slots -------------------------------------------------------------------------------
+def test_oracle_slots_by_hand(world):
+    roles = ("goal", "subject", "goal_static", "dynamic", "static")
+    assert SCENE_ROLES == roles
+    tasks = TaskIndex.load(world).tasks
+    with VideoStore(world / ROLLOUTS_FILE) as vs, SlotStore(_oracle(world)) as ss:
+        assert (ss.num_slots, ss.slot_dim) == (K, D)
+        assert ss.encoder_hash == "oracle" and ss.one_shot and ss.action_dim == 3
+        for name in ("actions", "task", "success"):
+            np.testing.assert_array_equal(ss.f[name][:], vs.f[name][:], err_msg=name)
+        col = {n: i for i, n in enumerate(vs.state_fields)}
+        for v, t in ((0, 7), (9, 23), (21, 40)):
+            task = tasks[int(vs.read("task", v))]
+            slots, states = ss.read("slots", v)[t], vs.read("states", v)[t]
+            props = vs.read("object_properties", v)
+            n = len(task.bodies)
+            for k, body in enumerate(task.bodies):
+                s = states[k]
+                ang = s[col["angle"]]
+                want = [1.0, 2 * s[col["x"]] - 1, 2 * s[col["y"]] - 1, s[col["vx"]], s[col["vy"]],
+                        math.cos(ang), math.sin(ang), s[col["angular_velocity"]] / 10, s[col["width"]],
+                        s[col["height"]], float(len(body.shapes) == 1 and body.shapes[0].kind == "circle"),
+                        *(float(body.role == r) for r in roles)]  # fmt: skip
+                np.testing.assert_allclose(slots[k], want, atol=1e-6, err_msg=f"video {v} body {k}")
+                assert vs.vocab["roles"][props[k, 0]] == body.role
+            assert (ss.read("slots", v)[:, n:] == 0).all()  # absent slots are all zero, every frame
+            obj = ss.read("slot_object", v)
+            np.testing.assert_array_equal(obj[:, :n], np.broadcast_to(np.arange(n), (T, n)))
+            assert (obj[:, n:] == -1).all()
+        # the ball is no slot: frame 0 (before it) and every slot are the same for a task's attempts
+        s0 = ss.f["slots"][:RPT]
+        assert (s0[:, 0] == s0[0, 0]).all()
+
+
+def test_oracle_slots_refuse_other_stores(world, tmp_path):
+    bad = tmp_path / "other.h5"
+    shutil.copy(world / ROLLOUTS_FILE, bad)
+    with h5py.File(bad, "r+") as f:
+        f.attrs["source"] = "clevrer_sim"
+    with pytest.raises(StoreError, match="not a phyre_sim rollout store"):
+        write_phyre_oracle_slots(bad, tmp_path / "slots.h5")
+    assert not (tmp_path / "slots.h5").exists()
+
+
+def test_window_sampler_refuses_one_shot_actions(world):
+    with SlotStore(_oracle(world)) as ss:
+        with pytest.raises(ValueError, match="one action per video"):
+            WindowSampler(ss, 1, 2, 1)
+        w = WindowSampler(ss, 1, 2, 1, actions=False)
+        assert w.action_dim == 0
+
+
+# episodes, the world model and the readout -------------------------------------------------------
+def test_episode_sampler_reads_the_right_frames(world):
+    with SlotStore(_oracle(world)) as ss:
+        videos = [9, 2, 14, 3]
+        s = EpisodeSampler(ss, videos, FUTURE, STRIDE)
+        assert len(s) == 4 and list(s.videos) == [2, 3, 9, 14]
+        b = s.sample(6, torch.Generator().manual_seed(0))
+        assert b["slots"].shape == (6, 1 + FUTURE, K, D) and b["actions"].shape == (6, 3)
+        assert b["success"].shape == (6,)
+        got = s.batch(torch.tensor([2, 0]))
+        for row, v in enumerate((9, 2)):
+            np.testing.assert_array_equal(got["slots"][row].numpy(), ss.f["slots"][v][TIMES])
+            np.testing.assert_array_equal(got["actions"][row].numpy(), ss.f["actions"][v])
+            assert bool(got["success"][row]) == bool(ss.f["success"][v])
+        s2 = EpisodeSampler(ss, [1], 2, 20)  # frames 0, 20, 40: the last frame is reachable
+        np.testing.assert_array_equal(s2.slots[0].numpy(), ss.f["slots"][1][[0, 20, 40]])
+        with pytest.raises(ValueError, match="reach frame 41"):
+            EpisodeSampler(ss, videos, 1, 41)
+        with pytest.raises(ValueError, match="reach frame 44"):
+            EpisodeSampler(ss, videos, FUTURE, 11)
+        with pytest.raises(ValueError, match="no attempts selected"):
+            EpisodeSampler(ss, [], FUTURE, STRIDE)
+
+
+def test_episode_sampler_needs_success_labels(world, tmp_path):
+    path = tmp_path / ROLLOUTS_FILE
+    shutil.copy(_oracle(world), path)
+    with h5py.File(path, "r+") as f:
+        del f["success"]
+    with SlotStore(path) as ss, pytest.raises(ValueError, match="success labels"):
+        EpisodeSampler(ss, [0, 1], FUTURE, STRIDE)
+
+
+def test_future_hidden():
+    h = future_hidden(2, 3, 4)
+    assert h.shape == (2, 4, 4) and h.dtype == torch.bool
+    assert not h[:, 0].any() and h[:, 1:].all()
+
+
+def test_predict_episodes_keeps_the_scene(world):
+    model = _model()
+    with SlotStore(_oracle(world)) as ss:
+        scene = torch.from_numpy(ss.f["slots"][[0, 4, 8], 0])
+        actions = torch.from_numpy(ss.f["actions"][[0, 4, 8]])
+    pred = predict_episodes(model, scene, actions)
+    assert pred.shape == (3, 1 + FUTURE, K, D) and pred.dtype == torch.float32
+    assert torch.equal(pred[:, 0], scene)
+    assert torch.isfinite(pred).all()
+    other = predict_episodes(model, scene, actions.flip(0))
+    assert torch.equal(other[:, 0], scene) and not torch.allclose(other[:, 1:], pred[:, 1:])
+
+
+def test_train_phyre_predictor_refuses_history(world, tmp_path):
+    args = (MaskConfig(strategy="none"), TINY_OPTIM, CPU, EpisodeConfig(stride=STRIDE), tmp_path / "run")
+    with SlotStore(_oracle(world)) as ss:
+        with pytest.raises(ValueError, match=r"predictor\.history=2"):
+            train_phyre_predictor(ss, [0, 1], [2], replace(PCFG, history=2), *args)
+        with pytest.raises(ValueError, match="slot_dim=5"):
+            train_phyre_predictor(ss, [0, 1], [2], replace(PCFG, slot_dim=5), *args)
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_predictor_and_readout(world, tmp_path):
+    with SlotStore(_oracle(world)) as ss:
+        pt = train_phyre_predictor(ss, range(8), range(8, 12), replace(PCFG, slot_dim=0, action_dim=0),
+                                   MaskConfig(strategy="none"), TINY_OPTIM, CPU, EpisodeConfig(stride=STRIDE),
+                                   tmp_path / "predictor")  # fmt: skip
+        from causaljepa.training.predictor import load_predictor
+
+        model, _ = load_predictor(pt)
+        assert (model.cfg.slot_dim, model.cfg.action_dim, model.cfg.history) == (D, 3, 1)
+        train = EpisodeSampler(ss, range(8), FUTURE, STRIDE)
+        val = EpisodeSampler(ss, range(8, 12), FUTURE, STRIDE)
+    rp = train_readout(
+        model, train, val, ReadoutConfig(dim=8, hidden=16), TINY_OPTIM, CPU, tmp_path / "readout"
+    )
+    readout, _ = load_readout(rp)
+    assert (readout.cfg.frames, readout.cfg.slot_dim) == (1 + FUTURE, D)
+    assert readout(torch.zeros(2, 1 + FUTURE, K, D)).shape == (2,)
+
+
+def test_readout_config_and_unset_readout():
+    with pytest.raises(ValueError, match="dim"):
+        ReadoutConfig(dim=0)
+    with pytest.raises(ValueError, match="must be set"):
+        SuccessReadout(ReadoutConfig())
+    with pytest.raises(ValueError, match="stride"):
+        EpisodeConfig(stride=0)
+
+
+def test_readout_is_permutation_invariant():
+    readout = _readout()
+    x = torch.randn(5, 1 + FUTURE, K, D, generator=torch.Generator().manual_seed(0))
+    logits = readout(x)
+    assert logits.shape == (5,)
+    for seed in range(3):
+        perm = torch.randperm(K, generator=torch.Generator().manual_seed(seed))
+        torch.testing.assert_close(readout(x[:, :, perm]), logits, atol=1e-5, rtol=0)
+    # but not invariant to the order of the frames
+    assert not torch.allclose(readout(x.flip(1)), logits, atol=1e-5)
+
+
+def test_score_actions_matches_per_candidate_passes(world):
+    model, readout = _model(), _readout()
+    with SlotStore(_oracle(world)) as ss:
+        scene = torch.from_numpy(ss.f["slots"][0, 0])
+    cand = torch.from_numpy(ps.sample_actions(11, 3))
+    full = score_actions(model, readout, scene, cand)
+    assert full.shape == (11,)
+    for bs in (1, 3, 4):
+        torch.testing.assert_close(score_actions(model, readout, scene, cand, batch_size=bs), full,
+                                   atol=1e-5, rtol=0)  # fmt: skip
+    each = torch.cat([readout(predict_episodes(model, scene[None], a[None])) for a in cand])
+    torch.testing.assert_close(each, full, atol=1e-5, rtol=0)
+    assert score_actions(model, readout, scene, cand[:0]).shape == (0,)
+
+
+# AUCCESS and outcomes --------------------------------------------------------------------------
+def test_auccess_by_hand():
+    k = np.arange(1, 101)
+    w = np.log(k + 1) - np.log(k)
+    assert auccess([1, 1, 1]) == pytest.approx(100.0)
+    assert auccess([None, None]) == pytest.approx(0.0)
+    assert auccess([1, None]) == pytest.approx(50.0)
+    assert auccess([2]) == pytest.approx(100 * w[1:].sum() / w.sum())
+    assert auccess([100]) == pytest.approx(100 * w[-1] / w.sum())
+    assert auccess([101]) == pytest.approx(0.0)
+    # 3 of 10: w_k = log((k + 1) / k), k = 1..10, the sum telescopes to log 11
+    assert auccess([3], 10) == pytest.approx(100 * (math.log(11) - math.log(3)) / math.log(11))
+    with pytest.raises(ValueError, match="no tasks"):
+        auccess([])
+
+
+def test_outcome_cache_first_solved(world):
+    tasks = TaskIndex.load(world).tasks
+    with VideoStore(world / ROLLOUTS_FILE) as vs:
+        videos = np.flatnonzero(vs.f["task"][:] == 0)
+        cand, success = vs.f["actions"][:][videos], vs.f["success"][:][videos]
+    assert list(success) == [True, True, False, False]
+    cache = OutcomeCache(tasks[0], cand)
+    assert cache.first_solved([2, 3, 0, 1], 100) == 3
+    assert cache.simulated == 3
+    assert cache.first_solved([3, 2], None) is None
+    assert cache.simulated == 3  # 2 and 3 are known
+    assert cache.first_solved([2, 3, 0], 2) is None  # the solving one is past the limit
+    assert cache.first_solved(np.array([1, 0]), 1) == 1
+    assert cache.simulated == 4
+    assert cache.known == {0: True, 1: True, 2: False, 3: False}
+
+
+# fidelity ---------------------------------------------------------------------------------------
+def _scene(N=2, F=2, K=3):
+    truth = torch.zeros(N, 1 + F, K, 16)
+    truth[:, :, :2, 0] = 1.0  # objects 0 and 1 present, slot 2 absent
+    truth[:, :, 0, 1], truth[:, :, 1, 1] = -0.5, 0.5  # apart in x
+    return truth
+
+
+def test_fidelity_perfect_and_copy():
+    truth = _scene()
+    truth[:, 2, 0, 2] = 0.4  # object 0 moves up in the last frame
+    r = fidelity(truth.clone(), truth)
+    assert r["mse_per_frame"] == [0.0, 0.0] and r["mse"] == 0.0
+    assert r["copy_frame0_per_frame"] == pytest.approx([0.0, 0.32 / 96])
+    assert r["copy_frame0"] == pytest.approx(0.16 / 96)
+    assert (r["vanish"], r["appear"], r["duplicate"], r["rollouts"]) == (0.0, 0.0, 0.0, 2)
+
+
+def test_fidelity_vanish():
+    truth = _scene()
+    pred = truth.clone()
+    pred[0, 2, 0, 0] = 0.2  # rollout 0: object 0 predicted absent in frame 2
+    r = fidelity(pred, truth)
+    assert (r["vanish"], r["appear"], r["duplicate"]) == (0.5, 0.0, 0.0)
+    assert r["mse_per_frame"] == pytest.approx([0.0, 0.64 / 96])
+    assert r["mse"] == pytest.approx(0.32 / 96)
+
+
+def test_fidelity_appear():
+    truth = _scene()
+    pred = truth.clone()
+    pred[1, 1, 2, 0] = 0.9  # rollout 1: the absent slot predicted present
+    pred[0, 1, 2, 0] = 0.4  # below 0.5: not an appearance
+    r = fidelity(pred, truth)
+    assert (r["vanish"], r["appear"], r["duplicate"]) == (0.0, 0.5, 0.0)
+    assert r["mse_per_frame"] == pytest.approx([(0.81 + 0.16) / 96, 0.0])
+
+
+def test_fidelity_duplicate():
+    truth = _scene(N=4)
+    truth[2, :, 1, 1] = -0.45  # rollout 2: close in the truth too (0.05 <= 0.1) -> no duplicate
+    pred = truth.clone()
+    pred[3, 2, :2, 1] = 0.0  # rollout 3: both objects predicted at x = 0
+    pred[1, 1, 1, 1] = -0.5 + 0.05  # rollout 1: 0.05 apart, not on top of each other
+    pred[2, 1, 1, 1] = -0.49
+    r = fidelity(pred, truth)
+    assert (r["vanish"], r["appear"], r["duplicate"]) == (0.0, 0.0, 0.25)
+    n = 4 * 3 * 16
+    assert r["mse_per_frame"] == pytest.approx([(0.95**2 + 0.04**2) / n, 0.5 / n])
+
+
+# VoE clips --------------------------------------------------------------------------------------
+def test_violation_clips(world):
+    tasks = TaskIndex.load(world).tasks
+    voe = VoEConfig()
+    role_cols = slice(11, 11 + len(SCENE_ROLES))
+    dynamic = [SCENE_ROLES.index(r) for r in ("goal", "subject", "dynamic")]
+    seen_pass = 0
+    with VideoStore(world / ROLLOUTS_FILE) as vs, SlotStore(_oracle(world)) as ss:
+        for v, seed in ((0, 0), (3, 1), (6, 2), (13, 3), (22, 4)):
+            clips = violation_clips(vs, tasks, v, TIMES, voe, np.random.default_rng(seed))
+            plausible = clips["plausible"]
+            assert plausible.shape == (len(TIMES), K, D)
+            np.testing.assert_allclose(plausible, ss.f["slots"][v][TIMES], atol=1e-6)
+            assert set(clips) <= {"plausible", *VIOLATIONS}
+            assert {"teleport", "vanish", "colour"} <= set(clips)
+
+            # teleport: one slot, from frame j on, only x and y, by 2 dist in [-1, 1] units
+            diff = np.abs(clips["teleport"] - plausible) > 1e-7
+            slots_changed = np.flatnonzero(diff.any(axis=(0, 2)))
+            assert len(slots_changed) == 1
+            o = int(slots_changed[0])
+            frames = np.flatnonzero(diff[:, o].any(axis=1))
+            j = int(frames[0])
+            assert j >= 1 and list(frames) == list(range(j, len(TIMES)))
+            assert set(np.flatnonzero(diff[:, o].any(axis=0))) <= {1, 2}
+            step = clips["teleport"][j:, o, 1:3] - plausible[j:, o, 1:3]
+            length = np.linalg.norm(step, axis=1)
+            np.testing.assert_allclose(length, length[0], atol=1e-5)
+            assert 2 * voe.teleport[0] - 1e-5 <= length[0] <= 2 * voe.teleport[1] + 1e-5
+            assert plausible[0, o, role_cols][dynamic].sum() == 1.0  # a dynamic body
+
+            # vanish: the same slot zeroed from the same frame on, nothing else changed
+            van = clips["vanish"]
+            assert (van[j:, o] == 0).all()
+            np.testing.assert_array_equal(van[:j], plausible[:j])
+            np.testing.assert_array_equal(np.delete(van, o, axis=1), np.delete(plausible, o, axis=1))
+
+            # colour: only the role one-hot of that slot from j on, to another dynamic role
+            col = clips["colour"]
+            np.testing.assert_array_equal(col[:j], plausible[:j])
+            np.testing.assert_array_equal(np.delete(col, o, axis=1), np.delete(plausible, o, axis=1))
+            np.testing.assert_array_equal(col[j:, o, :11], plausible[j:, o, :11])
+            roles = col[j:, o, role_cols]
+            assert (roles.sum(axis=1) == 1).all() and (roles == roles[0]).all()
+            new = int(np.argmax(roles[0]))
+            assert new in dynamic and new != int(np.argmax(plausible[0, o, role_cols]))
+
+            if "pass_through" in clips:
+                seen_pass += 1
+                pt = clips["pass_through"]
+                np.testing.assert_allclose(pt[0], plausible[0], atol=1e-6)  # the scene before the ball
+                assert np.abs(pt[:, :, 1:3] - plausible[:, :, 1:3]).max() > 2 * voe.min_effect
+    assert seen_pass >= 1
+
+
+def test_split_videos():
+    task_of = np.repeat(np.arange(25), 2)
+    test = [3, 11, 20]
+    train = [t for t in range(25) if t not in test][::-1]  # any order
+    s = split_videos(task_of, train, test)
+    val_tasks = sorted(train)[::10]
+    assert val_tasks == [0, 12, 23]
+    assert set(task_of[s["val"]]) == set(val_tasks)
+    assert set(task_of[s["test"]]) == set(test)
+    assert set(task_of[s["train"]]) == set(train) - set(val_tasks)
+    all_ = np.concatenate([s["train"], s["val"], s["test"]])
+    assert len(all_) == len(set(all_)) == 50
+
+
+# configs ----------------------------------------------------------------------------------------
+def _eval_cfg(**kw) -> PhyreEvalConfig:
+    return PhyreEvalConfig(predictor=PCFG, masking=MaskConfig(), predictor_train=OptimConfig(),
+                           episodes=EpisodeConfig(), readout=ReadoutConfig(), readout_train=OptimConfig(),
+                           trainer=TrainerConfig(), **kw)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: RankingConfig(candidates=0), "candidates"),
+        (lambda: RankingConfig(max_attempts=0), "max_attempts"),
+        (lambda: RankingConfig(tasks=-1), "tasks"),
+        (lambda: RankingConfig(batch_size=0), "batch_size"),
+        (lambda: RankingConfig(precision="fp16"), "precision"),
+        (lambda: VoEConfig(attempts=-1), "attempts"),
+        (lambda: VoEConfig(teleport=(0.3, 0.2)), "teleport"),
+        (lambda: VoEConfig(teleport=(0.0, 0.2)), "teleport"),
+        (lambda: VoEConfig(teleport=(0.1, 0.5)), "teleport"),
+        (lambda: VoEConfig(min_effect=0.0), "min_effect"),
+        (lambda: _eval_cfg(folds={"across": [0]}), "folds"),
+        (lambda: _eval_cfg(folds={"within": [], "cross": []}), "at least one fold"),
+        (lambda: _eval_cfg(folds={"within": [10]}), "0..9"),
+        (lambda: _eval_cfg(folds={"cross": [1, 1]}), "distinct"),
+    ],
+)
+def test_eval_configs_refuse(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_eval_config_accepts():
+    cfg = _eval_cfg(folds={"within": [0, 9]})
+    assert cfg.folds == {"within": [0, 9]}
+
+
+# ranking ----------------------------------------------------------------------------------------
+def test_rank_tasks(world, monkeypatch):
+    tasks = TaskIndex.load(world).tasks
+    model, readout = _model(), _readout()
+    seen = []
+
+    def spy(*args, **kw):
+        seen.append(kw.get("precision", "fp32"))
+        return score_actions(*args, **kw)
+
+    monkeypatch.setattr(ev, "score_actions", spy)
+    rc = RankingConfig(candidates=60, max_attempts=10, tasks=2, batch_size=16, precision="bf16")
+    with SlotStore(_oracle(world)) as ss:
+        task_of = ss.f["task"][:]
+        r = ev.rank_tasks(tasks, [4, 0, 2], ss, task_of, model, readout, rc, seed=0, progress=False)
+        scene = torch.from_numpy(ss.f["slots"][0, 0])
+    assert r["tasks"] == 2 and [p["task"] for p in r["per_task"]] == [tasks[0].task_id, tasks[2].task_id]
+    cand = ps.sample_actions(60, ev.CANDIDATE_SEED)
+    valid = ps.valid_mask(tasks[0], cand)
+    assert r["per_task"][0]["valid"] == int(valid.sum())
+    assert r["candidates_scored"] == sum(p["valid"] for p in r["per_task"])
+    for key in ("model", "random", "oracle"):
+        got = [p[key] for p in r["per_task"]]
+        assert r["auccess"][key] == pytest.approx(auccess(got, rc.max_attempts))
+        assert all(a is None or 1 <= a <= rc.max_attempts for a in got)
+    for p in r["per_task"]:
+        assert p["oracle"] in (1, None)
+        if p["model"] is not None or p["random"] is not None:
+            assert p["oracle"] == 1
+    # the model's order on task 0 by hand
+    cache = OutcomeCache(tasks[0], cand[valid])
+    scores = score_actions(model, readout, scene, torch.from_numpy(cand[valid]), batch_size=16,
+                           precision="bf16").numpy()  # fmt: skip
+    want = cache.first_solved(np.argsort(-scores, kind="stable"), rc.max_attempts)
+    assert r["per_task"][0]["model"] == want
+    # ranking.precision is "of the scoring passes"
+    assert seen and all(p == "bf16" for p in seen), f"score_actions ran with precision {seen}"
+
+
+# the commands -----------------------------------------------------------------------------------
+def test_eval_phyre_outputs(world, evaluated):
+    res = json.loads((evaluated / "results.json").read_text())
+    summary = res["summary"]
+    assert set(summary) == {"within", "cross"}
+    for kind in ("within", "cross"):
+        s = summary[kind]
+        assert s["folds"] == [0]
+        for k in ("model", "random", "oracle"):
+            assert 0.0 <= s["auccess"][k]["mean"] <= 100.0 and s["auccess"][k]["n"] == 1
+        assert set(s["voe"]) == set(VIOLATIONS)
+        for k in VIOLATIONS:
+            m = s["voe"][k]["mean"]
+            assert m != m or 0.0 <= m <= 1.0
+    tasks = TaskIndex.load(world).tasks
+    assert [(f["kind"], f["fold"]) for f in res["folds"]] == [("within", 0), ("cross", 0)]
+    for fold in res["folds"]:
+        train_t, test_t = ps.folds(tasks, 0, fold["kind"])
+        assert (fold["train_tasks"], fold["test_tasks"]) == (len(train_t), len(test_t))
+        assert sum(fold["attempts"].values()) == N_TASKS * RPT
+        assert fold["attempts"]["test"] == len(test_t) * RPT
+        rk = fold["ranking"]
+        assert rk["tasks"] == min(2, len(test_t)) == len(rk["per_task"])
+        assert [p["task"] for p in rk["per_task"]] == [tasks[t].task_id for t in sorted(test_t)[:2]]
+        for k in ("model", "random", "oracle"):
+            assert rk["auccess"][k] == pytest.approx(auccess([p[k] for p in rk["per_task"]], 20))
+        assert len(fold["fidelity"]["mse_per_frame"]) == 4
+        assert fold["fidelity"]["rollouts"] == len(test_t) * RPT
+        assert fold["voe"]["clips"]["plausible"] == 4
+        assert summary[fold["kind"]]["auccess"]["model"]["mean"] == pytest.approx(rk["auccess"]["model"])
+        on_disk = json.loads((evaluated / f"{fold['kind']}_0" / "results.json").read_text())
+        assert on_disk == fold
+        assert (evaluated / f"{fold['kind']}_0" / "readout" / "readout.pt").exists()
+    md = (evaluated / "results.md").read_text()
+    assert "AUCCESS" in md and "within-template" in md and "cross-template" in md
+    first = res["folds"][0]["ranking"]["per_task"][0]["task"]
+    png = evaluated / f"ranking_{first.replace(':', '_')}.png"
+    assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_phyre_rerun_keeps_finished_folds(world, evaluated, capsys):
+    done = [evaluated / f"{k}_0" / "results.json" for k in ("within", "cross")]
+    before = [os.stat(p).st_mtime_ns for p in done]
+    capsys.readouterr()
+    run_cli(["eval", "phyre", *SMOKE_EVAL, f"data.root={world}", f"out={evaluated}"])
+    out = capsys.readouterr().out
+    assert "within fold 0: kept" in out and "cross fold 0: kept" in out
+    assert [os.stat(p).st_mtime_ns for p in done] == before
+
+
+def _eval_error(world: Path, out: Path, extra: list[str], capsys) -> str:
+    """The error `cjepa eval phyre` reports (Hydra prints it and exits 1)."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["eval", "phyre", *SMOKE_EVAL, f"data.root={world}", f"out={out}", *extra])
+    assert exit_info.value.code == 1
+    return capsys.readouterr().err
+
+
+def test_eval_phyre_interrupted_fold_with_other_inputs_errors(world, evaluated, tmp_path, capsys):
+    out = tmp_path / "out"
+    shutil.copytree(evaluated, out)
+    (out / "within_0" / "results.json").unlink()  # the fold did not finish
+    err = _eval_error(world, out, ["predictor_train.steps=5"], capsys)
+    assert "predictor.pt was made with other inputs" in err
+
+
+def test_eval_phyre_finished_folds_with_other_inputs_error(world, evaluated, tmp_path, capsys):
+    """A rerun into the same out with another training budget must not keep the old folds."""
+    out = tmp_path / "out"
+    shutil.copytree(evaluated, out)
+    err = _eval_error(world, out, ["predictor_train.steps=5"], capsys)
+    assert "other inputs" in err
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["slots=learned"], "slots=learned"),
+        (["data=clevrer_sim"], "needs data=phyre_sim"),
+        (["folds={within:[12]}"], "0..9"),
+    ],
+)
+def test_eval_phyre_refuses(world, tmp_path, extra, match, capsys):
+    err = _eval_error(world, tmp_path / "out", extra, capsys)
+    assert "ValueError" in err and match in err
+    assert not (tmp_path / "out").exists()

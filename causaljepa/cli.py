@@ -140,6 +140,11 @@ def cmd_train_encoder(cfg) -> None:
 
     out = Path(cfg.out)
     resume = _resume(out, cfg.resume)
+    files = {}
+    if isinstance(cfg.data, PhyreSimData):  # one store of every task's attempts, no splits
+        from .sim.phyre_generate import ROLLOUTS_FILE
+
+        files = {"train_file": ROLLOUTS_FILE, "val_file": ROLLOUTS_FILE}
     path = train_encoder(
         cfg.data.root,
         cfg.encoder,
@@ -150,6 +155,7 @@ def cmd_train_encoder(cfg) -> None:
         seed=cfg.seed,
         resume=resume,
         extra={"data": cfg.data.name},
+        **files,
     )
     val = json.loads((out / "val.json").read_text())
     print(f"encoder: {path}")
@@ -168,7 +174,13 @@ def cmd_extract_slots(cfg) -> None:
     root = Path(cfg.data.root)
     out = Path(cfg.out) if cfg.out else root / "slots"
     report = {}
-    for split in _splits(root, cfg.splits):
+    if isinstance(cfg.data, PhyreSimData):  # one store of every task's attempts, no splits
+        from .sim.phyre_generate import ROLLOUTS_FILE
+
+        splits = [Path(ROLLOUTS_FILE).stem]
+    else:
+        splits = _splits(root, cfg.splits)
+    for split in splits:
         metrics = extract_slots(
             model,
             root / f"{split}.h5",

@@ -53,6 +53,7 @@ from causaljepa.training.phyre import (
     SuccessReadout,
     future_hidden,
     load_readout,
+    observe_prefix,
     predict_episodes,
     score_actions,
     train_phyre_predictor,
@@ -329,6 +330,66 @@ def test_predict_episodes_keeps_the_scene(world):
     assert torch.isfinite(pred).all()
     other = predict_episodes(model, scene, actions.flip(0))
     assert torch.equal(other[:, 0], scene) and not torch.allclose(other[:, 1:], pred[:, 1:])
+
+
+def test_predict_episodes_from_a_seen_prefix(world):
+    """Frames 1 .. j - 1 given are returned as given and are read: the later predictions change."""
+    model = _model()
+    with SlotStore(_oracle(world)) as ss:
+        clip = torch.from_numpy(ss.f["slots"][[0, 4]][:, TIMES])  # (2, 1 + F, K, D)
+        actions = torch.from_numpy(ss.f["actions"][[0, 4]])
+    blind = predict_episodes(model, clip[:, 0], actions)
+    seen = predict_episodes(model, clip[:, 0], actions, seen=clip[:, 1:3])
+    assert torch.equal(seen[:, :3], clip[:, :3])
+    assert not torch.allclose(seen[:, 3:], blind[:, 3:])
+    # the same as the model run by hand with frames 0..2 visible
+    hidden = future_hidden(2, FUTURE, K, seen=3)
+    assert not hidden[:, :3].any() and hidden[:, 3:].all()
+    inputs = clip.clone()
+    inputs[:, 3:] = 0
+    with torch.no_grad():
+        manual, _ = model(inputs, hidden, actions)
+    torch.testing.assert_close(seen[:, 3:], manual[:, 3:])
+
+
+def test_observe_prefix():
+    hidden = future_hidden(4000, FUTURE, K)
+    out = observe_prefix(hidden, 0.5, torch.Generator().manual_seed(0))
+    assert torch.equal(hidden, future_hidden(4000, FUTURE, K))  # not changed in place
+    seen = (~out).all(dim=2)  # (B, T): every slot of a frame alike
+    assert torch.equal(seen, ~out.any(dim=2))
+    first_hidden = (~seen).float().argmax(dim=1)  # h, the first hidden frame
+    # a prefix: frames < h visible, frames >= h hidden, frame 0 always visible, the last always hidden
+    assert torch.equal(seen, torch.arange(1 + FUTURE)[None] < first_hidden[:, None])
+    assert set(first_hidden.tolist()) == {1, 2, 3, 4}
+    share = (first_hidden > 1).float().mean()
+    assert abs(float(share) - 0.5) < 0.03
+    counts = torch.bincount(first_hidden[first_hidden > 1])[2:].float()
+    assert float(counts.max() / counts.min()) < 1.2  # h uniform over 2..F
+    assert torch.equal(observe_prefix(hidden, 0.0, torch.Generator().manual_seed(0)), hidden)
+    same = observe_prefix(hidden, 0.5, torch.Generator().manual_seed(0))
+    assert torch.equal(same, out)
+
+
+def test_surprise_by_hand(world):
+    """step=False: every frame expected from frame 0 and the action; step=True: frame j expected
+    from the clip's frames 0 .. j - 1. Both: the largest per-slot squared error."""
+    model = _model()
+    with SlotStore(_oracle(world)) as ss:
+        clip = ss.f["slots"][[0, 4, 8]][:, TIMES]
+        actions = ss.f["actions"][[0, 4, 8]]
+    blind = predict_episodes(model, torch.from_numpy(clip[:, 0]), torch.from_numpy(actions))
+    s_scene = ev.surprise(model, clip, actions, step=False)
+    by_hand = (blind[:, 1:] - torch.from_numpy(clip[:, 1:])).pow(2).mean(-1).flatten(1).amax(1)
+    np.testing.assert_allclose(s_scene, by_hand.numpy(), rtol=1e-6)
+    step = ev.surprise(model, clip, actions)
+    assert not np.allclose(step, s_scene)
+    errs = []
+    for j in range(1, FUTURE + 1):
+        p = predict_episodes(model, torch.from_numpy(clip[:, 0]), torch.from_numpy(actions),
+                             seen=torch.from_numpy(clip[:, 1:j]))  # fmt: skip
+        errs.append((p[:, j] - torch.from_numpy(clip[:, j])).pow(2).mean(-1))
+    np.testing.assert_allclose(step, torch.stack(errs, 1).flatten(1).amax(1).numpy(), rtol=1e-6)
 
 
 def test_train_phyre_predictor_refuses_history(world, tmp_path):

@@ -212,6 +212,9 @@ def extract_slots(
         if vs.has("actions"):
             f.create_dataset("actions", data=vs.f["actions"][:], track_times=False)
             f.attrs["action_fields"] = json.dumps(list(vs.action_fields))
+        for name in ("task", "success"):  # attempts at tasks (phyre_sim)
+            if vs.has(name):
+                f.create_dataset(name, data=vs.f[name][:], track_times=False)
         if counterfactuals:
             if not vs.has("cf_frames"):
                 raise StoreError(

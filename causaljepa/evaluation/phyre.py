@@ -14,9 +14,12 @@ For each fold (PHYRE's within-template and cross-template splits, ``phyre_sim.fo
    ``teleport`` (o jumps by 0.15-0.3 of the scene and carries on from there), ``vanish``
    (o is gone), ``colour`` (o takes another dynamic role's colour), ``pass_through`` (the
    attempt re-simulated with the pair of bodies (or body and ball) whose collision matters
-   most passing through each other). Surprise = the largest per-slot squared error of the
-   predictor's rollout against the clip; AUROC of surprise, implausible against the
-   unmodified attempts, per type;
+   most passing through each other). Surprise = the largest per-slot squared error between a
+   clip's frame j and the predictor's expectation of it from frames 0 .. j - 1 of the clip (what
+   has been seen so far; the predictor is trained to carry on from an observed prefix,
+   ``EpisodeConfig.observed_share``); AUROC of surprise, implausible against the unmodified
+   attempts, per type. ``voe.from_scene`` has the same with every frame expected from frame 0
+   and the action alone;
 4. **action ranking**: for each test task the fixed candidate set (``sample_actions(n,
    CANDIDATE_SEED)``, the valid ones) is scored by predictor + readout, and simulated in rank
    order until solved, at most ``max_attempts`` valid attempts; AUCCESS over the test tasks,
@@ -224,12 +227,23 @@ def violation_clips(
     return clips
 
 
-def surprise(model, clips: np.ndarray, actions: np.ndarray) -> np.ndarray:
-    """clips (B, 1 + F, K, D), actions (B, A) -> the largest per-slot squared error (B,) of the
-    predictor's rollout from frame 0 against the clip's later frames."""
-    c = torch.from_numpy(clips)
-    pred = predict_episodes(model, c[:, 0], torch.from_numpy(actions))
-    err = (pred[:, 1:] - c[:, 1:]).pow(2).mean(dim=-1)  # (B, F, K)
+def surprise(model, clips: np.ndarray, actions: np.ndarray, *, step: bool = True) -> np.ndarray:
+    """clips (B, 1 + F, K, D), actions (B, A) -> surprise (B,): the largest per-slot squared error
+    of the predictor's expectation against the clip. ``step``: frame j is expected from frames
+    0 .. j - 1 of the clip (what has been seen so far), for every j >= 1; else every frame is
+    expected from frame 0 and the action alone (the rollout that ranks actions)."""
+    c, a = torch.from_numpy(clips), torch.from_numpy(actions)
+    F = c.shape[1] - 1
+    if not step:
+        pred = predict_episodes(model, c[:, 0], a)
+        return (pred[:, 1:] - c[:, 1:]).pow(2).mean(dim=-1).flatten(1).amax(dim=1).numpy()
+    err = torch.stack(
+        [
+            (predict_episodes(model, c[:, 0], a, seen=c[:, 1:j])[:, j] - c[:, j]).pow(2).mean(dim=-1)
+            for j in range(1, F + 1)
+        ],
+        dim=1,
+    )  # (B, F, K)
     return err.flatten(1).amax(dim=1).numpy()
 
 
@@ -387,13 +401,19 @@ def voe_scores(
             for k, c in violation_clips(vs, tasks, int(v), times, cfg.voe, rng).items():
                 clips[k].append(c)
                 acts[k].append(a)
-    s = {k: surprise(model, np.stack(clips[k]), np.stack(acts[k])) for k in clips if clips[k]}
     out = {"clips": {k: len(v) for k, v in clips.items()}}
-    for k in VIOLATIONS:
-        if k in s:
-            labels = np.r_[np.zeros(len(s["plausible"]), bool), np.ones(len(s[k]), bool)]
-            out[k] = auroc(np.r_[s["plausible"], s[k]], labels)
-    out["surprise_median"] = {k: float(np.median(v)) for k, v in s.items()}
+    for step, name in ((True, None), (False, "from_scene")):
+        s = {k: surprise(model, np.stack(clips[k]), np.stack(acts[k]), step=step) for k in clips if clips[k]}
+        res = {}
+        for k in VIOLATIONS:
+            if k in s:
+                labels = np.r_[np.zeros(len(s["plausible"]), bool), np.ones(len(s[k]), bool)]
+                res[k] = auroc(np.r_[s["plausible"], s[k]], labels)
+        res["surprise_median"] = {k: float(np.median(v)) for k, v in s.items()}
+        if name is None:
+            out.update(res)
+        else:
+            out[name] = res
     return out
 
 

@@ -99,15 +99,18 @@ def train_encoder(
     seed: int = 0,
     resume: str | os.PathLike | None = None,
     extra: dict | None = None,
+    train_file: str = "train.h5",
+    val_file: str = "validation.h5",
 ) -> Path:
-    """Train an encoder on <data_root>/train.h5, validate on validation.h5; returns encoder.pt."""
+    """Train an encoder on <data_root>/<train_file>, validate on <val_file> (where it has masks);
+    returns encoder.pt. phyre_sim has one store of every task's attempts (rollouts.h5) for both."""
     root, run_dir = Path(data_root), Path(run_dir)
     torch.manual_seed(seed)
     model = SAVi(encoder)
-    train_store = VideoStore(root / "train.h5")
+    train_store = VideoStore(root / train_file)
     sampler = ClipSampler(train_store, clips.length, clips.stride)
     validate = None
-    val_path = root / "validation.h5"
+    val_path = root / val_file
     if val_path.exists():
         val_store = VideoStore(val_path)
         if val_store.has("masks"):

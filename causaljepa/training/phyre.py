@@ -8,6 +8,10 @@ t = 0. The predictor sees frame 0 and the action and predicts the slots of frame
 one encoded scene and one forward pass per candidate action, which is what makes scoring
 thousands of candidates cheap. With one history frame there is nothing to mask in the history
 (frame 0 is always visible), so the masking strategies all reduce to future prediction here.
+A share of the training episodes (``EpisodeConfig.observed_share``) also shows the predictor
+the first predicted frames (an observed prefix), so that it can also carry an episode on from
+what it has seen: violation-of-expectation surprise compares each frame with its expectation
+from the frames before it.
 
 The success readout (``SuccessReadout``) is a permutation-invariant DeepSets head over the
 predicted slots of every frame: a per-slot MLP, mean and max over slots, the frames
@@ -47,6 +51,10 @@ class EpisodeConfig:
 
     stride: int = 10  # store frames between predicted frames (5 fps: two seconds)
     val_episodes: int = 256  # held-out attempts scored per validation
+    # the share of training episodes that also see their first h - 1 predicted frames (h drawn
+    # uniformly from 2..future): the predictor learns to carry on from what it has seen, which
+    # is how violation-of-expectation surprise is measured (frame j predicted from frames < j)
+    observed_share: float = 0.5
 
     def __post_init__(self) -> None:
         if self.stride < 1 or self.val_episodes < 1:
@@ -54,6 +62,8 @@ class EpisodeConfig:
                 f"episodes.stride ({self.stride}) and episodes.val_episodes ({self.val_episodes}) "
                 "must be >= 1"
             )
+        if not 0 <= self.observed_share <= 1:
+            raise ValueError(f"episodes.observed_share must be in [0, 1], got {self.observed_share}")
 
 
 class EpisodeSampler:
@@ -98,28 +108,51 @@ class EpisodeSampler:
         return self.sample(n, torch.Generator().manual_seed(seed))
 
 
-def future_hidden(B: int, steps: int, K: int, device=None) -> torch.Tensor:
-    """(B, 1 + steps, K): frame 0 visible, every predicted frame hidden."""
+def future_hidden(B: int, steps: int, K: int, device=None, seen: int = 1) -> torch.Tensor:
+    """(B, 1 + steps, K): frames 0 .. seen - 1 visible (default: frame 0 alone), the rest hidden."""
     hidden = torch.ones(B, 1 + steps, K, dtype=torch.bool, device=device)
-    hidden[:, 0] = False
+    hidden[:, :seen] = False
     return hidden
+
+
+def observe_prefix(hidden: torch.Tensor, share: float, generator: torch.Generator) -> torch.Tensor:
+    """hidden (B, 1 + F, K) -> a copy where a ``share`` of the episodes also see frames 1 .. h - 1,
+    h drawn uniformly from 2..F per episode (F >= 2; with F = 1 nothing changes)."""
+    B, T = hidden.shape[:2]
+    out = hidden.clone()
+    if T < 3 or share == 0:
+        return out
+    pick = torch.rand(B, generator=generator) < share  # (B,)
+    h = torch.randint(2, T, (B,), generator=generator)  # the first hidden frame
+    seen = (torch.arange(T)[None, :] < h[:, None]) & pick[:, None]  # (B, T)
+    out[seen] = False
+    return out
 
 
 @torch.no_grad()
 def predict_episodes(
-    model: CJEPAPredictor, scene: torch.Tensor, actions: torch.Tensor, *, precision: str = "fp32"
+    model: CJEPAPredictor,
+    scene: torch.Tensor,
+    actions: torch.Tensor,
+    *,
+    precision: str = "fp32",
+    seen: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """scene (B, K, D) frame-0 slots, actions (B, A) -> predicted slots (B, 1 + F, K, D); frame 0
-    is the scene itself."""
+    is the scene itself. ``seen`` (B, j, K, D): frames 1 .. j observed too (returned as given),
+    the rest predicted from them."""
     B, K, D = scene.shape
     F = model.cfg.future
     device = model.out.weight.device
     slots = torch.zeros(B, 1 + F, K, D, device=device)
     slots[:, 0] = scene.to(device)
+    j = 1 if seen is None else 1 + seen.shape[1]
+    if seen is not None:
+        slots[:, 1:j] = seen.to(device)
     with autocast(device, precision):
-        pred, _ = model(slots, future_hidden(B, F, K, device), actions.to(device))
+        pred, _ = model(slots, future_hidden(B, F, K, device, seen=j), actions.to(device))
     pred = pred.float()
-    pred[:, 0] = slots[:, 0]
+    pred[:, :j] = slots[:, :j]
     return pred
 
 
@@ -157,7 +190,7 @@ def train_phyre_predictor(
 
     def next_batch(gen: torch.Generator) -> dict:
         batch = sampler.sample(optim.batch_size, gen)
-        batch["hidden"] = masks.sample(optim.batch_size, gen)
+        batch["hidden"] = observe_prefix(masks.sample(optim.batch_size, gen), episodes.observed_share, gen)
         return batch
 
     val = EpisodeSampler(store, val_videos, cfg.future, episodes.stride)

@@ -772,3 +772,26 @@ def test_eval_phyre_refuses(world, tmp_path, extra, match, capsys):
     err = _eval_error(world, tmp_path / "out", extra, capsys)
     assert "ValueError" in err and match in err
     assert not (tmp_path / "out").exists()
+
+
+# the encoder on phyre_sim ------------------------------------------------------------------
+def test_encoder_on_phyre_rollouts(world, tmp_path):
+    """train-encoder and extract-slots read rollouts.h5; the learned slot store carries the
+    one-shot actions, task and success, so the PHYRE world model can train on it."""
+    run = tmp_path / "enc"
+    run_cli(["train-encoder", "data=phyre_sim", "preset=smoke", f"data.root={world}", f"out={run}",
+             "trainer.progress=false"])  # fmt: skip
+    val = json.loads((run / "val.json").read_text())
+    assert 0.0 <= val["fg_ari"] <= 1.0 or math.isnan(val["fg_ari"])
+    out = tmp_path / "slots"
+    run_cli(["extract-slots", "data=phyre_sim", f"checkpoint={run / 'encoder.pt'}", f"data.root={world}",
+             f"out={out}"])  # fmt: skip
+    with SlotStore(out / ROLLOUTS_FILE) as ss, VideoStore(world / ROLLOUTS_FILE) as vs:
+        assert ss.one_shot and ss.action_dim == 3 and ss.num_slots == 3
+        assert ss.f["slots"].shape[:2] == (vs.num_videos, vs.num_frames)
+        np.testing.assert_array_equal(ss.f["actions"][:], vs.f["actions"][:])
+        np.testing.assert_array_equal(ss.f["task"][:], vs.f["task"][:])
+        np.testing.assert_array_equal(ss.f["success"][:], vs.f["success"][:])
+        sampler = EpisodeSampler(ss, range(4), FUTURE, STRIDE)
+        assert sampler.slots.shape == (4, 1 + FUTURE, 3, ss.slot_dim)
+    assert "rollouts" in json.loads((out / "metrics.json").read_text())

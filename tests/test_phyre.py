@@ -384,12 +384,31 @@ def test_surprise_by_hand(world):
     np.testing.assert_allclose(s_scene, by_hand.numpy(), rtol=1e-6)
     step = ev.surprise(model, clip, actions)
     assert not np.allclose(step, s_scene)
+    # scaled: each feature's squared error over its scale (+ the floor), then the slot mean
+    scale = torch.linspace(0.01, 1.0, D)
+    err = ev.expectation_errors(model, torch.from_numpy(clip), torch.from_numpy(actions))
+    assert err.shape == (3, FUTURE, K, D)
+    want = (err / (scale + ev.SCALE_FLOOR)).mean(-1).flatten(1).amax(1).numpy()
+    np.testing.assert_allclose(ev.surprise(model, clip, actions, scale=scale), want, rtol=1e-6)
+    np.testing.assert_allclose(step, err.mean(-1).flatten(1).amax(1).numpy(), rtol=1e-6)
     errs = []
     for j in range(1, FUTURE + 1):
         p = predict_episodes(model, torch.from_numpy(clip[:, 0]), torch.from_numpy(actions),
                              seen=torch.from_numpy(clip[:, 1:j]))  # fmt: skip
         errs.append((p[:, j] - torch.from_numpy(clip[:, j])).pow(2).mean(-1))
     np.testing.assert_allclose(step, torch.stack(errs, 1).flatten(1).amax(1).numpy(), rtol=1e-6)
+
+
+def test_error_scale_over_present_slots(world):
+    model = _model()
+    with SlotStore(_oracle(world)) as ss:
+        episodes = EpisodeSampler(ss, range(8), FUTURE, STRIDE)
+    scale = ev.error_scale(model, episodes)
+    err = ev.expectation_errors(model, episodes.slots, episodes.actions)  # (N, F, K, D)
+    present = episodes.slots[:, 1:, :, 0] > 0.5
+    want = err[present].mean(dim=0)  # (D,): the mean over present slots only
+    torch.testing.assert_close(scale, want)
+    assert bool(present.sum() < present.numel()) and scale.shape == (D,)
 
 
 def test_train_phyre_predictor_refuses_history(world, tmp_path):

@@ -66,6 +66,8 @@ from .influence import auroc
 
 CANDIDATE_SEED = 20190613  # the fixed candidate action set of every task
 VIOLATIONS = ("teleport", "vanish", "colour", "pass_through")
+VOE_VARIANTS = ("unscaled", "from_scene")  # the surprise's variants, reported next to it
+SCALE_FLOOR = 1e-4  # added to each feature's error scale: features the model never gets wrong
 DYNAMIC_ROLES = ("goal", "subject", "dynamic")
 FOLD_KINDS = ("within", "cross")
 
@@ -227,24 +229,45 @@ def violation_clips(
     return clips
 
 
-def surprise(model, clips: np.ndarray, actions: np.ndarray, *, step: bool = True) -> np.ndarray:
-    """clips (B, 1 + F, K, D), actions (B, A) -> surprise (B,): the largest per-slot squared error
-    of the predictor's expectation against the clip. ``step``: frame j is expected from frames
-    0 .. j - 1 of the clip (what has been seen so far), for every j >= 1; else every frame is
-    expected from frame 0 and the action alone (the rollout that ranks actions)."""
-    c, a = torch.from_numpy(clips), torch.from_numpy(actions)
-    F = c.shape[1] - 1
+def expectation_errors(
+    model, clips: torch.Tensor, actions: torch.Tensor, *, step: bool = True
+) -> torch.Tensor:
+    """clips (B, 1 + F, K, D), actions (B, A) -> squared errors (B, F, K, D) of the predictor's
+    expectation of frames 1..F. ``step``: frame j is expected from frames 0 .. j - 1 of the clip
+    (what has been seen so far); else every frame from frame 0 and the action alone (the rollout
+    that ranks actions)."""
+    F = clips.shape[1] - 1
     if not step:
-        pred = predict_episodes(model, c[:, 0], a)
-        return (pred[:, 1:] - c[:, 1:]).pow(2).mean(dim=-1).flatten(1).amax(dim=1).numpy()
-    err = torch.stack(
+        return (predict_episodes(model, clips[:, 0], actions)[:, 1:] - clips[:, 1:]).pow(2)
+    return torch.stack(
         [
-            (predict_episodes(model, c[:, 0], a, seen=c[:, 1:j])[:, j] - c[:, j]).pow(2).mean(dim=-1)
+            (predict_episodes(model, clips[:, 0], actions, seen=clips[:, 1:j])[:, j] - clips[:, j]).pow(2)
             for j in range(1, F + 1)
         ],
         dim=1,
-    )  # (B, F, K)
-    return err.flatten(1).amax(dim=1).numpy()
+    )
+
+
+def error_scale(model, episodes: EpisodeSampler, *, step: bool = True) -> torch.Tensor:
+    """(D,): the predictor's mean squared error per slot feature over the present slots of
+    ``episodes`` (held-out attempts of training tasks): how far off its expectations usually are."""
+    err = expectation_errors(model, episodes.slots, episodes.actions, step=step)  # (N, F, K, D)
+    present = (episodes.slots[:, 1:, :, 0] > 0.5)[..., None]  # (N, F, K, 1)
+    return (err * present).sum(dim=(0, 1, 2)) / present.sum().clamp(min=1)
+
+
+def surprise(
+    model, clips: np.ndarray, actions: np.ndarray, *, step: bool = True, scale: torch.Tensor | None = None
+) -> np.ndarray:
+    """clips (B, 1 + F, K, D), actions (B, A) -> surprise (B,): the largest per-slot error of the
+    predictor's expectation against the clip (``expectation_errors``), each feature's squared
+    error divided by ``scale`` (``error_scale``: then in units of the model's usual error, the
+    negative log-likelihood of a diagonal Gaussian up to constants) and averaged over the slot's
+    features. scale None: plain squared errors."""
+    err = expectation_errors(model, torch.from_numpy(clips), torch.from_numpy(actions), step=step)
+    if scale is not None:
+        err = err / (scale + SCALE_FLOOR)
+    return err.mean(dim=-1).flatten(1).amax(dim=1).numpy()
 
 
 # fidelity and permanence ------------------------------------------------------------------------
@@ -371,7 +394,7 @@ def run_fold(
                               "solved_share": float(y.mean())}  # fmt: skip
 
         # violation of expectation
-        results["voe"] = voe_scores(root, tasks, model, cfg, videos["test"], progress=progress)
+        results["voe"] = voe_scores(root, tasks, model, cfg, videos["test"], val_s, progress=progress)
 
         # action ranking
         results["ranking"] = rank_tasks(tasks, test_t, store, task_of, model, readout, cfg.ranking, cfg.seed,
@@ -383,8 +406,18 @@ def run_fold(
 
 
 def voe_scores(
-    root: Path, tasks, model, cfg: PhyreEvalConfig, test_videos: np.ndarray, *, progress=True
+    root: Path,
+    tasks,
+    model,
+    cfg: PhyreEvalConfig,
+    test_videos: np.ndarray,
+    val: EpisodeSampler,
+    *,
+    progress=True,
 ) -> dict:
+    """AUROC of surprise, implausible against plausible clips, per violation type: the step
+    surprise scaled by the model's usual errors on ``val`` (the figure), and as variants the same
+    unscaled (``unscaled``) and expected from frame 0 alone (``from_scene``)."""
     from tqdm import tqdm
 
     times = _times(cfg.episodes, model.cfg.future)
@@ -402,8 +435,15 @@ def voe_scores(
                 clips[k].append(c)
                 acts[k].append(a)
     out = {"clips": {k: len(v) for k, v in clips.items()}}
-    for step, name in ((True, None), (False, "from_scene")):
-        s = {k: surprise(model, np.stack(clips[k]), np.stack(acts[k]), step=step) for k in clips if clips[k]}
+    scales = {step: error_scale(model, val, step=step) for step in (True, False)}
+    out["error_scale"] = [float(v) for v in scales[True]]
+    for step, scaled, name in ((True, True, None), (True, False, "unscaled"), (False, True, "from_scene")):
+        scale = scales[step] if scaled else None
+        s = {
+            k: surprise(model, np.stack(v), np.stack(acts[k]), step=step, scale=scale)
+            for k, v in clips.items()
+            if v
+        }
         res = {}
         for k in VIOLATIONS:
             if k in s:
@@ -475,6 +515,12 @@ def summarize(results: list[dict]) -> dict:
             "folds": [r["fold"] for r in rs],
             "auccess": {k: ms(r["ranking"]["auccess"][k] for r in rs) for k in ("model", "random", "oracle")},
             "voe": {k: ms(r["voe"].get(k, float("nan")) for r in rs) for k in VIOLATIONS},
+            **{
+                f"voe_{variant}": {
+                    k: ms(r["voe"][variant].get(k, float("nan")) for r in rs) for k in VIOLATIONS
+                }
+                for variant in VOE_VARIANTS
+            },
             "readout_auroc": ms(r["readout"]["auroc"] for r in rs),
             "mse": ms(r["fidelity"]["mse"] for r in rs),
             "copy_frame0": ms(r["fidelity"]["copy_frame0"] for r in rs),
@@ -499,6 +545,10 @@ def results_markdown(summary: dict, results: list[dict]) -> str:
               "| split | " + " | ".join(VIOLATIONS) + " |", "|---|" + "---|" * len(VIOLATIONS)]  # fmt: skip
     for kind, s in summary.items():
         lines.append(f"| {kind} | " + " | ".join(g(s["voe"][k]) for k in VIOLATIONS) + " |")
+        for variant in VOE_VARIANTS:
+            lines.append(
+                f"| {kind}, {variant} | " + " | ".join(g(s[f"voe_{variant}"][k]) for k in VIOLATIONS) + " |"
+            )
     lines += ["", "## Rollouts on the test tasks", "",
               "| split | slot MSE | copy frame 0 | vanish | appear | duplicate | readout AUROC "
               "| candidates/s |",

@@ -428,6 +428,7 @@ def cmd_eval_phyre(cfg) -> None:
         trainer=cfg.trainer,
         ranking=cfg.ranking,
         voe=cfg.voe,
+        plausibility=cfg.plausibility,
         folds={k: list(v) for k, v in cfg.folds.items()},
         seed=cfg.seed,
     )

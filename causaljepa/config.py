@@ -25,7 +25,7 @@ from .sim.generate import SPLITS, GenerateConfig
 from .sim.phyre_generate import PhyreGenerateConfig
 from .training.encoder import ClipConfig
 from .training.loop import OptimConfig, TrainerConfig
-from .training.phyre import EpisodeConfig, ReadoutConfig
+from .training.phyre import EpisodeConfig, PlausibilityConfig, ReadoutConfig
 from .training.predictor import WindowConfig
 
 
@@ -276,6 +276,7 @@ class EvalPhyreCommand:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     ranking: RankingConfig = field(default_factory=RankingConfig)
     voe: VoEConfig = field(default_factory=VoEConfig)
+    plausibility: PlausibilityConfig = field(default_factory=PlausibilityConfig)
     folds: dict[str, list[int]] = field(default_factory=lambda: {"within": [0, 1, 2], "cross": [0]})
     out: str = "runs/phyre"
 

@@ -40,13 +40,16 @@ _NEEDED = ("x", "y", "angle", "vx", "vy", "angular_velocity", "width", "height")
 
 
 def phyre_oracle_features(
-    states: np.ndarray, present: np.ndarray, props: np.ndarray, fields, roles, shapes
+    states: np.ndarray, present: np.ndarray, props: np.ndarray, fields, roles, shapes, *, ball: bool = False
 ) -> np.ndarray:
     """states (..., T, O, F), present (..., T, O), props (O, 3) (role, shape, dynamic) of the
-    K = O - 1 scene bodies and the ball (the last object) -> slots (..., T, K, D) float32."""
+    K = O - 1 scene bodies and the ball (the last object) -> slots (..., T, K, D) float32.
+    ``ball``: the ball is a slot too, the last (K = O), a circle with no scene role: the slots of
+    a whole observed clip, where the ball is seen (the plausibility model's)."""
     col = {name: i for i, name in enumerate(fields)}
-    s = {name: states[..., :-1, col[name]] for name in _NEEDED}  # the ball (last) is not a slot
-    props = props[:-1]
+    if not ball:  # the ball (last) is not a slot
+        states, present, props = states[..., :-1, :], present[..., :-1], props[:-1]
+    s = {name: states[..., col[name]] for name in _NEEDED}
     kin = np.stack(
         [
             np.ones_like(s["x"]),
@@ -68,10 +71,11 @@ def phyre_oracle_features(
         if props[k, 0] < 0:
             continue
         static[k, 0] = float(shapes[props[k, 1]] == "circle")
-        static[k, 1 + SCENE_ROLES.index(roles[props[k, 0]])] = 1.0
+        if roles[props[k, 0]] in SCENE_ROLES:  # the ball has none
+            static[k, 1 + SCENE_ROLES.index(roles[props[k, 0]])] = 1.0
     static = np.broadcast_to(static, (*kin.shape[:-1], static.shape[1]))
     out = np.concatenate([kin, static], axis=-1).astype(np.float32)
-    return out * present[..., :-1, None]
+    return out * present[..., None]
 
 
 def write_phyre_oracle_slots(video_store: str | os.PathLike, out: str | os.PathLike) -> Path:

@@ -54,19 +54,22 @@ from ..training.loop import OptimConfig, TrainerConfig
 from ..training.phyre import (
     EpisodeConfig,
     EpisodeSampler,
+    PlausibilityConfig,
     ReadoutConfig,
     load_readout,
     predict_episodes,
     score_actions,
     train_phyre_predictor,
+    train_plausibility,
     train_readout,
+    window_errors,
 )
 from ..training.predictor import load_predictor
 from .influence import auroc
 
 CANDIDATE_SEED = 20190613  # the fixed candidate action set of every task
 VIOLATIONS = ("teleport", "vanish", "colour", "pass_through")
-VOE_VARIANTS = ("unscaled", "from_scene")  # the surprise's variants, reported next to it
+VOE_VARIANTS = ("plausibility_unscaled", "world_model", "world_model_from_scene")  # reported next to it
 SCALE_FLOOR = 1e-4  # added to each feature's error scale: features the model never gets wrong
 DYNAMIC_ROLES = ("goal", "subject", "dynamic")
 FOLD_KINDS = ("within", "cross")
@@ -118,6 +121,7 @@ class PhyreEvalConfig:
     trainer: TrainerConfig
     ranking: RankingConfig = field(default_factory=RankingConfig)
     voe: VoEConfig = field(default_factory=VoEConfig)
+    plausibility: PlausibilityConfig = field(default_factory=PlausibilityConfig)
     folds: dict[str, list[int]] = field(default_factory=lambda: {"within": [0, 1, 2], "cross": [0]})
     seed: int = 0
 
@@ -172,6 +176,73 @@ def _times(episodes: EpisodeConfig, future: int) -> np.ndarray:
     return np.arange(0, future * episodes.stride + 1, episodes.stride)
 
 
+@dataclass(frozen=True)
+class World:
+    """One attempt's world at every store frame: states (T, O, F), present (T, O), and the object
+    properties (O, 3), which change to ``props_after`` from frame ``changed_at`` on (a colour change)."""
+
+    states: np.ndarray
+    present: np.ndarray
+    props: np.ndarray
+    changed_at: int | None = None
+    props_after: np.ndarray | None = None
+
+    def slots(self, vs: VideoStore, times: np.ndarray, *, ball: bool = False) -> np.ndarray:
+        """The oracle slots (len(times), K, D) of this world at ``times`` (K + 1 with the ball)."""
+        args = (vs.state_fields, vs.vocab["roles"], vs.vocab["shapes"])
+        st, pe = self.states[times], self.present[times]
+        out = phyre_oracle_features(st, pe, self.props, *args, ball=ball)
+        if self.changed_at is not None:
+            after = phyre_oracle_features(st, pe, self.props_after, *args, ball=ball)
+            later = times >= self.changed_at
+            out[later] = after[later]
+        return out
+
+
+def violation_worlds(
+    vs: VideoStore, tasks: list[ps.Task], video: int, voe: VoEConfig, rng: np.random.Generator, first: int
+) -> dict[str, World]:
+    """The world of video ``video`` ("plausible") and each implausible version of it that can be
+    made, violated from a random frame j in [first, T) on, on a random dynamic scene body (a
+    pass-through only where some pair's collision matters)."""
+    roles = vs.vocab["roles"]
+    states, present = vs.read("states", video), vs.read("present", video)  # (T, O, F), (T, O)
+    props = vs.read("object_properties", video)
+    worlds = {"plausible": World(states, present, props)}
+    dyn = [o for o in range(BALL) if props[o, 0] >= 0 and roles[props[o, 0]] in DYNAMIC_ROLES]
+    o = int(rng.choice(dyn))
+    j = int(rng.integers(first, len(states)))  # the first violated frame
+    col = {n: i for i, n in enumerate(vs.state_fields)}
+    s = states.copy()
+    ang = rng.uniform(0, 2 * math.pi)
+    dist = rng.uniform(*voe.teleport)
+    for c, d in ((col["x"], math.cos(ang)), (col["y"], math.sin(ang))):
+        v = s[j:, o, c] + dist * d
+        s[j:, o, c] = np.where((v < 0.03) | (v > 0.97), s[j:, o, c] - dist * d, v)  # stay inside the scene
+    worlds["teleport"] = World(s, present, props)
+    p = present.copy()
+    p[j:, o] = False
+    worlds["vanish"] = World(states * p[..., None], p, props)
+    pr = props.copy()
+    others = [r for r in DYNAMIC_ROLES if r != roles[props[o, 0]]]
+    pr[o, 0] = roles.index(str(rng.choice(others)))
+    worlds["colour"] = World(states, present, props, j, pr)
+    task = tasks[int(vs.read("task", video))]
+    action = vs.read("actions", video)
+    best, best_effect = None, voe.min_effect
+    n = len(task.bodies)
+    _, _, radius = ps.action_to_ball(action)
+    for pair in [(b, n) for b in range(n)] + [tuple(task.goal)]:
+        r = ps.simulate(task, action, fps=vs.fps, no_collide=pair)
+        st, pe = padded_states(task, r, radius)
+        effect = float(np.abs(st[:, :BALL, :2] - states[:, :BALL, :2]).max())
+        if effect > best_effect:
+            best, best_effect = World(st, pe, props), effect
+    if best is not None:
+        worlds["pass_through"] = best
+    return worlds
+
+
 def violation_clips(
     vs: VideoStore,
     tasks: list[ps.Task],
@@ -181,52 +252,9 @@ def violation_clips(
     rng: np.random.Generator,
 ) -> dict[str, np.ndarray]:
     """The oracle slots (1 + F, K, D) at ``times`` of video ``video`` and of each implausible
-    version of it that can be made (a pass-through only where some collision matters)."""
-    roles, shapes = vs.vocab["roles"], vs.vocab["shapes"]
-    states = vs.read("states", video)[times]  # (T', O, F)
-    present = vs.read("present", video)[times]
-    props = vs.read("object_properties", video)
-    fields = vs.state_fields
-
-    def feats(s, p, pr=props):
-        return phyre_oracle_features(s, p, pr, fields, roles, shapes)
-
-    clips = {"plausible": feats(states, present)}
-    dyn = [o for o in range(BALL) if props[o, 0] >= 0 and roles[props[o, 0]] in DYNAMIC_ROLES]
-    o = int(rng.choice(dyn))
-    j = int(rng.integers(1, len(times)))  # the first predicted frame that is violated
-    col = {n: i for i, n in enumerate(fields)}
-    s = states.copy()
-    ang = rng.uniform(0, 2 * math.pi)
-    dist = rng.uniform(*voe.teleport)
-    for c, d in ((col["x"], math.cos(ang)), (col["y"], math.sin(ang))):
-        v = s[j:, o, c] + dist * d
-        s[j:, o, c] = np.where((v < 0.03) | (v > 0.97), s[j:, o, c] - dist * d, v)  # stay inside the scene
-    clips["teleport"] = feats(s, present)
-    p = present.copy()
-    p[j:, o] = False
-    clips["vanish"] = feats(states * p[..., None], p)
-    pr = props.copy()
-    others = [r for r in DYNAMIC_ROLES if r != roles[props[o, 0]]]
-    pr[o, 0] = roles.index(str(rng.choice(others)))
-    recoloured = feats(states, present, pr)
-    clips["colour"] = np.concatenate([clips["plausible"][:j], recoloured[j:]])
-    task = tasks[int(vs.read("task", video))]
-    action = vs.read("actions", video)
-    best, best_effect = None, voe.min_effect
-    n = len(task.bodies)
-    pairs = [(b, n) for b in range(n)] + [tuple(task.goal)]
-    _, _, radius = ps.action_to_ball(action)
-    factual = states[:, :BALL, :2]
-    for pair in pairs:
-        r = ps.simulate(task, action, fps=vs.fps, no_collide=pair)
-        st, pe = padded_states(task, r, radius)
-        effect = float(np.abs(st[times, :BALL, :2] - factual).max())
-        if effect > best_effect:
-            best, best_effect = (st[times], pe[times]), effect
-    if best is not None:
-        clips["pass_through"] = feats(*best)
-    return clips
+    version of it (``violation_worlds``, violated from a frame after times[0])."""
+    worlds = violation_worlds(vs, tasks, video, voe, rng, first=int(times[0]) + 1)
+    return {k: w.slots(vs, times) for k, w in worlds.items()}
 
 
 def expectation_errors(
@@ -371,7 +399,8 @@ def run_fold(
                 seed=cfg.seed, resume=resume, extra=base,
             ),
         )  # fmt: skip
-        efp = {**rfp, "readout_sha": file_hash(rpath), "ranking": asdict(cfg.ranking), "voe": asdict(cfg.voe)}
+        efp = {**rfp, "readout_sha": file_hash(rpath), "ranking": asdict(cfg.ranking), "voe": asdict(cfg.voe),
+               "plausibility": asdict(cfg.plausibility)}  # fmt: skip
         efp = json.loads(json.dumps(efp))  # as read back (tuples are lists)
         done = run / "results.json"
         if done.exists():
@@ -394,7 +423,21 @@ def run_fold(
                               "solved_share": float(y.mean())}  # fmt: skip
 
         # violation of expectation
-        results["voe"] = voe_scores(root, tasks, model, cfg, videos["test"], val_s, progress=progress)
+        with VideoStore(Path(root) / ROLLOUTS_FILE) as vs:
+            plfp = {**base, "plausibility": asdict(cfg.plausibility)}
+            val_ball = ball_slots(vs, videos["val"])
+            plpath = _trained(
+                run / "plausibility", "predictor.pt", plfp,
+                lambda resume: train_plausibility(
+                    ball_slots(vs, videos["train"]), val_ball, cfg.plausibility,
+                    cfg.trainer, run / "plausibility", seed=cfg.seed, resume=resume, extra=base,
+                ),
+            )  # fmt: skip
+            plausibility, _ = load_predictor(plpath)
+            results["voe"] = voe_scores(
+                vs, tasks, model, plausibility, cfg, videos["test"], val_s, val_ball,
+                progress=progress,
+            )  # fmt: skip
 
         # action ranking
         results["ranking"] = rank_tasks(tasks, test_t, store, task_of, model, readout, cfg.ranking, cfg.seed,
@@ -405,55 +448,85 @@ def run_fold(
     return results
 
 
+def _aurocs(s: dict[str, np.ndarray]) -> dict:
+    """AUROC of each violation type's surprises against the plausible clips', and the medians."""
+    out = {}
+    for k in VIOLATIONS:
+        if k in s:
+            labels = np.r_[np.zeros(len(s["plausible"]), bool), np.ones(len(s[k]), bool)]
+            out[k] = auroc(np.r_[s["plausible"], s[k]], labels)
+    out["surprise_median"] = {k: float(np.median(v)) for k, v in s.items()}
+    return out
+
+
+def ball_slots(vs: VideoStore, videos) -> torch.Tensor:
+    """Oracle slots with the ball (N, T, K + 1, D) of whole attempts: what the plausibility model sees."""
+    times = np.arange(vs.num_frames)
+    return torch.from_numpy(np.stack([
+        World(vs.read("states", int(v)), vs.read("present", int(v)), vs.read("object_properties", int(v)))
+        .slots(vs, times, ball=True)
+        for v in videos
+    ]))  # fmt: skip
+
+
 def voe_scores(
-    root: Path,
+    vs: VideoStore,
     tasks,
     model,
+    plausibility,
     cfg: PhyreEvalConfig,
     test_videos: np.ndarray,
     val: EpisodeSampler,
+    val_clips: torch.Tensor,
     *,
     progress=True,
 ) -> dict:
-    """AUROC of surprise, implausible against plausible clips, per violation type: the step
-    surprise scaled by the model's usual errors on ``val`` (the figure), and as variants the same
-    unscaled (``unscaled``) and expected from frame 0 alone (``from_scene``)."""
+    """AUROC of surprise, implausible against plausible clips, per violation type, for the same
+    clips seen by two models. ``plausibility``: the sliding-window predictor of the observed clip
+    (``train_plausibility``), its per-slot errors scaled by its usual errors on ``val_clips``
+    (the figure), and unscaled. ``world_model``: the ranking model, frame j expected from frames
+    < j at its stride, scaled by its usual errors on ``val``; and every frame expected from frame 0
+    alone (``world_model_from_scene``)."""
     from tqdm import tqdm
 
     times = _times(cfg.episodes, model.cfg.future)
+    stride = cfg.plausibility.stride
+    first = max(int(times[1]), plausibility.cfg.history * stride)  # both models expect the violated frame
     rng = np.random.default_rng([cfg.seed, 7])
-    chosen = (
-        test_videos if not cfg.voe.attempts else test_videos[:: max(1, len(test_videos) // cfg.voe.attempts)]
-    )
-    chosen = chosen[: cfg.voe.attempts or None]
+    n = cfg.voe.attempts
+    chosen = test_videos if not n else test_videos[:: max(1, len(test_videos) // n)][:n]
     clips: dict[str, list] = {k: [] for k in ("plausible", *VIOLATIONS)}
+    seen: dict[str, list] = {k: [] for k in clips}  # the same worlds with the ball, every frame
     acts: dict[str, list] = {k: [] for k in clips}
-    with VideoStore(Path(root) / ROLLOUTS_FILE) as vs:
-        for v in tqdm(chosen, desc="VoE clips", unit="attempt", disable=not progress):
-            a = vs.read("actions", int(v))
-            for k, c in violation_clips(vs, tasks, int(v), times, cfg.voe, rng).items():
-                clips[k].append(c)
-                acts[k].append(a)
+    all_frames = np.arange(vs.num_frames)
+    for v in tqdm(chosen, desc="VoE clips", unit="attempt", disable=not progress):
+        a = vs.read("actions", int(v))
+        for k, w in violation_worlds(vs, tasks, int(v), cfg.voe, rng, first).items():
+            clips[k].append(w.slots(vs, times))
+            seen[k].append(w.slots(vs, all_frames, ball=True))
+            acts[k].append(a)
     out = {"clips": {k: len(v) for k, v in clips.items()}}
+
+    def plaus(c: np.ndarray, scale) -> np.ndarray:
+        err = window_errors(plausibility, torch.from_numpy(c), stride)
+        return (err / (scale + SCALE_FLOOR) if scale is not None else err).mean(-1).flatten(1).amax(1).numpy()
+
+    err = window_errors(plausibility, val_clips, stride)  # (N, T', K + 1, D)
+    present = (val_clips[:, plausibility.cfg.history * stride :, :, 0] > 0.5)[..., None]
+    pscale = (err * present).sum(dim=(0, 1, 2)) / present.sum().clamp(min=1)
+    out["plausibility"] = _aurocs({k: plaus(np.stack(v), pscale) for k, v in seen.items() if v})
+    out["plausibility_unscaled"] = _aurocs({k: plaus(np.stack(v), None) for k, v in seen.items() if v})
     scales = {step: error_scale(model, val, step=step) for step in (True, False)}
-    out["error_scale"] = [float(v) for v in scales[True]]
-    for step, scaled, name in ((True, True, None), (True, False, "unscaled"), (False, True, "from_scene")):
-        scale = scales[step] if scaled else None
-        s = {
-            k: surprise(model, np.stack(v), np.stack(acts[k]), step=step, scale=scale)
-            for k, v in clips.items()
-            if v
-        }
-        res = {}
-        for k in VIOLATIONS:
-            if k in s:
-                labels = np.r_[np.zeros(len(s["plausible"]), bool), np.ones(len(s[k]), bool)]
-                res[k] = auroc(np.r_[s["plausible"], s[k]], labels)
-        res["surprise_median"] = {k: float(np.median(v)) for k, v in s.items()}
-        if name is None:
-            out.update(res)
-        else:
-            out[name] = res
+    for step, name in ((True, "world_model"), (False, "world_model_from_scene")):
+        out[name] = _aurocs({
+            k: surprise(model, np.stack(v), np.stack(acts[k]), step=step, scale=scales[step])
+            for k, v in clips.items() if v
+        })  # fmt: skip
+    out.update({k: out["plausibility"][k] for k in VIOLATIONS if k in out["plausibility"]})
+    out["error_scale"] = {
+        "plausibility": [float(x) for x in pscale],
+        "world_model": [float(x) for x in scales[True]],
+    }
     return out
 
 

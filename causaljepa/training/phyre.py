@@ -28,7 +28,7 @@ Outputs of a fold's run directory:
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -340,3 +340,135 @@ def score_actions(
         with autocast(device, precision):
             out.append(readout(pred).float().cpu())
     return torch.cat(out) if out else torch.zeros(0)
+
+
+# the plausibility model ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class PlausibilityConfig:
+    """configs/eval_phyre.yaml ``plausibility``: C-JEPA's sliding-window predictor of observed
+    clips, every object a slot (the ball too: in a clip it is seen), for violation of expectation.
+
+    Windows of ``predictor.history`` + ``predictor.future`` frames at ``stride`` slide over whole
+    attempts; object masking hides whole objects over the history after the first frame. A clip's
+    frame t is expected from the ``history`` frames before it, at the store's full frame rate, so
+    a violation is judged against a fraction of a second of motion, not against a whole rollout."""
+
+    predictor: PredictorConfig = field(
+        default_factory=lambda: PredictorConfig(
+            dim=64,
+            layers=2,
+            heads=4,
+            head_dim=16,
+            mlp_hidden=128,
+            dropout=0.0,
+            history=3,
+            future=1,
+            slot_dim=0,
+        )
+    )
+    masking: MaskConfig = field(default_factory=lambda: MaskConfig("object", 0, 2))
+    train: OptimConfig = field(
+        default_factory=lambda: OptimConfig(steps=3000, batch_size=64, warmup_steps=200)
+    )
+    stride: int = 1  # store frames between window frames (5 fps: 0.2 s)
+    val_windows: int = 512
+
+    def __post_init__(self) -> None:
+        if self.stride < 1 or self.val_windows < 1:
+            raise ValueError(
+                f"plausibility.stride ({self.stride}) and plausibility.val_windows ({self.val_windows}) "
+                "must be >= 1"
+            )
+        if self.predictor.future < 1 or self.predictor.action_dim:
+            raise ValueError(
+                "plausibility.predictor: future must be >= 1 and action_dim 0 (the ball is a slot, "
+                "no action node)"
+            )
+
+
+class ClipWindows:
+    """Sliding windows over whole attempts ``slots`` (N, T, K, D), sampled like a WindowSampler:
+    ``sample(B, generator)`` -> {"slots": (B, history + future, K, D)}."""
+
+    def __init__(self, slots: torch.Tensor, history: int, future: int, stride: int):
+        self.slots, self.H, self.F, self.stride = slots, history, future, stride
+        self.span = (history + future - 1) * stride + 1
+        if self.span > slots.shape[1]:
+            raise ValueError(
+                f"windows of {history + future} frames at stride {stride} span {self.span} frames; the "
+                f"attempts have {slots.shape[1]}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+    def sample(self, B: int, generator: torch.Generator) -> dict:
+        v = torch.randint(0, len(self.slots), (B,), generator=generator)
+        s = torch.randint(0, self.slots.shape[1] - self.span + 1, (B,), generator=generator)
+        t = s[:, None] + self.stride * torch.arange(self.H + self.F)[None]  # (B, H + F)
+        return {"slots": self.slots[v[:, None], t]}
+
+    def fixed(self, n: int, seed: int) -> dict:
+        return self.sample(n, torch.Generator().manual_seed(seed))
+
+
+def train_plausibility(
+    train: torch.Tensor,
+    val: torch.Tensor,
+    cfg: PlausibilityConfig,
+    trainer: TrainerConfig,
+    run_dir: str | os.PathLike,
+    *,
+    seed: int = 0,
+    resume: str | os.PathLike | None = None,
+    extra: dict | None = None,
+) -> Path:
+    """Train the plausibility predictor on whole attempts (N, T, K + 1, D); returns predictor.pt."""
+    pc = cfg.predictor
+    if pc.slot_dim not in (0, train.shape[-1]):
+        raise ValueError(f"plausibility.predictor.slot_dim={pc.slot_dim}, the slots have {train.shape[-1]}")
+    pc = replace(pc, slot_dim=train.shape[-1])
+    torch.manual_seed(seed)
+    model = CJEPAPredictor(pc)
+    sampler = ClipWindows(train, pc.history, pc.future, cfg.stride)
+    masks = MaskSampler(cfg.masking, train.shape[2], pc.history, pc.future)
+
+    def next_batch(gen: torch.Generator) -> dict:
+        batch = sampler.sample(cfg.train.batch_size, gen)
+        batch["hidden"] = masks.sample(cfg.train.batch_size, gen)
+        return batch
+
+    val_windows = ClipWindows(val, pc.history, pc.future, cfg.stride)
+    validate = FutureValidator(val_windows, cfg.val_windows, max(cfg.train.batch_size, 64))
+    info = {"masking": asdict(cfg.masking), "stride": cfg.stride, "encoder_hash": "oracle", **(extra or {})}
+    t = Trainer(
+        model, cfg.train, trainer, run_dir, kind=KIND, model_config=pc.to_dict(), seed=seed, extra=info
+    )
+    if resume is not None:
+        t.resume(resume)
+    t.fit(next_batch, validate)
+    return t.export("predictor.pt")
+
+
+@torch.no_grad()
+def window_errors(
+    model: CJEPAPredictor, clips: torch.Tensor, stride: int, batch_size: int = 4096
+) -> torch.Tensor:
+    """clips (B, T, K, D) -> squared errors (B, T', K, D) of the plausibility predictor's
+    expectation of every frame it can expect (t >= history x stride, the first of each window's
+    future frames), each from the ``history`` frames before it."""
+    H, F = model.cfg.history, model.cfg.future
+    B, T, K, D = clips.shape
+    span = (H + F - 1) * stride + 1
+    starts = torch.arange(0, T - span + 1)
+    t = starts[:, None] + stride * torch.arange(H + F)[None]  # (S, H + F)
+    windows = clips[:, t].flatten(0, 1)  # (B S, H + F, K, D)
+    hidden = torch.zeros(len(windows), H + F, K, dtype=torch.bool)
+    hidden[:, H:] = True
+    device = model.out.weight.device
+    out = []
+    for i in range(0, len(windows), batch_size):
+        w = windows[i : i + batch_size].to(device)
+        pred, _ = model(w, hidden[i : i + batch_size].to(device))
+        out.append((pred[:, H].float() - w[:, H]).pow(2).cpu())
+    return torch.cat(out).reshape(B, len(starts), K, D)

@@ -47,8 +47,10 @@ from causaljepa.sim.phyre_generate import (
 )
 from causaljepa.training.loop import OptimConfig, TrainerConfig
 from causaljepa.training.phyre import (
+    ClipWindows,
     EpisodeConfig,
     EpisodeSampler,
+    PlausibilityConfig,
     ReadoutConfig,
     SuccessReadout,
     future_hidden,
@@ -58,6 +60,7 @@ from causaljepa.training.phyre import (
     score_actions,
     train_phyre_predictor,
     train_readout,
+    window_errors,
 )
 
 TPT, RPT = 2, 4  # tasks per template, rollouts per task (templates 0, 1, 2 of the smoke preset)
@@ -814,3 +817,68 @@ def test_encoder_on_phyre_rollouts(world, tmp_path):
         sampler = EpisodeSampler(ss, range(4), FUTURE, STRIDE)
         assert sampler.slots.shape == (4, 1 + FUTURE, 3, ss.slot_dim)
     assert "rollouts" in json.loads((out / "metrics.json").read_text())
+
+
+# the plausibility model --------------------------------------------------------------------
+def test_ball_slots_add_the_ball_as_the_last_slot(world):
+    with VideoStore(world / ROLLOUTS_FILE) as vs:
+        slots = ev.ball_slots(vs, [0, 1])
+        states, present = vs.read("states", 1), vs.read("present", 1)
+    with SlotStore(_oracle(world)) as ss:
+        scene = ss.f["slots"][[0, 1]]
+    assert slots.shape == (2, T, K + 1, D)
+    np.testing.assert_array_equal(slots[:, :, :K].numpy(), scene)  # the scene slots are the oracle slots
+    ball = slots[1, :, K].numpy()
+    assert not ball[0].any()  # frame 0: the scene before the ball
+    assert np.all(ball[1:, 0] == 1.0) and present[1:, BALL].all()
+    col = {n: i for i, n in enumerate(PHYRE_ORACLE_FIELDS)}
+    np.testing.assert_allclose(ball[1:, col["x"]], 2 * states[1:, BALL, 0] - 1, rtol=1e-6)
+    assert np.all(ball[1:, col["circle"]] == 1.0)
+    assert not ball[:, [col[f"role={r}"] for r in SCENE_ROLES]].any()  # the ball has no scene role
+
+
+def test_clip_windows_and_window_errors():
+    gen = torch.Generator().manual_seed(0)
+    clips = torch.randn(3, 12, 4, 5, generator=gen)
+    w = ClipWindows(clips, 3, 1, 2)
+    batch = w.sample(50, torch.Generator().manual_seed(1))["slots"]
+    assert batch.shape == (50, 4, 4, 5)
+    # every sampled window is 4 frames of one clip at stride 2
+    found = 0
+    for b in batch:
+        for v in range(3):
+            for s in range(12 - 6):
+                if torch.equal(b, clips[v, s : s + 7 : 2]):
+                    found += 1
+    assert found == 50
+    with pytest.raises(ValueError, match="span 13 frames"):
+        ClipWindows(clips, 6, 1, 2)
+    cfg = PredictorConfig(slot_dim=5, dim=8, layers=1, heads=2, head_dim=4, mlp_hidden=8, dropout=0.0,
+                          history=3, future=1)  # fmt: skip
+    torch.manual_seed(0)
+    model = CJEPAPredictor(cfg).eval()
+    torch.nn.init.normal_(model.out.weight, std=0.2)
+    err = window_errors(model, clips, stride=2, batch_size=3)
+    assert err.shape == (3, 12 - 6, 4, 5)
+    hidden = torch.zeros(1, 4, 4, dtype=torch.bool)
+    hidden[:, 3] = True
+    with torch.no_grad():
+        pred, _ = model(clips[2:3, 1:8:2], hidden)  # frame 7 expected from frames 1, 3, 5
+    torch.testing.assert_close(err[2, 1], (pred[0, 3] - clips[2, 7]).pow(2))
+
+
+def test_plausibility_config_refuses():
+    with pytest.raises(ValueError, match="action_dim 0"):
+        PlausibilityConfig(predictor=replace(PlausibilityConfig().predictor, action_dim=3))
+    with pytest.raises(ValueError, match="stride"):
+        PlausibilityConfig(stride=0)
+
+
+def test_eval_phyre_reports_both_models_voe(evaluated):
+    r = json.loads((evaluated / "within_0" / "results.json").read_text())["voe"]
+    for name in ("plausibility", "plausibility_unscaled", "world_model", "world_model_from_scene"):
+        assert set(ev.VIOLATIONS) - {"pass_through"} <= set(r[name])
+        assert all(0.0 <= r[name][k] <= 1.0 for k in ev.VIOLATIONS if k in r[name])
+    assert all(r[k] == r["plausibility"][k] for k in ev.VIOLATIONS if k in r["plausibility"])
+    assert len(r["error_scale"]["plausibility"]) == D and len(r["error_scale"]["world_model"]) == D
+    assert (evaluated / "within_0" / "plausibility" / "predictor.pt").exists()

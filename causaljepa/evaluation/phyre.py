@@ -596,6 +596,10 @@ def summarize(results: list[dict]) -> dict:
             },
             "readout_auroc": ms(r["readout"]["auroc"] for r in rs),
             "mse": ms(r["fidelity"]["mse"] for r in rs),
+            "mse_per_frame": np.mean([r["fidelity"]["mse_per_frame"] for r in rs], axis=0).tolist(),
+            "copy_frame0_per_frame": np.mean(
+                [r["fidelity"]["copy_frame0_per_frame"] for r in rs], axis=0
+            ).tolist(),
             "copy_frame0": ms(r["fidelity"]["copy_frame0"] for r in rs),
             **{k: ms(r["fidelity"][k] for r in rs) for k in ("vanish", "appear", "duplicate")},
             "candidates_per_s": ms(r["ranking"]["candidates_per_s"] for r in rs),
@@ -633,6 +637,12 @@ def results_markdown(summary: dict, results: list[dict]) -> str:
             f"{s['appear']['mean']:.3f} | {s['duplicate']['mean']:.3f} | {g(s['readout_auroc'])} | "
             f"{s['candidates_per_s']['mean']:.0f} |"
         )
+    lines += ["", "## Slot MSE per predicted frame (mean over folds): world model / copy frame 0", ""]
+    for kind, s in summary.items():
+        cells = " | ".join(
+            f"{m:.4f} / {c:.4f}" for m, c in zip(s["mse_per_frame"], s["copy_frame0_per_frame"], strict=True)
+        )
+        lines.append(f"- {kind}: {cells}")
     lines += ["", "## Per fold", "",
               "| fold | AUCCESS model / random / oracle | VoE " + " / ".join(VIOLATIONS) + " |",
               "|---|---|---|"]  # fmt: skip
@@ -665,7 +675,10 @@ def evaluate_phyre(root: str | Path, slot_dir: str | Path, cfg: PhyreEvalConfig,
     write_text_atomic(out / "results.md", results_markdown(summary, results))
     first = results[0]
     run = out / f"{first['kind']}_{first['fold']}"
-    task_id = first["ranking"]["per_task"][0]["task"]
+    per_task = first["ranking"]["per_task"]
+    # a task the model solved at its 2nd to 4th attempt shows failed and solved rollouts side by side
+    shown = next((t for t in per_task if t["model"] is not None and 2 <= t["model"] <= 4), per_task[0])
+    task_id = shown["task"]
     png = ranking_picture(root, slot_dir, run, task_id, cfg, out / f"ranking_{task_id.replace(':', '_')}.png")
     print(f"written: {out / 'results.md'}  {png}")
     return summary

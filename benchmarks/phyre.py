@@ -1,14 +1,15 @@
 """Speed of PHYRE action ranking: candidate actions scored per second by the world model
 (predictor + success readout), and the simulator's attempts per second.
 
-    python benchmarks/phyre.py [--predictor phyre] [--candidates 10000] [--batch 4096]
+    python benchmarks/phyre.py [--predictor phyre] [--candidates 10000] [--batch 2048]
         [--precision fp32|bf16|both] [--device cpu|cuda]
 
-Scoring is what ranking a task costs the model: one scene (7 slots x 16, the oracle slots of
+Scoring is what ranking a task costs the model: one scene (5 slots x 16, the oracle slots of
 phyre_sim) shared by every candidate, one forward pass of the predictor (frame 0 + the ball's
 action node -> ``future`` frames) and of the readout per batch (``training.phyre.score_actions``).
 FLOPs are the predictor's matrix multiplies counted from the shapes (benchmarks/predictor.py's
 ``step_flops`` / 3: forward only; the readout's are left out, so the rate is a lower bound).
+Under bf16 the predictor runs in autocast and the readout in fp32, as in the evaluation.
 Each JSON line carries the machine's fp32 and bf16 matrix-multiply rates measured in the same
 run. The target of issue 7 is >= 10,000 candidates/s on 2 CPU cores.
 """

@@ -42,6 +42,11 @@ def window_actions(
     """The step actions (B, steps, stride A) of ``videos`` from frame ``start``, or None for a
     predictor without action nodes (trained with windows.actions=false, or on a store without
     actions); an error where store and predictor disagree."""
+    if store.one_shot and action_dim:
+        raise ValueError(
+            f"{store.path} holds one action per video (a PHYRE ball at t = 0), not per-frame actions; "
+            "use causaljepa.training.phyre (cjepa eval phyre)"
+        )
     if not action_dim:
         return None
     if store.action_dim * stride != action_dim:

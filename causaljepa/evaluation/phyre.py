@@ -3,23 +3,29 @@ permanence, and violation of expectation (``cjepa eval phyre``, ``eval/phyre_pla
 
 For each fold (PHYRE's within-template and cross-template splits, ``phyre_sim.folds``):
 
-1. the predictor (``causaljepa.training.phyre``) is trained on the training tasks' attempts,
-   every tenth training task held out for validation, and the success readout on its rollouts;
+1. the world model (``causaljepa.training.phyre``: frame 0 + the ball as an action node) is
+   trained on the training tasks' attempts, every tenth training task held out for validation
+   (and for the error scales below), the success readout on its rollouts, and the plausibility
+   model (``train_plausibility``: a sliding-window predictor over every object of the clip);
 2. **fidelity**: the slot error per predicted frame on the test tasks' attempts, next to
    copying frame 0; **permanence**: the share of rollouts in which a present object vanishes
    (its predicted ``present`` falls below 0.5), an absent one appears, or two objects that are
    apart in the truth are predicted on top of each other (a duplicate);
 3. **violation of expectation**: implausible versions of test attempts, made from the
-   simulator's states at a random predicted frame j >= 1 and a random dynamic body o:
-   ``teleport`` (o jumps by 0.15-0.3 of the scene and carries on from there), ``vanish``
-   (o is gone), ``colour`` (o takes another dynamic role's colour), ``pass_through`` (the
-   attempt re-simulated with the pair of bodies (or body and ball) whose collision matters
-   most passing through each other). Surprise = the largest per-slot squared error between a
-   clip's frame j and the predictor's expectation of it from frames 0 .. j - 1 of the clip (what
-   has been seen so far; the predictor is trained to carry on from an observed prefix,
-   ``EpisodeConfig.observed_share``); AUROC of surprise, implausible against the unmodified
-   attempts, per type. ``voe.from_scene`` has the same with every frame expected from frame 0
-   and the action alone;
+   simulator's states from a random store frame j on (j >= both models' first expected frame)
+   for a random dynamic body o: ``teleport`` (o jumps by 0.15-0.3 of the scene once and carries
+   on from there), ``vanish`` (o is gone), ``colour`` (o takes another dynamic role's colour),
+   ``pass_through`` (the attempt re-simulated with the pair of bodies (or body and ball) whose
+   collision matters most passing through each other; none where no pair's does, counted in
+   ``voe.clips``). Surprise = the largest per-slot error of a model's expectation of a frame
+   against the clip, each feature's squared error in units of the model's mean error on the
+   held-out training tasks, averaged over the slot's features. ``voe.plausibility`` (the figure,
+   also ``voe.<type>``): the plausibility model, frame t expected from the frames just before
+   it; ``voe.world_model``: the world model, frame j (at its stride) expected from frames < j
+   (it is trained to carry on from an observed prefix, ``EpisodeConfig.observed_share``);
+   ``voe.world_model_from_scene``: every frame from frame 0 and the action alone;
+   ``voe.plausibility_unscaled``: plain squared errors. AUROC of surprise, implausible against
+   the unmodified attempts, per type;
 4. **action ranking**: for each test task the fixed candidate set (``sample_actions(n,
    CANDIDATE_SEED)``, the valid ones) is scored by predictor + readout, and simulated in rank
    order until solved, at most ``max_attempts`` valid attempts; AUCCESS over the test tasks,
@@ -48,7 +54,7 @@ from ..io import write_json_atomic, write_text_atomic
 from ..masking import MaskConfig
 from ..models.predictor import PredictorConfig
 from ..sim import phyre_sim as ps
-from ..sim.phyre_generate import BALL, ROLLOUTS_FILE, TaskIndex, padded_states
+from ..sim.phyre_generate import BALL, ROLLOUTS_FILE, TASKS_FILE, TaskIndex, padded_states
 from ..training.checkpoint import file_hash, last_checkpoint
 from ..training.loop import OptimConfig, TrainerConfig
 from ..training.phyre import (
@@ -58,6 +64,7 @@ from ..training.phyre import (
     ReadoutConfig,
     load_readout,
     predict_episodes,
+    rollouts_of,
     score_actions,
     train_phyre_predictor,
     train_plausibility,
@@ -71,15 +78,15 @@ CANDIDATE_SEED = 20190613  # the fixed candidate action set of every task
 VIOLATIONS = ("teleport", "vanish", "colour", "pass_through")
 VOE_VARIANTS = ("plausibility_unscaled", "world_model", "world_model_from_scene")  # reported next to it
 SCALE_FLOOR = 1e-4  # added to each feature's error scale: features the model never gets wrong
-DYNAMIC_ROLES = ("goal", "subject", "dynamic")
-FOLD_KINDS = ("within", "cross")
+DYNAMIC_ROLES = tuple(r for r in ps.ROLES if r in ps.DYNAMIC_ROLES)  # in ROLES' order: seeded choices repeat
+FOLD_KINDS = ps.FOLD_KINDS
 
 
 @dataclass(frozen=True)
 class RankingConfig:
     candidates: int = 10_000  # the candidate set, before invalid actions are dropped
     max_attempts: int = 100  # valid attempts per task (PHYRE's AUCCESS counts k <= 100)
-    tasks: int = 0  # test tasks ranked per fold (0: all), the first ones in task order
+    tasks: int = 0  # test tasks ranked per fold (0: all), evenly spaced over the test tasks
     batch_size: int = 2048
     precision: str = "bf16"  # of the scoring passes: fp32 | bf16 (autocast)
 
@@ -217,8 +224,9 @@ def violation_worlds(
     ang = rng.uniform(0, 2 * math.pi)
     dist = rng.uniform(*voe.teleport)
     for c, d in ((col["x"], math.cos(ang)), (col["y"], math.sin(ang))):
-        v = s[j:, o, c] + dist * d
-        s[j:, o, c] = np.where((v < 0.03) | (v > 0.97), s[j:, o, c] - dist * d, v)  # stay inside the scene
+        if not 0.03 <= s[j, o, c] + dist * d <= 0.97:
+            d = -d  # jump the other way, to stay inside the scene (decided once: one jump)
+        s[j:, o, c] += dist * d
     worlds["teleport"] = World(s, present, props)
     p = present.copy()
     p[j:, o] = False
@@ -276,11 +284,11 @@ def expectation_errors(
     )
 
 
-def error_scale(model, episodes: EpisodeSampler, *, step: bool = True) -> torch.Tensor:
-    """(D,): the predictor's mean squared error per slot feature over the present slots of
-    ``episodes`` (held-out attempts of training tasks): how far off its expectations usually are."""
-    err = expectation_errors(model, episodes.slots, episodes.actions, step=step)  # (N, F, K, D)
-    present = (episodes.slots[:, 1:, :, 0] > 0.5)[..., None]  # (N, F, K, 1)
+def error_scale(err: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
+    """err (N, F, K, D): a model's squared errors on held-out attempts of training tasks, of the
+    frames ``expected`` (N, F, K, D) -> (D,): its mean squared error per slot feature over the
+    present slots: how far off its expectations usually are."""
+    present = (expected[..., 0] > 0.5)[..., None]  # (N, F, K, 1)
     return (err * present).sum(dim=(0, 1, 2)) / present.sum().clamp(min=1)
 
 
@@ -337,21 +345,19 @@ def split_videos(task_of: np.ndarray, train_tasks, test_tasks) -> dict[str, np.n
 
 def _trained(run_dir: Path, artefact: str, fingerprint: dict, train) -> Path:
     """``run_dir/artefact`` if a run with this fingerprint made it, else train (resuming an
-    interrupted run); a finished run made under another fingerprint is an error."""
+    interrupted run); a finished or interrupted run under another fingerprint is an error."""
     path, meta = run_dir / artefact, run_dir / "fingerprint.json"
     fingerprint = json.loads(json.dumps(fingerprint))  # as read back (tuples are lists)
-    if path.exists():
-        old = json.loads(meta.read_text()) if meta.exists() else None
-        if old != fingerprint:
-            raise ValueError(
-                f"{path} was made with other inputs than this evaluation's; remove {run_dir} or "
-                "choose another out="
-            )
-        return path
-    if meta.exists() and json.loads(meta.read_text()) != fingerprint:
+    old = json.loads(meta.read_text()) if meta.exists() else None
+    if (path.exists() or old is not None) and old != fingerprint:
+        differ = sorted(k for k in {**(old or {}), **fingerprint} if (old or {}).get(k) != fingerprint.get(k))
+        what = "was made" if path.exists() else "holds an interrupted run"
         raise ValueError(
-            f"{run_dir} holds an interrupted run with other inputs; remove it or choose another out="
+            f"{run_dir} {what} with other inputs than this evaluation's (they differ in {differ}); "
+            "remove it or choose another out="
         )
+    if path.exists():
+        return path
     write_json_atomic(meta, fingerprint)
     return train(last_checkpoint(run_dir))
 
@@ -372,10 +378,23 @@ def run_fold(
     run = out / f"{kind}_{fold}"
     store = SlotStore(slot_dir / ROLLOUTS_FILE)
     try:
+        if not store.is_oracle:
+            raise ValueError(
+                f"{store.path} holds learned slots (encoder {store.encoder_hash[:12]}); the PHYRE evaluation "
+                "runs on oracle slots (its implausible clips are made from object states): give slots=oracle"
+            )
         task_of = store.f["task"][:]
+        with VideoStore(root / ROLLOUTS_FILE) as vs:
+            if not np.array_equal(vs.f["task"][:], task_of):
+                raise ValueError(
+                    f"{store.path} and {vs.path} list different attempts; make the slots again with "
+                    "'cjepa oracle-slots data=phyre_sim'"
+                )
         train_t, test_t = ps.folds(tasks, fold, kind)
         videos = split_videos(task_of, train_t, test_t)
-        base = {"kind": kind, "fold": fold, "slots": file_hash(store.path), "seed": cfg.seed}
+        base = {"kind": kind, "fold": fold, "slots": file_hash(store.path), "seed": cfg.seed,
+                "rollouts": file_hash(root / ROLLOUTS_FILE), "tasks": file_hash(root / TASKS_FILE),
+                "trainer": {k: v for k, v in asdict(cfg.trainer).items() if k != "progress"}}  # fmt: skip
         pfp = {**base, "predictor": asdict(cfg.predictor), "masking": asdict(cfg.masking),
                "train": asdict(cfg.predictor_train), "episodes": asdict(cfg.episodes)}  # fmt: skip
         ppath = _trained(
@@ -413,8 +432,7 @@ def run_fold(
                    "test_tasks": len(test_t), "attempts": {k: len(v) for k, v in videos.items()}}  # fmt: skip
 
         # fidelity and permanence, and the readout on the test attempts' rollouts
-        pred = torch.cat([predict_episodes(model, test_s.slots[i : i + 512, 0], test_s.actions[i : i + 512])
-                          for i in range(0, len(test_s), 512)])  # fmt: skip
+        pred = rollouts_of(model, test_s)
         results["fidelity"] = fidelity(pred, test_s.slots)
         with torch.no_grad():
             logits = readout(pred).numpy()
@@ -511,12 +529,14 @@ def voe_scores(
         err = window_errors(plausibility, torch.from_numpy(c), stride)
         return (err / (scale + SCALE_FLOOR) if scale is not None else err).mean(-1).flatten(1).amax(1).numpy()
 
-    err = window_errors(plausibility, val_clips, stride)  # (N, T', K + 1, D)
-    present = (val_clips[:, plausibility.cfg.history * stride :, :, 0] > 0.5)[..., None]
-    pscale = (err * present).sum(dim=(0, 1, 2)) / present.sum().clamp(min=1)
+    H = plausibility.cfg.history * stride
+    pscale = error_scale(window_errors(plausibility, val_clips, stride), val_clips[:, H:])
     out["plausibility"] = _aurocs({k: plaus(np.stack(v), pscale) for k, v in seen.items() if v})
     out["plausibility_unscaled"] = _aurocs({k: plaus(np.stack(v), None) for k, v in seen.items() if v})
-    scales = {step: error_scale(model, val, step=step) for step in (True, False)}
+    scales = {
+        step: error_scale(expectation_errors(model, val.slots, val.actions, step=step), val.slots[:, 1:])
+        for step in (True, False)
+    }
     for step, name in ((True, "world_model"), (False, "world_model_from_scene")):
         out[name] = _aurocs({
             k: surprise(model, np.stack(v), np.stack(acts[k]), step=step, scale=scales[step])
@@ -534,7 +554,13 @@ def rank_tasks(tasks, test_t, store, task_of, model, readout, rc: RankingConfig,
     from tqdm import tqdm
 
     candidates = ps.sample_actions(rc.candidates, CANDIDATE_SEED)
-    chosen = sorted(test_t)[: rc.tasks or None]
+    test_t = sorted(test_t)
+    chosen = (
+        test_t
+        if not rc.tasks
+        else [test_t[i] for i in np.linspace(0, len(test_t) - 1, rc.tasks).round().astype(int)]
+    )
+    chosen = list(dict.fromkeys(chosen))  # distinct (rc.tasks > the test tasks: each once)
     att = {"model": [], "random": [], "oracle": []}
     scored, score_s, simulated = 0, 0.0, 0
     per_task = []
@@ -564,6 +590,8 @@ def rank_tasks(tasks, test_t, store, task_of, model, readout, rc: RankingConfig,
         "auccess": {k: auccess(v, rc.max_attempts) for k, v in att.items()},
         "tasks": len(chosen),
         "candidates_per_s": scored / max(score_s, 1e-9),
+        "no_valid_candidate": sum(t["valid"] == 0 for t in per_task),  # such tasks count as unsolved
+        "oracle_unsolved": sum(t["oracle"] is None for t in per_task),  # no candidate solves them
         "candidates_scored": scored,
         "simulated": simulated,
         "per_task": per_task,
@@ -575,9 +603,11 @@ def summarize(results: list[dict]) -> dict:
     """Mean and sample std over folds of each kind."""
 
     def ms(values):
-        v = np.asarray([x for x in values if x == x], np.float64)  # NaN-free
-        return {"mean": float(v.mean()) if len(v) else float("nan"),
-                "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "n": len(v)}  # fmt: skip
+        values = list(values)
+        v = np.asarray([x for x in values if x == x], np.float64)  # NaN-free: n says how many folds count
+        mean = float(v.mean()) if len(v) else float("nan")
+        std = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+        return {"mean": mean, "std": std, "n": len(v), "of": len(values)}
 
     out = {}
     for kind in FOLD_KINDS:
@@ -608,8 +638,11 @@ def summarize(results: list[dict]) -> dict:
 
 
 def results_markdown(summary: dict, results: list[dict]) -> str:
-    f = lambda m: f"{m['mean']:.1f} ± {m['std']:.1f}"  # noqa: E731
-    g = lambda m: f"{m['mean']:.3f} ± {m['std']:.3f}"  # noqa: E731
+    def part(m):  # where some folds had no value (NaN), say over how many the mean is
+        return "" if m.get("n", 0) == m.get("of", 0) else f" (n={m['n']} of {m['of']})"
+
+    f = lambda m: f"{m['mean']:.1f} ± {m['std']:.1f}{part(m)}"  # noqa: E731
+    g = lambda m: f"{m['mean']:.3f} ± {m['std']:.3f}{part(m)}"  # noqa: E731
     lines = ["# PHYRE evaluation (phyre_sim)", "", "## AUCCESS (mean ± sample std over folds)", "",
              "| split | folds | world model | random | simulator oracle |",
              "|---|---|---|---|---|"]  # fmt: skip

@@ -47,6 +47,7 @@ SHAPE_VOCAB = ("circle", "box", "compound")
 STATE_FIELDS = (*ps.STATE_FIELDS, "width", "height")
 ACTION_FIELDS = ("x", "y", "r")
 ROLLOUTS_FILE = "rollouts.h5"
+MAX_DRAWS = 200  # batches of 256 random actions drawn per task at most (a scene with no room for a ball)
 TASKS_FILE = "tasks.json"
 
 
@@ -141,26 +142,38 @@ def padded_states(task: ps.Task, rollout: ps.Rollout, ball_radius: float) -> tup
 
 
 def choose_attempts(task: ps.Task, cfg: PhyreGenerateConfig, rng: np.random.Generator) -> dict:
-    """Random valid actions simulated (fast path) until the solved and failed quotas are met."""
+    """Random valid actions simulated (fast path) until the solved and failed quotas are met, or
+    ``max_attempts`` were simulated; a quota that falls short is filled from the other outcome."""
     want_solved = cfg.rollouts_per_task // 2
     want_failed = cfg.rollouts_per_task - want_solved
-    solved, failed, tried = [], [], 0
+    solved, failed, tried, drawn = [], [], 0, 0
     while tried < cfg.max_attempts and (len(solved) < want_solved or len(failed) < want_failed):
+        if drawn >= MAX_DRAWS:
+            raise RuntimeError(
+                f"task {task.task_id}: {tried} valid actions among {drawn * 256} random ones; "
+                f"{cfg.rollouts_per_task} are needed (is the scene too full for a ball?)"
+            )
         batch = rng.random((256, 3), dtype=np.float32)
+        drawn += 1
         for a in batch[ps.valid_mask(task, batch)]:
             if tried >= cfg.max_attempts or (len(solved) >= want_solved and len(failed) >= want_failed):
                 break
             tried += 1
             out = ps.simulate(task, a, fps=None)
             (solved if out.solved else failed).append(a)
-    solved = solved[:want_solved]
-    failed = failed[: cfg.rollouts_per_task - len(solved)]
-    if len(solved) + len(failed) < cfg.rollouts_per_task:
+    n_solved = min(len(solved), max(want_solved, cfg.rollouts_per_task - len(failed)))
+    n_failed = min(len(failed), cfg.rollouts_per_task - n_solved)
+    if n_solved + n_failed < cfg.rollouts_per_task:
         raise RuntimeError(
-            f"task {task.task_id}: only {len(solved) + len(failed)} valid actions in {cfg.max_attempts} "
+            f"task {task.task_id}: only {n_solved + n_failed} valid actions in {cfg.max_attempts} "
             "attempts; raise data.generator.max_attempts"
         )
-    return {"actions": solved + failed, "tried": tried, "solved": len(solved), "failed": len(failed)}
+    return {
+        "actions": solved[:n_solved] + failed[:n_failed],
+        "tried": tried,
+        "solved": n_solved,
+        "failed": n_failed,
+    }
 
 
 def make_task_rollouts(cfg: PhyreGenerateConfig, task: ps.Task) -> dict:

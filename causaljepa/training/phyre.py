@@ -23,6 +23,7 @@ Outputs of a fold's run directory:
 
     predictor/   the trainer's run (metrics.csv, tb/, checkpoints/, predictor.pt, val.json)
     readout/     the readout's run (readout.pt, val.json: accuracy and AUROC on held-out tasks)
+    plausibility/  the plausibility model (predictor.pt: the sliding-window predictor for VoE)
 """
 
 from __future__ import annotations
@@ -236,7 +237,8 @@ class SuccessReadout(nn.Module):
         super().__init__()
         if cfg.frames < 1 or cfg.slot_dim < 1:
             raise ValueError(
-                "ReadoutConfig.frames and slot_dim must be set (>= 1) before building the readout"
+                f"ReadoutConfig.frames={cfg.frames} and slot_dim={cfg.slot_dim}: both must be set (>= 1) "
+                "before building the readout (train_readout fills them from the predictor)"
             )
         self.cfg = cfg
         self.slot = nn.Sequential(nn.Linear(cfg.slot_dim, cfg.dim), nn.GELU(), nn.Linear(cfg.dim, cfg.dim))
@@ -337,8 +339,7 @@ def score_actions(
     for i in range(0, len(actions), batch_size):
         a = actions[i : i + batch_size].to(device)
         pred = predict_episodes(model, scene[None].expand(len(a), -1, -1), a, precision=precision)
-        with autocast(device, precision):
-            out.append(readout(pred).float().cpu())
+        out.append(readout(pred).float().cpu())  # fp32: bf16 logits would tie many candidates
     return torch.cat(out) if out else torch.zeros(0)
 
 
@@ -379,10 +380,11 @@ class PlausibilityConfig:
                 f"plausibility.stride ({self.stride}) and plausibility.val_windows ({self.val_windows}) "
                 "must be >= 1"
             )
-        if self.predictor.future < 1 or self.predictor.action_dim:
+        if self.predictor.future != 1 or self.predictor.action_dim:
             raise ValueError(
-                "plausibility.predictor: future must be >= 1 and action_dim 0 (the ball is a slot, "
-                "no action node)"
+                f"plausibility.predictor: future={self.predictor.future}, action_dim="
+                f"{self.predictor.action_dim}; it expects one frame at a time (future=1) and has no action "
+                "node (action_dim=0: the ball is a slot)"
             )
 
 

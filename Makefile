@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo quick-encoder test test-slow lint bench clean-data predictor-figures ablation
+.PHONY: demo quick-encoder test test-slow lint bench clean-data predictor-figures ablation phyre
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/generate.py
 	$(BIN)/python benchmarks/encoder.py
+	$(BIN)/python benchmarks/phyre.py
 
 clean-data:
 	rm -rf datasets/clevrer_sim/*.h5 datasets/clevrer_sim/questions datasets/clevrer_sim/show datasets/clevrer_sim/stats
@@ -77,3 +78,13 @@ ABLATION_RUN ?= runs/ablation
 ablation: $(STAMP)
 	$(BIN)/cjepa oracle-slots splits=[train,validation]
 	$(BIN)/cjepa eval ablation out=$(ABLATION_RUN)
+
+# Issue 7's figures: the phyre_sim data (10 templates x 100 tasks x 8 attempts, about 2 minutes),
+# its oracle slots, and the PHYRE evaluation over 3 within-template and 2 cross-template folds
+# (a world model, a readout and a plausibility model trained per fold; about 5 minutes a fold on
+# 2 cores). Finished folds are kept, so an interrupted evaluation continues.
+PHYRE_RUN ?= runs/phyre
+phyre: $(STAMP)
+	$(BIN)/cjepa data generate data=phyre_sim
+	$(BIN)/cjepa oracle-slots data=phyre_sim
+	$(BIN)/cjepa eval phyre out=$(PHYRE_RUN) 'folds={within: [0, 1, 2], cross: [0, 1]}'

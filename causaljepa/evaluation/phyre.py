@@ -633,8 +633,23 @@ def summarize(results: list[dict]) -> dict:
             "copy_frame0": ms(r["fidelity"]["copy_frame0"] for r in rs),
             **{k: ms(r["fidelity"][k] for r in rs) for k in ("vanish", "appear", "duplicate")},
             "candidates_per_s": ms(r["ranking"]["candidates_per_s"] for r in rs),
+            "per_template": per_template([t for r in rs for t in r["ranking"]["per_task"]]),
         }
     return out
+
+
+def per_template(per_task: list[dict], max_attempts: int = 100) -> dict[str, dict]:
+    """AUCCESS per template (the task id's first field) of ranked tasks pooled over folds."""
+    by: dict[str, list[dict]] = {}
+    for t in per_task:
+        by.setdefault(t["task"].split(":")[0], []).append(t)
+    return {
+        name: {
+            "tasks": len(ts),
+            **{k: auccess([t[k] for t in ts], max_attempts) for k in ("model", "random")},
+        }
+        for name, ts in sorted(by.items())
+    }
 
 
 def results_markdown(summary: dict, results: list[dict]) -> str:
@@ -674,6 +689,12 @@ def results_markdown(summary: dict, results: list[dict]) -> str:
     for kind, s in summary.items():
         cells = " | ".join(
             f"{m:.4f} / {c:.4f}" for m, c in zip(s["mse_per_frame"], s["copy_frame0_per_frame"], strict=True)
+        )
+        lines.append(f"- {kind}: {cells}")
+    lines += ["", "## AUCCESS per template (test tasks pooled over the folds): world model / random", ""]
+    for kind, s in summary.items():
+        cells = ", ".join(
+            f"{int(t)}: {v['model']:.1f} / {v['random']:.1f}" for t, v in s["per_template"].items()
         )
         lines.append(f"- {kind}: {cells}")
     lines += ["", "## Per fold", "",

@@ -694,7 +694,8 @@ def results_markdown(summary: dict, results: list[dict]) -> str:
     lines += ["", "## AUCCESS per template (test tasks pooled over the folds): world model / random", ""]
     for kind, s in summary.items():
         cells = ", ".join(
-            f"{int(t)}: {v['model']:.1f} / {v['random']:.1f}" for t, v in s["per_template"].items()
+            f"{ps.TEMPLATE_NAMES[int(t)]} {v['model']:.1f} / {v['random']:.1f}"
+            for t, v in s["per_template"].items()
         )
         lines.append(f"- {kind}: {cells}")
     lines += ["", "## Per fold", "",

@@ -208,7 +208,12 @@ def cmd_show_slots(cfg) -> None:
     from .viz import show_slots
 
     model, _ = load_encoder(cfg.checkpoint)
-    split = check_split(cfg.split)
+    if isinstance(cfg.data, PhyreSimData):  # one store of every task's attempts, no splits
+        from .sim.phyre_generate import ROLLOUTS_FILE
+
+        split = Path(ROLLOUTS_FILE).stem
+    else:
+        split = check_split(cfg.split)
     out = (
         Path(cfg.out) if cfg.out else Path(cfg.checkpoint).parent / f"show_slots_{split}_{cfg.video:05d}.png"
     )

@@ -823,8 +823,8 @@ def test_encoder_on_phyre_rollouts(world, tmp_path):
         assert sampler.slots.shape == (4, 1 + FUTURE, 3, ss.slot_dim)
     assert "rollouts" in json.loads((out / "metrics.json").read_text())
     png = tmp_path / "slots.png"
-    run_cli(["show-slots", "data=phyre_sim", f"checkpoint={run / 'encoder.pt'}", f"data.root={world}", "video=1",
-             f"out={png}"])  # fmt: skip
+    run_cli(["show-slots", "data=phyre_sim", f"checkpoint={run / 'encoder.pt'}", f"data.root={world}",
+             "video=1", f"out={png}"])  # fmt: skip
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -62,6 +62,7 @@ from ..training.phyre import (
     EpisodeSampler,
     PlausibilityConfig,
     ReadoutConfig,
+    episode_times,
     load_readout,
     predict_episodes,
     rollouts_of,
@@ -179,10 +180,6 @@ class OutcomeCache:
 
 
 # VoE clips ----------------------------------------------------------------------------------------
-def _times(episodes: EpisodeConfig, future: int) -> np.ndarray:
-    return np.arange(0, future * episodes.stride + 1, episodes.stride)
-
-
 @dataclass(frozen=True)
 class World:
     """One attempt's world at every store frame: states (T, O, F), present (T, O), and the object
@@ -507,7 +504,7 @@ def voe_scores(
     alone (``world_model_from_scene``)."""
     from tqdm import tqdm
 
-    times = _times(cfg.episodes, model.cfg.future)
+    times = episode_times(model.cfg.future, cfg.episodes.stride)
     stride = cfg.plausibility.stride
     first = max(int(times[1]), plausibility.cfg.history * stride)  # both models expect the violated frame
     rng = np.random.default_rng([cfg.seed, 7])
@@ -550,10 +547,24 @@ def voe_scores(
     return out
 
 
+def score_task(
+    task: ps.Task, ti: int, store: SlotStore, task_of: np.ndarray, model, readout, rc: RankingConfig
+) -> tuple[np.ndarray, torch.Tensor]:
+    """Task ``ti``'s valid candidates (n, 3) of the fixed set and their success logits (n,), from
+    frame 0 of any of its attempts (the scene before the ball: the same in all of them)."""
+    candidates = ps.sample_actions(rc.candidates, CANDIDATE_SEED)
+    cand = candidates[ps.valid_mask(task, candidates)]
+    v0 = int(np.flatnonzero(task_of == ti)[0])
+    scene = torch.from_numpy(store.read("slots", v0, 0, 1)[0])  # (K, D)
+    logits = score_actions(
+        model, readout, scene, torch.from_numpy(cand), batch_size=rc.batch_size, precision=rc.precision
+    )
+    return cand, logits
+
+
 def rank_tasks(tasks, test_t, store, task_of, model, readout, rc: RankingConfig, seed: int, *, progress=True):
     from tqdm import tqdm
 
-    candidates = ps.sample_actions(rc.candidates, CANDIDATE_SEED)
     test_t = sorted(test_t)
     chosen = (
         test_t
@@ -566,14 +577,8 @@ def rank_tasks(tasks, test_t, store, task_of, model, readout, rc: RankingConfig,
     per_task = []
     for ti in tqdm(chosen, desc="ranking", unit="task", disable=not progress):
         task = tasks[ti]
-        valid = ps.valid_mask(task, candidates)
-        cand = candidates[valid]
-        v0 = int(np.flatnonzero(task_of == ti)[0])
-        scene = torch.from_numpy(store.read("slots", v0, 0, 1)[0])  # (K, D)
         t0 = time.perf_counter()
-        scores = score_actions(
-            model, readout, scene, torch.from_numpy(cand), batch_size=rc.batch_size, precision=rc.precision
-        )
+        cand, scores = score_task(task, ti, store, task_of, model, readout, rc)  # validity checks included
         score_s += time.perf_counter() - t0
         scored += len(cand)
         cache = OutcomeCache(task, cand)
@@ -584,7 +589,7 @@ def rank_tasks(tasks, test_t, store, task_of, model, readout, rc: RankingConfig,
         att["random"].append(cache.first_solved(random_order, rc.max_attempts))
         att["oracle"].append(1 if cache.first_solved(random_order, None) is not None else None)
         simulated += cache.simulated
-        per_task.append({"task": task.task_id, "valid": int(valid.sum()),
+        per_task.append({"task": task.task_id, "valid": len(cand),
                          **{k: v[-1] for k, v in att.items()}})  # fmt: skip
     return {
         "auccess": {k: auccess(v, rc.max_attempts) for k, v in att.items()},
@@ -757,14 +762,8 @@ def ranking_picture(
     model, _ = load_predictor(run / "predictor" / "predictor.pt")
     readout, _ = load_readout(run / "readout" / "readout.pt")
     with SlotStore(slot_dir / ROLLOUTS_FILE) as store:
-        v0 = int(np.flatnonzero(store.f["task"][:] == ti)[0])
-        scene = torch.from_numpy(store.read("slots", v0, 0, 1)[0])
-    candidates = ps.sample_actions(cfg.ranking.candidates, CANDIDATE_SEED)
-    cand = candidates[ps.valid_mask(task, candidates)]
-    rc = cfg.ranking
-    logits = score_actions(
-        model, readout, scene, torch.from_numpy(cand), batch_size=rc.batch_size, precision=rc.precision
-    ).numpy()
+        cand, logits = score_task(task, ti, store, store.f["task"][:], model, readout, cfg.ranking)
+    logits = logits.numpy()
     order = np.argsort(-logits, kind="stable")[:rows]
     times = [0.0, 1.0, 2.0, 4.0, 6.0, task.max_seconds]
     fig, axes = plt.subplots(

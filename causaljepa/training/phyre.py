@@ -67,6 +67,11 @@ class EpisodeConfig:
             raise ValueError(f"episodes.observed_share must be in [0, 1], got {self.observed_share}")
 
 
+def episode_times(future: int, stride: int) -> np.ndarray:
+    """The store frames of an episode: 0 and the ``future`` predicted ones, ``stride`` apart."""
+    return np.arange(0, future * stride + 1, stride)
+
+
 class EpisodeSampler:
     """Episodes (frame 0 and the predicted frames, the one-shot action, the success label) of
     the attempts ``videos`` of a phyre_sim slot store, read into memory once.
@@ -91,7 +96,7 @@ class EpisodeSampler:
         if not len(self.videos):
             raise ValueError(f"{store.path}: no attempts selected for this sampler")
         self.H, self.F, self.stride = 1, future, stride
-        times = np.arange(0, last + 1, stride)
+        times = episode_times(future, stride)
         self.slots = torch.from_numpy(store.f["slots"][:][self.videos][:, times])  # (N, 1 + F, K, D)
         self.actions = torch.from_numpy(store.f["actions"][:][self.videos])  # (N, A)
         self.success = torch.from_numpy(store.f["success"][:][self.videos])  # (N,)

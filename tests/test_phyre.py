@@ -31,7 +31,7 @@ from causaljepa.evaluation.phyre import (
     auccess,
     fidelity,
     split_videos,
-    violation_clips,
+    violation_worlds,
 )
 from causaljepa.masking import MaskConfig
 from causaljepa.models.predictor import CJEPAPredictor, PredictorConfig
@@ -414,19 +414,26 @@ def test_error_scale_over_present_slots(world):
     assert bool(present.sum() < present.numel()) and scale.shape == (D,)
 
 
+def _episodes(ss, train, val):
+    return EpisodeSampler(ss, train, FUTURE, STRIDE), EpisodeSampler(ss, val, FUTURE, STRIDE)
+
+
 def test_train_phyre_predictor_refuses_history(world, tmp_path):
     args = (MaskConfig(strategy="none"), TINY_OPTIM, CPU, EpisodeConfig(stride=STRIDE), tmp_path / "run")
     with SlotStore(_oracle(world)) as ss:
         with pytest.raises(ValueError, match=r"predictor\.history=2"):
-            train_phyre_predictor(ss, [0, 1], [2], replace(PCFG, history=2), *args)
+            train_phyre_predictor(*_episodes(ss, [0, 1], [2]), replace(PCFG, history=2), *args)
         with pytest.raises(ValueError, match="slot_dim=5"):
-            train_phyre_predictor(ss, [0, 1], [2], replace(PCFG, slot_dim=5), *args)
+            train_phyre_predictor(*_episodes(ss, [0, 1], [2]), replace(PCFG, slot_dim=5), *args)
+        with pytest.raises(ValueError, match=r"predictor\.future=2"):
+            train_phyre_predictor(*_episodes(ss, [0, 1], [2]), replace(PCFG, future=2), *args)
     assert not (tmp_path / "run").exists()
 
 
 def test_train_predictor_and_readout(world, tmp_path):
     with SlotStore(_oracle(world)) as ss:
-        pt = train_phyre_predictor(ss, range(8), range(8, 12), replace(PCFG, slot_dim=0, action_dim=0),
+        pt = train_phyre_predictor(*_episodes(ss, range(8), range(8, 12)),
+                                   replace(PCFG, slot_dim=0, action_dim=0),
                                    MaskConfig(strategy="none"), TINY_OPTIM, CPU, EpisodeConfig(stride=STRIDE),
                                    tmp_path / "predictor")  # fmt: skip
         from causaljepa.training.predictor import load_predictor
@@ -572,7 +579,8 @@ def test_violation_clips(world):
     seen_pass = 0
     with VideoStore(world / ROLLOUTS_FILE) as vs, SlotStore(_oracle(world)) as ss:
         for v, seed in ((0, 0), (3, 1), (6, 2), (13, 3), (22, 4)):
-            clips = violation_clips(vs, tasks, v, TIMES, voe, np.random.default_rng(seed))
+            worlds = violation_worlds(vs, tasks, v, voe, np.random.default_rng(seed), first=int(TIMES[1]))
+            clips = {k: w.slots(vs, TIMES) for k, w in worlds.items()}
             plausible = clips["plausible"]
             assert plausible.shape == (len(TIMES), K, D)
             np.testing.assert_allclose(plausible, ss.f["slots"][v][TIMES], atol=1e-6)
@@ -891,3 +899,26 @@ def test_eval_phyre_reports_both_models_voe(evaluated):
     assert all(r[k] == r["plausibility"][k] for k in ev.VIOLATIONS if k in r["plausibility"])
     assert len(r["error_scale"]["plausibility"]) == D and len(r["error_scale"]["world_model"]) == D
     assert (evaluated / "within_0" / "plausibility" / "predictor.pt").exists()
+
+
+def test_per_template_auccess_at_the_ranking_budget(evaluated):
+    """The smoke ranking allows 20 attempts: per-template AUCCESS is counted at that budget too."""
+    res = json.loads((evaluated / "results.json").read_text())
+    for kind, s in res["summary"].items():
+        pooled = [t for f in res["folds"] if f["kind"] == kind for t in f["ranking"]["per_task"]]
+        for template, v in s["per_template"].items():
+            ts = [t for t in pooled if t["task"].split(":")[0] == template]
+            assert v["tasks"] == len(ts)
+            for k in ("model", "random"):
+                assert v[k] == pytest.approx(auccess([t[k] for t in ts], 20))
+
+
+def test_per_template_by_hand():
+    per_task = [{"task": "00000:000", "model": 3, "random": None},
+                {"task": "00000:001", "model": None, "random": 1},
+                {"task": "00002:000", "model": 1, "random": 7}]  # fmt: skip
+    out = ev.per_template(per_task, 20)
+    assert set(out) == {"00000", "00002"} and out["00000"]["tasks"] == 2
+    assert out["00000"]["model"] == pytest.approx(auccess([3, None], 20))
+    assert out["00000"]["model"] != pytest.approx(auccess([3, None], 100))  # the budget matters
+    assert out["00002"] == {"tasks": 1, "model": 100.0, "random": pytest.approx(auccess([7], 20))}

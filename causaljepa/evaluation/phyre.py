@@ -248,20 +248,6 @@ def violation_worlds(
     return worlds
 
 
-def violation_clips(
-    vs: VideoStore,
-    tasks: list[ps.Task],
-    video: int,
-    times: np.ndarray,
-    voe: VoEConfig,
-    rng: np.random.Generator,
-) -> dict[str, np.ndarray]:
-    """The oracle slots (1 + F, K, D) at ``times`` of video ``video`` and of each implausible
-    version of it (``violation_worlds``, violated from a frame after times[0])."""
-    worlds = violation_worlds(vs, tasks, video, voe, rng, first=int(times[0]) + 1)
-    return {k: w.slots(vs, times) for k, w in worlds.items()}
-
-
 def expectation_errors(
     model, clips: torch.Tensor, actions: torch.Tensor, *, step: bool = True
 ) -> torch.Tensor:
@@ -359,9 +345,35 @@ def _trained(run_dir: Path, artefact: str, fingerprint: dict, train) -> Path:
     return train(last_checkpoint(run_dir))
 
 
+def evaluation_inputs(root: Path, slot_dir: Path) -> tuple[list[ps.Task], dict]:
+    """The tasks, and the hashes of the data every fold reads (part of each fold's fingerprint),
+    once the slot store is checked to be oracle slots of the video store's attempts."""
+    if not (slot_dir / ROLLOUTS_FILE).exists():
+        raise FileNotFoundError(
+            f"{slot_dir / ROLLOUTS_FILE} does not exist; make it with 'cjepa oracle-slots data=phyre_sim'"
+        )
+    tasks = TaskIndex.load(root).tasks
+    with SlotStore(slot_dir / ROLLOUTS_FILE) as store, VideoStore(root / ROLLOUTS_FILE) as vs:
+        if not store.is_oracle:
+            raise ValueError(
+                f"{store.path} holds learned slots (encoder {store.encoder_hash[:12]}); the PHYRE evaluation "
+                "runs on oracle slots (its implausible clips are made from object states): give slots=oracle"
+            )
+        if not np.array_equal(vs.f["task"][:], store.f["task"][:]):
+            raise ValueError(
+                f"{store.path} and {vs.path} list different attempts; make the slots again with "
+                "'cjepa oracle-slots data=phyre_sim'"
+            )
+    hashes = {"slots": file_hash(slot_dir / ROLLOUTS_FILE), "rollouts": file_hash(root / ROLLOUTS_FILE),
+              "tasks": file_hash(root / TASKS_FILE)}  # fmt: skip
+    return tasks, hashes
+
+
 def run_fold(
     root: Path,
     slot_dir: Path,
+    tasks: list[ps.Task],
+    inputs: dict,
     cfg: PhyreEvalConfig,
     kind: str,
     fold: int,
@@ -369,43 +381,30 @@ def run_fold(
     *,
     progress: bool = True,
 ) -> dict:
-    """Train, evaluate and write <out>/<kind>_<fold>/results.json for one fold."""
-    index = TaskIndex.load(root)
-    tasks = index.tasks
+    """Train, evaluate and write <out>/<kind>_<fold>/results.json for one fold; ``tasks`` and
+    ``inputs`` (the data's hashes) from ``evaluation_inputs``."""
     run = out / f"{kind}_{fold}"
     store = SlotStore(slot_dir / ROLLOUTS_FILE)
     try:
-        if not store.is_oracle:
-            raise ValueError(
-                f"{store.path} holds learned slots (encoder {store.encoder_hash[:12]}); the PHYRE evaluation "
-                "runs on oracle slots (its implausible clips are made from object states): give slots=oracle"
-            )
         task_of = store.f["task"][:]
-        with VideoStore(root / ROLLOUTS_FILE) as vs:
-            if not np.array_equal(vs.f["task"][:], task_of):
-                raise ValueError(
-                    f"{store.path} and {vs.path} list different attempts; make the slots again with "
-                    "'cjepa oracle-slots data=phyre_sim'"
-                )
         train_t, test_t = ps.folds(tasks, fold, kind)
         videos = split_videos(task_of, train_t, test_t)
-        base = {"kind": kind, "fold": fold, "slots": file_hash(store.path), "seed": cfg.seed,
-                "rollouts": file_hash(root / ROLLOUTS_FILE), "tasks": file_hash(root / TASKS_FILE),
+        base = {"kind": kind, "fold": fold, **inputs, "seed": cfg.seed,
                 "trainer": {k: v for k, v in asdict(cfg.trainer).items() if k != "progress"}}  # fmt: skip
         pfp = {**base, "predictor": asdict(cfg.predictor), "masking": asdict(cfg.masking),
                "train": asdict(cfg.predictor_train), "episodes": asdict(cfg.episodes)}  # fmt: skip
+        train_s, val_s, test_s = (
+            EpisodeSampler(store, videos[k], cfg.predictor.future, cfg.episodes.stride)
+            for k in ("train", "val", "test")
+        )
         ppath = _trained(
             run / "predictor", "predictor.pt", pfp,
             lambda resume: train_phyre_predictor(
-                store, videos["train"], videos["val"], cfg.predictor, cfg.masking, cfg.predictor_train,
-                cfg.trainer, cfg.episodes, run / "predictor", seed=cfg.seed, resume=resume, extra=base,
+                train_s, val_s, cfg.predictor, cfg.masking, cfg.predictor_train, cfg.trainer, cfg.episodes,
+                run / "predictor", seed=cfg.seed, resume=resume, extra=base,
             ),
         )  # fmt: skip
         model, _ = load_predictor(ppath)
-        F = model.cfg.future
-        train_s = EpisodeSampler(store, videos["train"], F, cfg.episodes.stride)
-        val_s = EpisodeSampler(store, videos["val"], F, cfg.episodes.stride)
-        test_s = EpisodeSampler(store, videos["test"], F, cfg.episodes.stride)
         rfp = {**pfp, "predictor_sha": file_hash(ppath), "readout": asdict(cfg.readout),
                "readout_train": asdict(cfg.readout_train)}  # fmt: skip
         rpath = _trained(
@@ -604,8 +603,9 @@ def rank_tasks(tasks, test_t, store, task_of, model, readout, rc: RankingConfig,
 
 
 # the whole evaluation ---------------------------------------------------------------------------
-def summarize(results: list[dict]) -> dict:
-    """Mean and sample std over folds of each kind."""
+def summarize(results: list[dict], max_attempts: int) -> dict:
+    """Mean and sample std over folds of each kind; per-template AUCCESS at ``max_attempts``
+    (ranking.max_attempts, the same for every fold: a fold ranked otherwise is recomputed)."""
 
     def ms(values):
         values = list(values)
@@ -638,12 +638,12 @@ def summarize(results: list[dict]) -> dict:
             "copy_frame0": ms(r["fidelity"]["copy_frame0"] for r in rs),
             **{k: ms(r["fidelity"][k] for r in rs) for k in ("vanish", "appear", "duplicate")},
             "candidates_per_s": ms(r["ranking"]["candidates_per_s"] for r in rs),
-            "per_template": per_template([t for r in rs for t in r["ranking"]["per_task"]]),
+            "per_template": per_template([t for r in rs for t in r["ranking"]["per_task"]], max_attempts),
         }
     return out
 
 
-def per_template(per_task: list[dict], max_attempts: int = 100) -> dict[str, dict]:
+def per_template(per_task: list[dict], max_attempts: int) -> dict[str, dict]:
     """AUCCESS per template (the task id's first field) of ranked tasks pooled over folds."""
     by: dict[str, list[dict]] = {}
     for t in per_task:
@@ -719,18 +719,15 @@ def evaluate_phyre(root: str | Path, slot_dir: str | Path, cfg: PhyreEvalConfig,
                    *, progress: bool = True) -> dict:  # fmt: skip
     """Every fold of ``cfg.folds``; writes <out>/results.{json,md} and the ranking picture."""
     root, slot_dir, out = Path(root), Path(slot_dir), Path(out)
-    if not (slot_dir / ROLLOUTS_FILE).exists():
-        raise FileNotFoundError(
-            f"{slot_dir / ROLLOUTS_FILE} does not exist; make it with 'cjepa oracle-slots data=phyre_sim'"
-        )
+    tasks, inputs = evaluation_inputs(root, slot_dir)
     results = []
     for kind, seeds in cfg.folds.items():
         for fold in seeds:  # a finished fold is kept where its inputs are the same, else an error
-            results.append(run_fold(root, slot_dir, cfg, kind, fold, out, progress=progress))
+            results.append(run_fold(root, slot_dir, tasks, inputs, cfg, kind, fold, out, progress=progress))
             a = results[-1]["ranking"]["auccess"]
             print(f"{kind} fold {fold}: AUCCESS model {a['model']:.1f}, random {a['random']:.1f}, "
                   f"oracle {a['oracle']:.1f}")  # fmt: skip
-    summary = summarize(results)
+    summary = summarize(results, cfg.ranking.max_attempts)
     write_json_atomic(out / "results.json", {"summary": summary, "folds": results})
     write_text_atomic(out / "results.md", results_markdown(summary, results))
     first = results[0]
@@ -739,13 +736,21 @@ def evaluate_phyre(root: str | Path, slot_dir: str | Path, cfg: PhyreEvalConfig,
     # a task the model solved at its 2nd to 4th attempt shows failed and solved rollouts side by side
     shown = next((t for t in per_task if t["model"] is not None and 2 <= t["model"] <= 4), per_task[0])
     task_id = shown["task"]
-    png = ranking_picture(root, slot_dir, run, task_id, cfg, out / f"ranking_{task_id.replace(':', '_')}.png")
+    png = ranking_picture(
+        tasks, slot_dir, run, task_id, cfg, out / f"ranking_{task_id.replace(':', '_')}.png"
+    )
     print(f"written: {out / 'results.md'}  {png}")
     return summary
 
 
 def ranking_picture(
-    root: Path, slot_dir: Path, run: Path, task_id: str, cfg: PhyreEvalConfig, path: Path, rows: int = 4
+    tasks: list[ps.Task],
+    slot_dir: Path,
+    run: Path,
+    task_id: str,
+    cfg: PhyreEvalConfig,
+    path: Path,
+    rows: int = 4,
 ) -> Path:
     """A task's best-ranked actions (rows) and their simulated rollouts (columns), each row
     titled with its rank, action, readout probability and the simulated outcome."""
@@ -756,7 +761,6 @@ def ranking_picture(
 
     from ..io import save_figure
 
-    tasks = TaskIndex.load(root).tasks
     ti = next(i for i, t in enumerate(tasks) if t.task_id == task_id)
     task = tasks[ti]
     model, _ = load_predictor(run / "predictor" / "predictor.pt")

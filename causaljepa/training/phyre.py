@@ -96,8 +96,10 @@ class EpisodeSampler:
         if not len(self.videos):
             raise ValueError(f"{store.path}: no attempts selected for this sampler")
         self.H, self.F, self.stride = 1, future, stride
+        self.path, self.encoder_hash = store.path, store.encoder_hash
+        self.num_slots, self.slot_dim, self.action_dim = store.num_slots, store.slot_dim, store.action_dim
         times = episode_times(future, stride)
-        self.slots = torch.from_numpy(store.f["slots"][:][self.videos][:, times])  # (N, 1 + F, K, D)
+        self.slots = torch.from_numpy(store.f["slots"][:, times][self.videos])  # (N, 1 + F, K, D)
         self.actions = torch.from_numpy(store.f["actions"][:][self.videos])  # (N, A)
         self.success = torch.from_numpy(store.f["success"][:][self.videos])  # (N,)
 
@@ -163,9 +165,8 @@ def predict_episodes(
 
 
 def train_phyre_predictor(
-    store: SlotStore,
-    train_videos,
-    val_videos,
+    train: EpisodeSampler,
+    val: EpisodeSampler,
     predictor: PredictorConfig,
     masking: MaskConfig,
     optim: OptimConfig,
@@ -177,33 +178,38 @@ def train_phyre_predictor(
     resume: str | os.PathLike | None = None,
     extra: dict | None = None,
 ) -> Path:
-    """Train on the attempts ``train_videos``, validate on ``val_videos``; returns predictor.pt."""
+    """Train on the episodes ``train``, validate on ``val`` (EpisodeSamplers of one slot store, cut
+    at the predictor's future and episodes.stride); returns predictor.pt."""
     if predictor.history != 1:
         raise ValueError(
             f"predictor.history={predictor.history}: a PHYRE episode is predicted from frame 0 (the scene "
             "before the ball) alone; set predictor.history=1"
         )
-    if predictor.slot_dim not in (0, store.slot_dim) or predictor.action_dim not in (0, store.action_dim):
+    if predictor.slot_dim not in (0, train.slot_dim) or predictor.action_dim not in (0, train.action_dim):
         raise ValueError(
-            f"predictor.slot_dim={predictor.slot_dim} / action_dim={predictor.action_dim}, but {store.path} "
-            f"holds slots of width {store.slot_dim} and {store.action_dim} action columns; leave both 0"
+            f"predictor.slot_dim={predictor.slot_dim} / action_dim={predictor.action_dim}, but {train.path} "
+            f"holds slots of width {train.slot_dim} and {train.action_dim} action columns; leave both 0"
         )
-    cfg = replace(predictor, slot_dim=store.slot_dim, action_dim=store.action_dim)
+    for s in (train, val):
+        if (s.F, s.stride) != (predictor.future, episodes.stride):
+            raise ValueError(
+                f"episodes cut at future={s.F}, stride={s.stride}; the predictor predicts "
+                f"predictor.future={predictor.future} frames at episodes.stride={episodes.stride}"
+            )
+    cfg = replace(predictor, slot_dim=train.slot_dim, action_dim=train.action_dim)
     torch.manual_seed(seed)
     model = CJEPAPredictor(cfg)
-    sampler = EpisodeSampler(store, train_videos, cfg.future, episodes.stride)
-    masks = MaskSampler(masking, store.num_slots, cfg.history, cfg.future)
+    masks = MaskSampler(masking, train.num_slots, cfg.history, cfg.future)
 
     def next_batch(gen: torch.Generator) -> dict:
-        batch = sampler.sample(optim.batch_size, gen)
+        batch = train.sample(optim.batch_size, gen)
         batch["hidden"] = observe_prefix(masks.sample(optim.batch_size, gen), episodes.observed_share, gen)
         return batch
 
-    val = EpisodeSampler(store, val_videos, cfg.future, episodes.stride)
     validate = FutureValidator(val, min(episodes.val_episodes, len(val)), max(optim.batch_size, 64))
     info = {
-        "slot_dir": str(store.path.parent),
-        "encoder_hash": store.encoder_hash,
+        "slot_dir": str(train.path.parent),
+        "encoder_hash": train.encoder_hash,
         "masking": asdict(masking),
         "episodes": asdict(episodes),
         **(extra or {}),

@@ -52,6 +52,16 @@ def _require_sim(data, command: str) -> ClevrerSimData:
     return data
 
 
+def _rollouts(data) -> str | None:
+    """phyre_sim keeps every task's attempts in one store without splits: its split name
+    ("rollouts", the file rollouts.h5); None for the worlds with train/validation/test splits."""
+    if not isinstance(data, PhyreSimData):
+        return None
+    from .sim.phyre_generate import ROLLOUTS_FILE
+
+    return Path(ROLLOUTS_FILE).stem
+
+
 def cmd_generate(cfg) -> None:
     if isinstance(cfg.data, PhyreSimData):
         from .sim.phyre_generate import generate as generate_phyre
@@ -140,11 +150,8 @@ def cmd_train_encoder(cfg) -> None:
 
     out = Path(cfg.out)
     resume = _resume(out, cfg.resume)
-    files = {}
-    if isinstance(cfg.data, PhyreSimData):  # one store of every task's attempts, no splits
-        from .sim.phyre_generate import ROLLOUTS_FILE
-
-        files = {"train_file": ROLLOUTS_FILE, "val_file": ROLLOUTS_FILE}
+    rollouts = _rollouts(cfg.data)
+    files = {"train_file": f"{rollouts}.h5", "val_file": f"{rollouts}.h5"} if rollouts else {}
     path = train_encoder(
         cfg.data.root,
         cfg.encoder,
@@ -174,12 +181,8 @@ def cmd_extract_slots(cfg) -> None:
     root = Path(cfg.data.root)
     out = Path(cfg.out) if cfg.out else root / "slots"
     report = {}
-    if isinstance(cfg.data, PhyreSimData):  # one store of every task's attempts, no splits
-        from .sim.phyre_generate import ROLLOUTS_FILE
-
-        splits = [Path(ROLLOUTS_FILE).stem]
-    else:
-        splits = _splits(root, cfg.splits)
+    rollouts = _rollouts(cfg.data)
+    splits = [rollouts] if rollouts else _splits(root, cfg.splits)
     for split in splits:
         metrics = extract_slots(
             model,
@@ -208,12 +211,7 @@ def cmd_show_slots(cfg) -> None:
     from .viz import show_slots
 
     model, _ = load_encoder(cfg.checkpoint)
-    if isinstance(cfg.data, PhyreSimData):  # one store of every task's attempts, no splits
-        from .sim.phyre_generate import ROLLOUTS_FILE
-
-        split = Path(ROLLOUTS_FILE).stem
-    else:
-        split = check_split(cfg.split)
+    split = _rollouts(cfg.data) or check_split(cfg.split)
     out = (
         Path(cfg.out) if cfg.out else Path(cfg.checkpoint).parent / f"show_slots_{split}_{cfg.video:05d}.png"
     )
@@ -243,11 +241,11 @@ def cmd_oracle_slots(cfg) -> None:
 
     root = Path(cfg.data.root)
     out = Path(cfg.out) if cfg.out else root / "oracle_slots"
-    if isinstance(cfg.data, PhyreSimData):  # one store of every task's attempts, no splits
+    rollouts = _rollouts(cfg.data)
+    if rollouts:
         from .data.phyre_slots import write_phyre_oracle_slots
-        from .sim.phyre_generate import ROLLOUTS_FILE
 
-        print(f"rollouts: {write_phyre_oracle_slots(root / ROLLOUTS_FILE, out / ROLLOUTS_FILE)}")
+        print(f"{rollouts}: {write_phyre_oracle_slots(root / f'{rollouts}.h5', out / f'{rollouts}.h5')}")
         return
     for split in _splits(root, cfg.splits):
         print(f"{split}: {write_oracle_slots(root / f'{split}.h5', out / f'{split}.h5')}")

@@ -20,11 +20,18 @@
 Everything after the subcommand is Hydra's: overrides (``data.generator.height=128``),
 ``--cfg job`` to print the composed config, ``--help``. Each handler here only turns the
 config into dataclasses and calls the library.
+
+Training on several processes or machines: ``torchrun --nproc_per_node N -m causaljepa train
+...`` (or ``train-encoder``); every process takes rank 0's run directory, rank 0 writes it
+(causaljepa/training/distributed.py). Training stopped by SIGINT or SIGTERM saves its state
+and exits with 128 + the signal's number; a non-finite loss saves the last good state and
+exits with 1.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +49,7 @@ from .config import (
     to_object,
 )
 from .io import write_text_atomic
+from .training import distributed
 
 
 def _require_sim(data, command: str) -> ClevrerSimData:
@@ -164,6 +172,8 @@ def cmd_train_encoder(cfg) -> None:
         extra={"data": cfg.data.name},
         **files,
     )
+    if not distributed.from_env().is_main:
+        return
     val = json.loads((out / "val.json").read_text())
     print(f"encoder: {path}")
     if val:
@@ -276,6 +286,8 @@ def cmd_train(cfg) -> None:
         resume=_resume(out, cfg.resume),
         extra={"data": cfg.data.name, "slots": cfg.slots},
     )
+    if not distributed.from_env().is_main:
+        return
     val = json.loads((out / "val.json").read_text())
     print(f"predictor: {path}")
     if val:
@@ -484,6 +496,10 @@ COMMANDS: dict[tuple[str, ...], tuple[str, Callable]] = {
 }
 
 
+# commands that run under torchrun: several processes train one model
+DISTRIBUTED = {("train-encoder",), ("train",)}
+
+
 def usage() -> str:
     lines = ["usage: cjepa <command> [hydra overrides ...]", "", "commands:"]
     lines += [f"  cjepa {' '.join(words)}" for words in COMMANDS]
@@ -502,10 +518,25 @@ def resolve(argv: list[str]) -> tuple[tuple[str, ...], list[str]]:
 def run(words: tuple[str, ...], overrides: list[str]) -> None:
     config_name, handler = COMMANDS[words]
     register_configs()
+    d = distributed.from_env()
+    if d.active and words not in DISTRIBUTED:
+        raise SystemExit(
+            f"cjepa {' '.join(words)} runs in one process, but WORLD_SIZE={d.world_size} (torchrun); "
+            f"under torchrun run {' or '.join('cjepa ' + ' '.join(w) for w in sorted(DISTRIBUTED))}"
+        )
+    if d.rank > 0:  # rank 0's Hydra writes the run directory; the others write nothing of their own
+        overrides = [*overrides, "hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=disabled"]
 
     @hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")
     def app(cfg: DictConfig) -> None:
-        handler(to_object(cfg))
+        obj = to_object(cfg)
+        if d.active:
+            distributed.setup(obj.trainer.device)
+            obj.out = distributed.broadcast(str(obj.out), d)  # rank 0's run directory for every process
+        try:
+            handler(obj)
+        finally:
+            distributed.shutdown()
 
     argv0 = sys.argv[0]
     sys.argv = [f"cjepa {' '.join(words)}", *preset_overrides(config_name, overrides)]
@@ -521,7 +552,12 @@ def main(argv: list[str] | None = None) -> None:
         print(usage())
         return
     words, overrides = resolve(argv)
-    run(words, overrides)
+    from .training.loop import TrainingInterrupted
+
+    try:
+        run(words, overrides)
+    except TrainingInterrupted as e:  # the state is saved (or, after a second signal, not: said so)
+        sys.exit(128 + int(e.signum or signal.SIGINT))
 
 
 if __name__ == "__main__":

@@ -18,17 +18,31 @@ def partial_path(path: Path) -> Path:
 
 
 @contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path to write; rename it to ``path`` if the block succeeds, else delete it."""
+def atomic_output(path: str | os.PathLike, durable: bool = False) -> Iterator[Path]:
+    """Yield a temporary path to write; rename it to ``path`` if the block succeeds, else delete it.
+
+    A process killed at any moment (even by SIGKILL) leaves either the old file or the new one
+    under ``path``, never a mix. ``durable`` also flushes the file and the rename to disk
+    (fsync), so a power cut after the call returns cannot lose or tear it (checkpoints).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = partial_path(path)
     try:
         yield tmp
+        if durable:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, path)
+    if durable and hasattr(os, "O_DIRECTORY"):  # the directory entry of the rename
+        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

@@ -610,7 +610,7 @@ def test_resume_with_a_trainer(tmp_path):
     """The Trainer alone: 2 steps, save, a new Trainer resumes to 4 = 4 steps at once."""
     batches = [_frames(T=3, seed=s) for s in range(8)]
 
-    def next_batch(gen):
+    def next_batch(step, gen):
         return batches[int(torch.randint(0, 8, (1,), generator=gen))]
 
     def trainer(run, steps=4):

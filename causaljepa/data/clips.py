@@ -32,6 +32,7 @@ class ClipSampler:
             raise ValueError(f"{store.path}: has no instance masks (only simulated stores do)")
         self.store, self.length, self.stride, self.span = store, length, stride, span
         self.with_masks = with_masks
+        self.starts = store.num_frames - span + 1  # clip starts per video
 
     def read(self, video: int, start: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         end = start + self.span
@@ -43,10 +44,12 @@ class ClipSampler:
 
     def sample(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
         videos = torch.randint(0, self.store.num_videos, (batch,), generator=generator).tolist()
-        starts = torch.randint(
-            0, self.store.num_frames - self.span + 1, (batch,), generator=generator
-        ).tolist()
-        items = [self.read(v, s) for v, s in zip(videos, starts, strict=True)]
+        starts = torch.randint(0, self.starts, (batch,), generator=generator).tolist()
+        return self.clips(list(zip(videos, starts, strict=True)))
+
+    def clips(self, items: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The clips at (video, start) ``items`` (as ``sample`` returns them)."""
+        items = [self.read(v, s) for v, s in items]
         frames = torch.stack([f for f, _ in items])  # (B, L, H, W, 3)
         masks = torch.stack([m for _, m in items]) if self.with_masks else None  # (B, L, H, W)
         return frames, masks

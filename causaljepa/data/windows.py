@@ -65,6 +65,7 @@ class WindowSampler:
                 f"{store.path} holds one action per video (a PHYRE ball at t = 0), not per-frame actions; "
                 "its windows start at frame 0: use causaljepa.training.phyre (cjepa eval phyre)"
             )
+        self.starts = self.frames - self.span + 1  # window starts per video
         self.use_actions = actions and store.action_dim > 0
         self.action_dim = store.action_dim * stride if self.use_actions else 0
         self._slots = None
@@ -101,7 +102,7 @@ class WindowSampler:
 
     def sample(self, B: int, generator: torch.Generator) -> dict:
         videos = torch.randint(0, self.store.num_videos, (B,), generator=generator)
-        starts = torch.randint(0, self.frames - self.span + 1, (B,), generator=generator)
+        starts = torch.randint(0, self.starts, (B,), generator=generator)
         return self.batch(videos.tolist(), starts.tolist())
 
     def fixed(self, n: int, seed: int) -> dict:

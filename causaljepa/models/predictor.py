@@ -33,6 +33,7 @@ from einops import rearrange
 from torch import nn
 
 from ..masking import targets
+from ..training.distributed import batch_mean
 
 
 @dataclass(frozen=True)
@@ -279,9 +280,8 @@ class CJEPAPredictor(nn.Module):
         pred = self._predict(tokens, slots, hidden)  # (B, T, K, D)
         hist, fut = targets(hidden, self.cfg.history)
         err = (pred.float() - slots.float()).pow(2).mean(dim=-1)  # (B, T, K)
-        zero = err.new_zeros(())
-        mse_hist = err[hist].mean() if bool(hist.any()) else zero
-        mse_fut = err[fut].mean() if bool(fut.any()) else zero
+        # means over the tokens of the whole batch (of every process under DDP: distributed.py)
+        mse_hist, mse_fut = batch_mean(err[hist]), batch_mean(err[fut])
         loss = mse_hist + mse_fut
         metrics = {"mse_history": float(mse_hist.detach()), "mse_future": float(mse_fut.detach())}
         if self.cfg.sigreg_weight:

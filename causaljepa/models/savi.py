@@ -258,10 +258,17 @@ class SAVi(nn.Module):
         """Mean squared reconstruction error over pixels and channels."""
         return F.mse_loss(out.recon.float(), out.target.float())
 
-    def training_loss(self, frames: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """The trainer's interface: a clip (B, T, H, W, 3) uint8 -> (loss, metrics)."""
-        frames = frames.to(self.encoder.pos.weight.device, non_blocking=True)
-        loss = self.loss(self(frames))
+    def training_loss(self, batch: torch.Tensor | dict) -> tuple[torch.Tensor, dict[str, float]]:
+        """The trainer's interface -> (loss, metrics). ``batch``: clips (B, T, H, W, 3) uint8, or
+        {"frames": clips, "slot_noise": (B, K, D) standard normal noise of the initial slots}
+        (what the encoder's training draws, per item, from its checkpointed generator)."""
+        device = self.encoder.pos.weight.device
+        if isinstance(batch, dict):
+            frames = batch["frames"].to(device, non_blocking=True)
+            initial = self.corrector.slots_from_noise(batch["slot_noise"].to(device, non_blocking=True))
+        else:
+            frames, initial = batch.to(device, non_blocking=True), None
+        loss = self.loss(self(frames, initial_slots=initial))
         return loss, {"mse": float(loss.detach())}
 
 

@@ -62,10 +62,15 @@ class SlotAttention(nn.Module):
         self, batch: int, num_slots: int, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """(B, K, D) i.i.d. draws from the shared Gaussian; ``generator`` makes them reproducible."""
+        where = self.init_mu.device if generator is None else generator.device
+        return self.slots_from_noise(
+            torch.randn(batch, num_slots, self.dim, generator=generator, device=where)
+        )
+
+    def slots_from_noise(self, noise: torch.Tensor) -> torch.Tensor:
+        """Standard normal noise (B, K, D) -> initial slots mu + sigma noise (B, K, D)."""
         mu = self.init_mu
-        where = mu.device if generator is None else generator.device
-        noise = torch.randn(batch, num_slots, self.dim, generator=generator, device=where).to(mu)
-        return mu + self.init_log_sigma.exp() * noise
+        return mu + self.init_log_sigma.exp() * noise.to(mu)
 
     def step(
         self, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor

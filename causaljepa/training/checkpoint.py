@@ -11,8 +11,9 @@ A checkpoint is a dict:
     rng             dict    torch RNG states, including the data sampler's generator
     extra           dict    anything else the trainer needs to resume (plain values)
 
-It is written to ``<name>.partial.pt`` and renamed, so an interrupted save never leaves a
-file that looks complete.
+It is written to ``<name>.partial.pt``, flushed to disk and renamed, so a save interrupted
+at any moment (SIGKILL, a power cut) leaves the previous checkpoint under the name, never a
+torn one.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def save_checkpoint(path: str | os.PathLike, **fields) -> Path:
     for name in ("kind", "model_config", "model"):
         if name not in fields:
             raise ValueError(f"save_checkpoint: field '{name}' is required")
-    with atomic_output(path) as tmp:
+    with atomic_output(path, durable=True) as tmp:
         torch.save({"format_version": FORMAT_VERSION, **fields}, tmp)
     return Path(path)
 

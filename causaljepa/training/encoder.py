@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from ..data.clips import ClipSampler
+from ..data.sampling import ItemIndex, ItemStream
 from ..data.store import VideoStore
 from ..evaluation.object_discovery import fg_ari, mean_best_overlap, summarize
 from ..models.savi import EncoderConfig, SAVi, segmentation
@@ -109,15 +110,6 @@ def train_encoder(
     model = SAVi(encoder)
     train_store = VideoStore(root / train_file)
     sampler = ClipSampler(train_store, clips.length, clips.stride)
-    validate = None
-    val_path = root / val_file
-    if val_path.exists():
-        val_store = VideoStore(val_path)
-        if val_store.has("masks"):
-            validate = Validator(val_store, clips, optim.batch_size)
-        val_store.close()
-    if validate is None:
-        print(f"no validation: {val_path} is missing or has no instance masks (real CLEVRER has none)")
     t = Trainer(
         model,
         optim,
@@ -127,11 +119,35 @@ def train_encoder(
         model_config=encoder.to_dict(),
         seed=seed,
         extra={"data_root": str(root), "clips": asdict(clips), **(extra or {})},
+        shards=True,
     )
+    validate = None
+    val_path = root / val_file
+    if val_path.exists() and t.dist.is_main:  # rank 0 validates
+        val_store = VideoStore(val_path)
+        if val_store.has("masks"):
+            validate = Validator(val_store, clips, optim.batch_size)
+        val_store.close()
+        if validate is None:
+            print(f"no validation: {val_path} has no instance masks (real CLEVRER has none)")
+    elif not val_path.exists():
+        print(f"no validation: {val_path} does not exist")
+    # every clip of the store, in shuffled epochs, split over the training processes
+    stream = ItemStream(ItemIndex(train_store.num_videos, sampler.starts), optim.batch_size, seed, t.dist)
+
+    def next_batch(step: int, gen: torch.Generator) -> dict:
+        # the initial slots' noise is drawn for the whole global batch from the generator every
+        # process holds, and each takes its items' rows: N processes train what one would
+        noise = torch.randn(optim.batch_size, encoder.num_slots, encoder.slot_dim, generator=gen)
+        return {
+            "frames": sampler.clips(stream.items(step))[0],
+            "slot_noise": noise[stream.global_positions()],
+        }
+
     if resume is not None:
         t.resume(resume)
     try:
-        t.fit(lambda g: sampler.sample(optim.batch_size, g)[0], validate)
+        t.fit(next_batch, validate)
     finally:
         train_store.close()
     return t.export("encoder.pt")

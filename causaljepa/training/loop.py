@@ -2,9 +2,12 @@
 
 A model trained here has ``training_loss(batch) -> (loss, metrics)``. The loop owns what
 is the same for every model: AdamW with linear warm-up and cosine decay, gradient
-clipping, bf16 autocast, a CSV and TensorBoard log, periodic validation, a progress bar,
-atomic checkpoints every ``ckpt_every`` steps and when the run is interrupted, and resume
-from such a checkpoint to the same numbers.
+clipping, bf16 autocast, optional torch.compile, pinned-memory copies to the GPU, a CSV and
+TensorBoard log, periodic validation, a progress bar, atomic checkpoints every
+``ckpt_every`` steps and when the run is interrupted (SIGINT, SIGTERM), resume from such a
+checkpoint to the same numbers, a stop with the last good state saved when the loss or the
+gradient is not finite, and DistributedDataParallel under torchrun
+(``causaljepa.training.distributed``).
 
 Run directory:
 
@@ -29,8 +32,10 @@ from pathlib import Path
 import torch
 
 from ..io import write_json_atomic
+from . import distributed
 from .allocator import keep_freed_memory
 from .checkpoint import checkpoint_path, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .distributed import ONE, Dist
 
 PRECISIONS = ("fp32", "bf16")
 DEVICES = ("cpu", "cuda")
@@ -44,6 +49,7 @@ class TrainerConfig:
     precision: str = "bf16"  # fp32 | bf16 (autocast; weights and optimizer stay fp32)
     threads: int = 0  # torch CPU threads; 0 keeps torch's default (one per core)
     progress: bool = True  # a tqdm bar on the terminal
+    compile: bool = False  # torch.compile the training step (the first steps pay the compilation)
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -92,13 +98,53 @@ def lr_at(step: int, cfg: OptimConfig) -> float:
     return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def resolve_device(cfg: TrainerConfig) -> torch.device:
+class NonFiniteLossError(FloatingPointError):
+    """The training loss or the gradient norm is nan or inf."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on SIGINT or SIGTERM; ``signum`` says which. ``hard``: a second signal
+    cut a step short, so the state in memory is not whole and was not saved."""
+
+    def __init__(self, signum: int, hard: bool = False):
+        super().__init__(f"stopped by signal {signum}")
+        self.signum, self.hard = signum, hard
+
+
+def resolve_device(cfg: TrainerConfig, local_rank: int = 0) -> torch.device:
+    """The training device (cuda:LOCAL_RANK under torchrun on GPUs)."""
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("trainer.device=cuda but no CUDA device is available; use trainer=cpu")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     keep_freed_memory(cfg.device)  # about 1.5x faster CPU steps; see causaljepa/training/allocator.py
-    return torch.device(cfg.device)
+    return torch.device("cuda", local_rank) if cfg.device == "cuda" else torch.device("cpu")
+
+
+def to_device(batch, device: torch.device):
+    """Tensors of a batch (a tensor, or dicts/lists/tuples of them) on ``device``; on CUDA through
+    pinned host memory, so the copy is asynchronous."""
+    if isinstance(batch, torch.Tensor):
+        if device.type != "cuda":
+            return batch
+        return batch.pin_memory().to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, list | tuple):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+class LossModule(torch.nn.Module):
+    """forward(batch) = model.training_loss(batch): the module DDP and torch.compile wrap, so the
+    loss is computed through the wrapper and the backward pass synchronises the gradients."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch):
+        return self.model.training_loss(batch)
 
 
 def autocast(device: torch.device, precision: str):
@@ -117,15 +163,26 @@ def train_step(
     grad_clip: float,
     device: torch.device,
     precision: str,
+    forward: Callable | None = None,
+    dist: Dist = ONE,
 ) -> dict[str, float]:
-    """One optimizer step on one batch; returns the model's metrics plus loss, lr and grad norm."""
+    """One optimizer step on one batch; returns the model's metrics plus loss, lr and grad norm.
+
+    ``forward`` computes (loss, metrics) from the batch (default ``model.training_loss``; the
+    trainer passes the DDP-wrapped or compiled ``LossModule``). A loss that is not finite on
+    any process, or a gradient norm that is not finite, raises NonFiniteLossError before the
+    parameters or the optimizer state change.
+    """
     for group in optimizer.param_groups:
         group["lr"] = lr
     model.train()
-    with autocast(device, precision):
-        loss, metrics = model.training_loss(batch)
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"the training loss is {loss.item()}; lower train.lr or check the data")
+    with autocast(device, precision), distributed.global_batch():
+        loss, metrics = (forward or model.training_loss)(batch)
+    if distributed.any_rank(not bool(torch.isfinite(loss.detach())), dist):
+        where = " on at least one process" if dist.active else ""
+        raise NonFiniteLossError(
+            f"the training loss is {loss.item()}{where}; lower train.lr or check the data"
+        )
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
@@ -133,6 +190,11 @@ def train_step(
         norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
     else:
         norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
+    if not torch.isfinite(norm):  # the gradients are all-reduced: every process sees the same norm
+        raise NonFiniteLossError(
+            f"the gradient norm is {float(norm)} (loss {float(loss.detach())}); "
+            "lower train.lr or check the data"
+        )
     optimizer.step()
     return {"loss": float(loss.detach()), "lr": lr, "grad_norm": float(norm), **metrics}
 
@@ -167,10 +229,14 @@ class RunLog:
 
 
 class Trainer:
-    """Runs ``model.training_loss`` over batches from ``next_batch(generator)``.
+    """Runs ``model.training_loss`` over batches from ``next_batch(step, generator)``.
 
     ``kind`` and ``model_config`` go into every checkpoint so that it can be rebuilt and
     checked; ``extra`` (plain values: data paths, the resolved command config) too.
+
+    ``shards=True`` says that ``next_batch`` returns this process's share of the global batch
+    (``self.dist`` says which): only such trainings run under torchrun, wrapped in
+    DistributedDataParallel. Others refuse to start there.
     """
 
     def __init__(
@@ -184,9 +250,26 @@ class Trainer:
         model_config: dict,
         seed: int,
         extra: dict | None = None,
+        shards: bool = False,
     ):
-        self.device = resolve_device(trainer)
+        self.dist = distributed.setup(trainer.device)
+        if self.dist.active and not shards:
+            raise RuntimeError(
+                f"{kind} training runs in one process; it was started with WORLD_SIZE={self.dist.world_size} "
+                "(torchrun): start it without torchrun. cjepa train-encoder and cjepa train run distributed"
+            )
+        self.device = resolve_device(trainer, self.dist.local_rank)
         self.model = model.to(self.device)
+        self.forward: Callable = LossModule(self.model)
+        if self.dist.active:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.forward = DistributedDataParallel(
+                self.forward, device_ids=ids
+            )  # broadcasts rank 0's weights
+        if trainer.compile:
+            self.forward = torch.compile(self.forward)
         self.optim, self.trainer = optim, trainer
         self.run_dir = Path(run_dir)
         self.kind, self.model_config, self.extra = kind, model_config, extra or {}
@@ -206,8 +289,12 @@ class Trainer:
         return checkpoint_path(self.run_dir)
 
     def save(self, path: Path | None = None) -> Path:
+        """Write the training state (rank 0 only: the processes hold the same state)."""
+        path = path or self.checkpoint_path
+        if not self.dist.is_main:
+            return path
         return save_checkpoint(
-            path or self.checkpoint_path,
+            path,
             kind=self.kind,
             model_config=self.model_config,
             model=self.model.state_dict(),
@@ -235,55 +322,92 @@ class Trainer:
 
     def export(self, name: str) -> Path:
         """The trained weights as <run_dir>/<name> (what later commands load: config, weights,
-        step, the last validation and ``extra``), and the last validation as val.json."""
-        out = save_checkpoint(
-            self.run_dir / name,
-            kind=self.kind,
-            model_config=self.model_config,
-            model=self.model.state_dict(),
-            step=self.step,
-            extra={"val": self.last_val, **self.extra},
-        )
-        write_json_atomic(self.run_dir / "val.json", self.last_val)
+        step, the last validation and ``extra``), and the last validation as val.json (rank 0)."""
+        out = self.run_dir / name
+        if self.dist.is_main:
+            save_checkpoint(
+                out,
+                kind=self.kind,
+                model_config=self.model_config,
+                model=self.model.state_dict(),
+                step=self.step,
+                extra={"val": self.last_val, **self.extra},
+            )
+            write_json_atomic(self.run_dir / "val.json", self.last_val)
+        distributed.barrier(self.dist)  # the others return once the files are there
         return out
 
     def fit(
         self,
-        next_batch: Callable[[torch.Generator], object],
+        next_batch: Callable[[int, torch.Generator], object],
         validate: Callable[[torch.nn.Module], dict[str, float]] | None = None,
     ) -> dict[str, float]:
-        """Train up to ``optim.steps``; returns the last validation metrics."""
+        """Train up to ``optim.steps``; returns the last validation metrics (rank 0's; {} on others).
+
+        ``next_batch(step, generator)``: the batch of optimizer step ``step`` (0-based); random
+        draws come from ``generator``, whose state the checkpoints keep.
+        """
         from tqdm import tqdm
 
         o = self.optim
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        log = RunLog(self.run_dir, resume_step=self.step if self.step else None)
+        main = self.dist.is_main
+        log = None
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            log = RunLog(self.run_dir, resume_step=self.step if self.step else None)
         bar = tqdm(
-            total=o.steps, initial=self.step, disable=not self.trainer.progress, desc=self.kind, unit="step"
+            total=o.steps,
+            initial=self.step,
+            disable=not (self.trainer.progress and main),
+            desc=self.kind,
+            unit="step",
         )
         t_start, done_at_start = time.perf_counter(), self.step
         self._batch_rng: dict | None = None
         try:
             with _deferred_interrupts() as stop:
                 self._loop(next_batch, validate, log, bar, t_start, done_at_start, stop)
-        except KeyboardInterrupt:
-            if self._batch_rng is not None:  # the step in progress did not count: draw its batch again
-                set_rng_state(self._batch_rng, self.generator)
+        except KeyboardInterrupt as e:
+            if not isinstance(e, TrainingInterrupted):  # raised by code in the step, not by a signal
+                e = TrainingInterrupted(signal.SIGINT)
+            if e.hard:
+                bar.write(
+                    f"stopped at once (a second signal) during step {self.step + 1}, without saving; "
+                    f"{self.checkpoint_path} holds the last checkpoint"
+                )
+            else:
+                self._rewind()
+                self.save()
+                bar.write(f"interrupted at step {self.step}; resume with resume={self.checkpoint_path}")
+            raise e from None
+        except NonFiniteLossError as e:
+            self._rewind()
             self.save()
-            bar.write(f"interrupted at step {self.step}; resume with resume={self.checkpoint_path}")
-            raise
+            raise NonFiniteLossError(
+                f"step {self.step + 1} of {o.steps}: {e}. Training stopped; the last good state "
+                f"(after step {self.step}) is saved in {self.checkpoint_path}"
+            ) from None
         finally:
             bar.close()
-            log.close()
+            if log is not None:
+                log.close()
+        distributed.barrier(self.dist)  # every process leaves training at the same step
         return self.last_val
 
+    def _rewind(self) -> None:
+        """The step in progress did not count: its batch is drawn again on resume."""
+        if self._batch_rng is not None:
+            set_rng_state(self._batch_rng, self.generator)
+            self._batch_rng = None
+
     def _loop(self, next_batch, validate, log, bar, t_start, done_at_start, stop) -> None:
-        o = self.optim
+        o, d = self.optim, self.dist
         while self.step < o.steps:
-            if stop.is_set():  # Ctrl-C or SIGTERM between two steps: the state is whole
-                raise KeyboardInterrupt
+            # Ctrl-C or SIGTERM between two steps (on any process): the state is whole
+            if distributed.any_rank(stop.is_set(), d):
+                raise TrainingInterrupted(stop.signum or signal.SIGTERM)
             self._batch_rng = rng_state(self.generator)  # restored if this step is cut short
-            batch = next_batch(self.generator)
+            batch = to_device(next_batch(self.step, self.generator), self.device)
             metrics = train_step(
                 self.model,
                 batch,
@@ -292,19 +416,24 @@ class Trainer:
                 grad_clip=o.grad_clip,
                 device=self.device,
                 precision=self.trainer.precision,
+                forward=self.forward,
+                dist=d,
             )
             self.step += 1
             self._batch_rng = None
             bar.update(1)
             if self.step % o.log_every == 0 or self.step == o.steps:
+                metrics = distributed.mean_over_ranks(metrics, d)  # the global batch's figures
                 elapsed = time.perf_counter() - t_start
                 metrics["steps_per_s"] = (self.step - done_at_start) / max(elapsed, 1e-9)
-                log.log(self.step, metrics, "train")
+                if log is not None:
+                    log.log(self.step, metrics, "train")
                 bar.set_postfix(
                     loss=f"{metrics['loss']:.4g}", **{k: f"{v:.3f}" for k, v in self.last_val.items()}
                 )
             final = self.step == o.steps
-            if validate is not None and (final or (o.val_every and self.step % o.val_every == 0)):
+            due = validate is not None and (final or (o.val_every and self.step % o.val_every == 0))
+            if due and d.is_main:  # the other processes wait for rank 0 at the next collective
                 with autocast(self.device, self.trainer.precision):
                     self.last_val = validate(self.model)
                 log.log(self.step, self.last_val, "val")
@@ -318,13 +447,15 @@ def _deferred_interrupts():
     step boundary and saves, so the checkpoint resumes to the same numbers. A second Ctrl-C
     raises at once. Outside the main thread, signals are left alone."""
     stop = threading.Event()
+    stop.signum = 0  # which signal asked to stop
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
 
     def handler(signum, frame):
         if stop.is_set():
-            raise KeyboardInterrupt
+            raise TrainingInterrupted(signum, hard=True)
+        stop.signum = signum
         stop.set()
 
     old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}

@@ -201,7 +201,7 @@ def train_phyre_predictor(
     model = CJEPAPredictor(cfg)
     masks = MaskSampler(masking, train.num_slots, cfg.history, cfg.future)
 
-    def next_batch(gen: torch.Generator) -> dict:
+    def next_batch(step: int, gen: torch.Generator) -> dict:
         batch = train.sample(optim.batch_size, gen)
         batch["hidden"] = observe_prefix(masks.sample(optim.batch_size, gen), episodes.observed_share, gen)
         return batch
@@ -325,7 +325,7 @@ def train_readout(
                 extra=extra or {})  # fmt: skip
     if resume is not None:
         t.resume(resume)
-    t.fit(lambda gen: data.sample(optim.batch_size, gen), validate)
+    t.fit(lambda step, gen: data.sample(optim.batch_size, gen), validate)
     return t.export("readout.pt")
 
 
@@ -446,7 +446,7 @@ def train_plausibility(
     sampler = ClipWindows(train, pc.history, pc.future, cfg.stride)
     masks = MaskSampler(cfg.masking, train.shape[2], pc.history, pc.future)
 
-    def next_batch(gen: torch.Generator) -> dict:
+    def next_batch(step: int, gen: torch.Generator) -> dict:
         batch = sampler.sample(cfg.train.batch_size, gen)
         batch["hidden"] = masks.sample(cfg.train.batch_size, gen)
         return batch

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from ..data.sampling import ItemIndex, ItemStream
 from ..data.slot_store import SlotStore
 from ..data.windows import WindowSampler
 from ..masking import MaskConfig, MaskSampler
@@ -162,21 +163,6 @@ def train_predictor(
     model = CJEPAPredictor(cfg)
     sampler = WindowSampler(train_store, cfg.history, cfg.future, windows.stride, actions=windows.actions)
     masks = MaskSampler(masking, train_store.num_slots, cfg.history, cfg.future)
-
-    def next_batch(gen: torch.Generator) -> dict:
-        batch = sampler.sample(optim.batch_size, gen)
-        batch["hidden"] = masks.sample(optim.batch_size, gen)  # (B, T, K)
-        return batch
-
-    validate, val_store = None, None
-    if (slot_dir / "validation.h5").exists():
-        val_store = SlotStore(slot_dir / "validation.h5")
-        val_sampler = WindowSampler(
-            val_store, cfg.history, cfg.future, windows.stride, actions=windows.actions
-        )
-        validate = FutureValidator(val_sampler, windows.val_windows, max(optim.batch_size, 64))
-    else:
-        print(f"no validation: {slot_dir / 'validation.h5'} does not exist")
     info = {
         "slot_dir": str(slot_dir),
         "encoder_hash": train_store.encoder_hash,
@@ -184,7 +170,36 @@ def train_predictor(
         "windows": asdict(windows),
         **(extra or {}),
     }
-    t = Trainer(model, optim, trainer, run_dir, kind=KIND, model_config=cfg.to_dict(), seed=seed, extra=info)
+    t = Trainer(
+        model,
+        optim,
+        trainer,
+        run_dir,
+        kind=KIND,
+        model_config=cfg.to_dict(),
+        seed=seed,
+        extra=info,
+        shards=True,
+    )
+    # every window of the store, in shuffled epochs, split over the training processes
+    stream = ItemStream(ItemIndex(train_store.num_videos, sampler.starts), optim.batch_size, seed, t.dist)
+
+    def next_batch(step: int, gen: torch.Generator) -> dict:
+        items = stream.items(step)
+        batch = sampler.batch([v for v, _ in items], [s for _, s in items])
+        # masks for the whole global batch, from the generator every process holds: each takes its items'
+        batch["hidden"] = masks.sample(optim.batch_size, gen)[stream.global_positions()]  # (B / N, T, K)
+        return batch
+
+    validate, val_store = None, None
+    if (slot_dir / "validation.h5").exists() and t.dist.is_main:
+        val_store = SlotStore(slot_dir / "validation.h5")
+        val_sampler = WindowSampler(
+            val_store, cfg.history, cfg.future, windows.stride, actions=windows.actions
+        )
+        validate = FutureValidator(val_sampler, windows.val_windows, max(optim.batch_size, 64))
+    elif not (slot_dir / "validation.h5").exists():
+        print(f"no validation: {slot_dir / 'validation.h5'} does not exist")
     if resume is not None:
         t.resume(resume)
     try:

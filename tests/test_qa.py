@@ -124,6 +124,24 @@ def test_examples_one_row_per_question_or_choice():
         build_examples(VIDEOS, [3], v, 4, counterfactual_extra=False)
 
 
+def test_words_outside_the_vocabulary_are_an_error_or_unk(capsys):
+    v = Vocabulary.from_questions(VIDEOS[:1])
+    other = [
+        {**VIDEOS[0], "questions": [{**VIDEOS[0]["questions"][0], "question": "Wie viele Würfel gibt es?"}]}
+    ]
+    with pytest.raises(QuestionFileError, match=r"val\.json: 1 question\(s\) use words outside.*'viele'"):
+        build_examples(other, [0], v, 20, counterfactual_extra=False, source="val.json")
+    ex, _ = build_examples(
+        other, [0], v, 20, counterfactual_extra=False, unknown_words="unk", source="val.json"
+    )
+    assert ex.words[0, :7].tolist() == [1] * 6 + [0]  # wie viele w rfel gibt es: [UNK] each, then padding
+    assert (
+        "val.json: 1 question(s) have words outside the vocabulary; read as [UNK]" in capsys.readouterr().out
+    )
+    with pytest.raises(ValueError, match="unknown_words must be one of"):
+        build_examples(other, [0], v, 20, counterfactual_extra=False, unknown_words="skip")
+
+
 def test_video_index_names_the_missing_video():
     assert video_index(["video_00001", "video_00007"], VIDEOS, "q.json") == [1]
     with pytest.raises(KeyError, match="video_00007"):

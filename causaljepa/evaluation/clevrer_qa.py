@@ -306,7 +306,7 @@ def train_reader(
     torch.manual_seed(seed)
     model = QAReader(cfg, len(vocab), slot_dim)
 
-    def next_batch(gen: torch.Generator) -> dict:
+    def next_batch(step: int, gen: torch.Generator) -> dict:
         idx = torch.randint(len(train.examples), (optim.batch_size,), generator=gen)
         b = train.examples.take(idx)
         b.update(train.parts.batch(b))
@@ -432,7 +432,10 @@ def evaluate_clevrer(
         for protocol in todo:
             splits = {}
             for s, st in stores.items():
-                ex, cfs = build_examples(questions[s], rows[s], vocab, rc.max_words, protocol == "b")
+                ex, cfs = build_examples(
+                    questions[s], rows[s], vocab, rc.max_words, protocol == "b",
+                    unknown_words=rc.unknown_words, source=str(data_root / "questions" / f"{s}.json"),
+                )  # fmt: skip
                 cf = None
                 if protocol == "b" and cfg.counterfactuals == "truth":
                     cf = true_counterfactual_part(st, props[s], cfs, rc.frame_stride)

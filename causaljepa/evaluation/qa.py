@@ -15,7 +15,9 @@ counterfactual question under protocol (b) also the latent-intervention rollout 
 world without the object the question names (``evaluation/clevrer_qa.py`` makes both).
 
 The word vocabulary comes from the training question file, so real CLEVRER question files
-work as well as simulated ones; a word never seen in training reads as [UNK].
+work as well as simulated ones. A word of another question file that the training questions
+never use is an error naming the question and the words (``reader.unknown_words=error``),
+or, with ``reader.unknown_words=unk``, reads as [UNK] (and the count is printed).
 
 Shapes: E examples, B batch, L words, T frames, K slots, D slot width, d reader width.
 """
@@ -34,6 +36,7 @@ from ..data.questions import ANSWERS, COLORS, MATERIALS, QUESTION_TYPES, SHAPES,
 from ..models.predictor import Block
 
 PAD, UNK = "[PAD]", "[UNK]"
+UNKNOWN_WORDS = ("error", "unk")  # what a word outside the vocabulary is
 # token types
 T_QUESTION, T_CHOICE, T_OBSERVED, T_FUTURE, T_COUNTERFACTUAL, T_CLS = range(1, 7)
 EXTRA_NONE, EXTRA_FUTURE, EXTRA_CF = 0, 1, 2
@@ -68,6 +71,10 @@ class Vocabulary:
 
     def encode(self, text: str) -> list[int]:
         return [self.index.get(w, 1) for w in words(text)]
+
+    def unknown(self, text: str) -> list[str]:
+        """The words of ``text`` outside the vocabulary."""
+        return [w for w in words(text) if w not in self.index]
 
 
 def named_object(q: dict) -> dict[str, str]:
@@ -144,20 +151,34 @@ def video_index(video_ids: list[str], videos: list[dict], where: str) -> list[in
 
 
 def build_examples(
-    videos: list[dict], rows: list[int], vocab: Vocabulary, max_words: int, counterfactual_extra: bool
+    videos: list[dict],
+    rows: list[int],
+    vocab: Vocabulary,
+    max_words: int,
+    counterfactual_extra: bool,
+    *,
+    unknown_words: str = "error",
+    source: str = "the question file",
 ) -> tuple[Examples, Counterfactuals]:
     """The reader's examples for a question file (videos already mapped to store ``rows``).
 
     Predictive questions read the future rollout; counterfactual questions read the
     counterfactual rollout where ``counterfactual_extra`` (protocol b), else the observed
-    slots only (protocol a, as published). A text longer than ``max_words`` is an error.
+    slots only (protocol a, as published). A text longer than ``max_words`` is an error; so
+    is a word outside ``vocab`` unless ``unknown_words="unk"`` (then it reads as [UNK]).
     """
+    if unknown_words not in UNKNOWN_WORDS:
+        raise ValueError(f"reader.unknown_words must be one of {UNKNOWN_WORDS}, got {unknown_words!r}")
     cols = {k: [] for k in ("words", "types", "video", "extra", "cf", "target", "choice", "q", "qtype")}
     cfs = Counterfactuals([], [], [])
+    unknown: dict[str, list[str]] = {}  # question -> its words outside the vocabulary
     n_q = 0
     for v, row in zip(videos, rows, strict=True):
         for q in v["questions"]:
             qtype = q["question_type"]
+            texts = [q["question"], *(c["choice"] for c in q.get("choices", []))]
+            if bad := sorted({w for t in texts for w in vocab.unknown(t)}):
+                unknown[f"{q['question_id']} of scene {v['scene_index']}"] = bad
             qw = vocab.encode(q["question"])
             extra, cf = EXTRA_NONE, -1
             if qtype == "predictive":
@@ -208,6 +229,16 @@ def build_examples(
             n_q += 1
     if not cols["video"]:
         raise ValueError("the question file has no questions")
+    if unknown and unknown_words == "error":
+        shown = "; ".join(f"question {q}: {ws}" for q, ws in list(unknown.items())[:3])
+        raise QuestionFileError(
+            f"{source}: {len(unknown)} question(s) use words outside the reader's vocabulary of "
+            f"{len(vocab) - 2} words (those of the training questions), e.g. {shown}. Check that the "
+            "file is a CLEVRER question file of the same language, or set reader.unknown_words=unk "
+            "to read such words as [UNK]"
+        )
+    if unknown:
+        print(f"{source}: {len(unknown)} question(s) have words outside the vocabulary; read as [UNK]")
     long = {k: torch.tensor(cols[k], dtype=torch.int64) for k in cols if k != "choice"}
     ex = Examples(
         words=long["words"],
@@ -271,6 +302,7 @@ class ReaderConfig:
     frame_stride: int = 16  # observed frames seen: 0, s, 2s, ... (CLEVRER 128 frames: 8 at 16)
     future_every: int = 2  # every n-th rollout step of the predicted future
     max_frames: int = 32  # size of the frame-position table
+    unknown_words: str = "error"  # a word the training questions never use: error | unk ([UNK])
 
     def __post_init__(self) -> None:
         for name in ("dim", "layers", "heads", "mlp_hidden", "max_words", "frame_stride", "future_every"):
@@ -280,6 +312,10 @@ class ReaderConfig:
             raise ValueError(f"reader.dim={self.dim} must be divisible by reader.heads={self.heads}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"reader.dropout must be in [0, 1), got {self.dropout}")
+        if self.unknown_words not in UNKNOWN_WORDS:
+            raise ValueError(
+                f"reader.unknown_words must be one of {UNKNOWN_WORDS}, got {self.unknown_words!r}"
+            )
 
 
 class QAReader(nn.Module):

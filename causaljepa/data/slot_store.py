@@ -106,7 +106,15 @@ class SlotStore(H5Reader):
                 f"{self.path}: field 'cf_slots' has shape {self.f['cf_slots'].shape}, "
                 f"expected (N, O, {T}, {K}, {D})"
             )
-        self.action_fields = tuple(json.loads(a.get("action_fields", "[]")))
+        missing = [k for k in ("encoder_hash", "encoder_config", "observed_frames", "fps") if k not in a]
+        if missing:
+            raise StoreError(f"{self.path}: attributes {missing} are missing; extract the slots again")
+        try:  # attributes are data: parsed as JSON, never evaluated
+            self.action_fields = tuple(json.loads(a.get("action_fields", "[]")))
+            self.encoder_config = json.loads(a["encoder_config"])
+            self.metrics = json.loads(a.get("metrics", "{}"))
+        except (json.JSONDecodeError, TypeError) as e:
+            raise StoreError(f"{self.path}: an attribute is not valid JSON: {e}") from e
         self.one_shot = "actions" in self.f and self.f["actions"].ndim == 2
         if "actions" in self.f and self.f["actions"].shape[-1:] != (len(self.action_fields),):
             raise StoreError(
@@ -116,10 +124,8 @@ class SlotStore(H5Reader):
             )
         self.action_dim = self.f["actions"].shape[-1] if "actions" in self.f else 0
         self.encoder_hash = str(a["encoder_hash"])
-        self.encoder_config = json.loads(a["encoder_config"])
         self.observed_frames = int(a["observed_frames"])
         self.fps = float(a["fps"])
-        self.metrics = json.loads(a.get("metrics", "{}"))
 
     def read(
         self, name: str, i: int, t0: int = 0, t1: int | None = None, stride: int = 1, *, removed=None

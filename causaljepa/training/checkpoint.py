@@ -120,5 +120,11 @@ def load_model(path: str | os.PathLike, kind: str, config_cls, model_cls, device
             f"{path}: its model_config does not match this causaljepa's {config_cls.__name__}: {e}"
         ) from e
     model = model_cls(cfg)
-    model.load_state_dict(ckpt["model"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:  # missing, unexpected or mis-shaped tensors
+        raise CheckpointError(
+            f"{path}: its weights do not fit the {kind} its model_config describes (the file was "
+            f"edited, or assembled from another model): {str(e).splitlines()[0]} ..."
+        ) from e
     return model.to(device).eval(), ckpt

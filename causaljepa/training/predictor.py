@@ -59,12 +59,21 @@ def resolve_slots(data_root: str | os.PathLike, slots: str) -> Path:
 
 
 def check_same_encoder(store: SlotStore, ckpt: dict) -> None:
-    """A predictor runs only on slots of the encoder it was trained on (oracle: "oracle")."""
+    """A predictor runs only on slots of the encoder it was trained on (oracle: "oracle"), of
+    the width D it was built for and the slot count K it was trained with."""
     want = ckpt["extra"]["encoder_hash"]
     if store.encoder_hash != want:
         raise ValueError(
             f"{store.path} holds slots of encoder {store.encoder_hash[:12]}, the predictor was trained on "
             f"{want[:12]}; give slots= a directory made by the same encoder"
+        )
+    D = int(ckpt["model_config"]["slot_dim"])
+    K = ckpt["extra"].get("num_slots")  # recorded since the predictor's training wrote it
+    if store.slot_dim != D or (K is not None and store.num_slots != int(K)):
+        raise ValueError(
+            f"{store.path} holds K={store.num_slots} slots of width D={store.slot_dim}; the predictor "
+            f"was trained on K={K} slots of width D={D}. Give slots= the kind of slot store it was "
+            "trained on (its checkpoint's extra.slot_dir)"
         )
 
 
@@ -166,6 +175,7 @@ def train_predictor(
     info = {
         "slot_dir": str(slot_dir),
         "encoder_hash": train_store.encoder_hash,
+        "num_slots": train_store.num_slots,
         "masking": asdict(masking),
         "windows": asdict(windows),
         **(extra or {}),

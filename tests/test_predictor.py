@@ -472,6 +472,14 @@ def test_windows_carry_every_frames_action(world):
             WindowSampler(s, 10, 7, 2)
 
 
+def test_streamed_windows_equal_the_windows_read_into_memory(world):
+    with SlotStore(world["slots"] / "train.h5") as s:
+        held, streamed = WindowSampler(s, 3, 2, 2), WindowSampler(s, 3, 2, 2, cache_bytes=0)
+        assert not held.streamed and streamed.streamed and streamed._slots is None
+        a, b = held.batch([0, 3, 1], [0, 23, 7]), streamed.batch([0, 3, 1], [0, 23, 7])
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_train_command(world):
     run = world["run"]
     model, ckpt = load_predictor(run / "predictor.pt")

@@ -16,7 +16,7 @@ import torch
 
 from .slot_store import SlotStore
 
-IN_MEMORY_BYTES = 2 * 2**30  # slot arrays up to this size are read into memory once
+CACHE_BYTES = 2**30  # default: slot arrays up to this size are read into memory once
 
 
 def step_actions(actions: np.ndarray, start: int, steps: int, stride: int) -> np.ndarray:
@@ -35,6 +35,11 @@ class WindowSampler:
 
     ``sample(B, generator)`` -> {"slots": (B, T, K, D), "actions": (B, T, stride A)?, "video",
     "start"}; windows lie inside frames [0, ``frames``) of each video (default: all frames).
+
+    Memory: a slot array of at most ``cache_bytes`` is read into memory once; a larger one is
+    streamed, each window read from the HDF5 file as it is drawn (a few chunks of
+    (1, 32, K, D) floats, through h5py's 1 MiB chunk cache), so the sampler's memory does not
+    grow with the store. The actions (N, T, A) are small and always read once.
     """
 
     def __init__(
@@ -46,6 +51,7 @@ class WindowSampler:
         *,
         frames: int | None = None,
         actions: bool = True,
+        cache_bytes: int = CACHE_BYTES,
     ):
         if history < 1 or future < 0 or stride < 1:
             raise ValueError(
@@ -69,7 +75,8 @@ class WindowSampler:
         self.use_actions = actions and store.action_dim > 0
         self.action_dim = store.action_dim * stride if self.use_actions else 0
         self._slots = None
-        if store.f["slots"].size * 4 <= IN_MEMORY_BYTES:
+        self.streamed = store.f["slots"].size * 4 > cache_bytes
+        if not self.streamed:
             self._slots = store.f["slots"][:]  # (N, T, K, D)
         self._actions = store.f["actions"][:] if self.use_actions else None  # (N, T, A): small
 

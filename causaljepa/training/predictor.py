@@ -40,12 +40,15 @@ class WindowConfig:
     stride: int = 2  # frame stride inside a window (CLEVRER: 2)
     val_windows: int = 256
     actions: bool = True  # feed the store's actions (if it has any) as action nodes
+    cache_mb: int = 1024  # a slot store up to this size is read into memory; a larger one is streamed
 
     def __post_init__(self) -> None:
         if self.stride < 1 or self.val_windows < 1:
             raise ValueError(
                 f"windows.stride ({self.stride}) and windows.val_windows ({self.val_windows}) must be >= 1"
             )
+        if self.cache_mb < 0:
+            raise ValueError(f"windows.cache_mb must be >= 0 (0: always stream), got {self.cache_mb}")
 
 
 def resolve_slots(data_root: str | os.PathLike, slots: str) -> Path:
@@ -170,7 +173,10 @@ def train_predictor(
     cfg = fit_to_store(predictor, train_store, windows)
     torch.manual_seed(seed)
     model = CJEPAPredictor(cfg)
-    sampler = WindowSampler(train_store, cfg.history, cfg.future, windows.stride, actions=windows.actions)
+    cache = windows.cache_mb * 2**20
+    sampler = WindowSampler(
+        train_store, cfg.history, cfg.future, windows.stride, actions=windows.actions, cache_bytes=cache
+    )
     masks = MaskSampler(masking, train_store.num_slots, cfg.history, cfg.future)
     info = {
         "slot_dir": str(slot_dir),
@@ -205,7 +211,7 @@ def train_predictor(
     if (slot_dir / "validation.h5").exists() and t.dist.is_main:
         val_store = SlotStore(slot_dir / "validation.h5")
         val_sampler = WindowSampler(
-            val_store, cfg.history, cfg.future, windows.stride, actions=windows.actions
+            val_store, cfg.history, cfg.future, windows.stride, actions=windows.actions, cache_bytes=cache
         )
         validate = FutureValidator(val_sampler, windows.val_windows, max(optim.batch_size, 64))
     elif not (slot_dir / "validation.h5").exists():

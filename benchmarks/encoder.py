@@ -22,7 +22,7 @@ from torch.profiler import ProfilerActivity, profile
 from causaljepa.benchmarking import device_ceilings, emit, flop_rates, timed
 from causaljepa.models.savi import EncoderConfig, SAVi
 from causaljepa.training.allocator import keep_freed_memory
-from causaljepa.training.loop import train_step
+from causaljepa.training.loop import LossModule, train_step
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "encoder"
 
@@ -38,6 +38,7 @@ def main() -> None:
     )
     p.add_argument("--precision", choices=["bf16", "fp32", "both"], default="both")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--compile", action="store_true", help="torch.compile the training step (trainer.compile)")
     a = p.parse_args()
     device = torch.device(a.device)
     keep_freed_memory(device)  # as the trainer does
@@ -50,8 +51,19 @@ def main() -> None:
         model = SAVi(cfg).to(device)
         opt = torch.optim.Adam(model.parameters(), 1e-4)
 
-        def step():
-            train_step(model, frames, opt, lr=1e-4, grad_clip=1.0, device=device, precision=precision)  # noqa: B023
+        forward = torch.compile(LossModule(model)) if a.compile else None
+
+        def step(model=model, opt=opt, precision=precision, forward=forward):
+            train_step(
+                model,
+                frames,
+                opt,
+                lr=1e-4,
+                grad_clip=1.0,
+                device=device,
+                precision=precision,
+                forward=forward,
+            )
 
         for _ in range(3):
             step()
@@ -68,7 +80,13 @@ def main() -> None:
                 "precision": precision,
                 "images_per_s": round(a.batch * a.clip / dt, 1),
                 **flop_rates(flops, dt, machine_info),
-                "config": {"encoder": a.encoder, **cfg.to_dict(), "batch": a.batch, "clip": a.clip},
+                "config": {
+                    "encoder": a.encoder,
+                    **cfg.to_dict(),
+                    "batch": a.batch,
+                    "clip": a.clip,
+                    "compile": a.compile,
+                },
                 "machine": machine_info,
             }
         )

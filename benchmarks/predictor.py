@@ -25,7 +25,7 @@ from causaljepa.masking import MaskConfig, MaskSampler
 from causaljepa.models.predictor import CJEPAPredictor, PredictorConfig
 from causaljepa.rollout import rollout
 from causaljepa.training.allocator import keep_freed_memory
-from causaljepa.training.loop import autocast, train_step
+from causaljepa.training.loop import LossModule, autocast, train_step
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "predictor"
 
@@ -51,6 +51,7 @@ def main() -> None:
     p.add_argument("--rollout-steps", type=int, default=16, help="predicted frames per rollout")
     p.add_argument("--precision", choices=["bf16", "fp32", "both"], default="both")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--compile", action="store_true", help="torch.compile the training step (trainer.compile)")
     a = p.parse_args()
     device = torch.device(a.device)
     keep_freed_memory(device)  # as the trainer does
@@ -62,14 +63,24 @@ def main() -> None:
     hidden = MaskSampler(MaskConfig("object"), a.slots, cfg.history, cfg.future).sample(a.batch, gen)
     batch = {"slots": slots.to(device), "hidden": hidden.to(device)}
     flops = step_flops(cfg, a.batch, a.slots)
-    config = {"predictor": a.predictor, **cfg.to_dict(), "slots": a.slots, "batch": a.batch}
+    config = {
+        "predictor": a.predictor,
+        **cfg.to_dict(),
+        "slots": a.slots,
+        "batch": a.batch,
+        "compile": a.compile,
+    }
     for precision in ("fp32", "bf16") if a.precision == "both" else (a.precision,):
         torch.manual_seed(0)
         model = CJEPAPredictor(cfg).to(device)
         opt = torch.optim.AdamW(model.parameters(), 5e-4)
 
-        def step():
-            train_step(model, batch, opt, lr=5e-4, grad_clip=1.0, device=device, precision=precision)  # noqa: B023
+        forward = torch.compile(LossModule(model)) if a.compile else None
+
+        def step(model=model, opt=opt, precision=precision, forward=forward):
+            train_step(
+                model, batch, opt, lr=5e-4, grad_clip=1.0, device=device, precision=precision, forward=forward
+            )
 
         for _ in range(2):
             step()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import shutil
+
 import numpy as np
 import pytest
 
@@ -81,3 +84,22 @@ def test_main_job_end_to_end_and_rerun(tmp_path, monkeypatch, capsys):
     cli.main(argv)
     printed = capsys.readouterr().out
     assert printed.count("done before, skipped") == len(times)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("cc") is None, reason="torch.compile on CPU needs a C compiler")
+def test_compiled_training_step_gives_the_eager_losses(tmp_path, monkeypatch):
+    """trainer.compile=true (torch.compile of the training step): the same losses as eager."""
+    monkeypatch.chdir(tmp_path)
+    cli.main(["data", "generate", "preset=smoke", "data.root=ds"])
+    cli.main(["oracle-slots", "data.root=ds"])
+    common = ["train", "preset=smoke", "slots=oracle", "data.root=ds", "trainer.precision=fp32"]
+    cli.main([*common, "out=compiled", "trainer.compile=true", "trainer.progress=false"])
+    cli.main([*common, "out=eager", "trainer.progress=false"])
+
+    def losses(run: str) -> list[float]:
+        with open(tmp_path / run / "metrics.csv", newline="") as f:
+            return [float(r["value"]) for r in csv.DictReader(f) if r["name"] == "train/loss"]
+
+    assert len(losses("eager")) == 4
+    np.testing.assert_allclose(losses("compiled"), losses("eager"), rtol=1e-5)

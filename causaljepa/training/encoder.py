@@ -130,7 +130,7 @@ def train_encoder(
         val_store.close()
         if validate is None:
             print(f"no validation: {val_path} has no instance masks (real CLEVRER has none)")
-    elif not val_path.exists():
+    elif not val_path.exists() and t.dist.is_main:
         print(f"no validation: {val_path} does not exist")
     # every clip of the store, in shuffled epochs, split over the training processes
     stream = ItemStream(ItemIndex(train_store.num_videos, sampler.starts), optim.batch_size, seed, t.dist)

@@ -177,7 +177,7 @@ def train_step(
         group["lr"] = lr
     model.train()
     with autocast(device, precision), distributed.global_batch():
-        loss, metrics = (forward or model.training_loss)(batch)
+        loss, metrics = (model.training_loss if forward is None else forward)(batch)
     if distributed.any_rank(not bool(torch.isfinite(loss.detach())), dist):
         where = " on at least one process" if dist.active else ""
         raise NonFiniteLossError(
@@ -318,7 +318,8 @@ class Trainer:
         set_rng_state(ckpt["rng"], self.generator)
         self.step = int(ckpt["step"])
         self.last_val = dict(ckpt["extra"].get("last_val", {}))
-        print(f"resumed from {path} at step {self.step}")
+        if self.dist.is_main:
+            print(f"resumed from {path} at step {self.step}")
 
     def export(self, name: str) -> Path:
         """The trained weights as <run_dir>/<name> (what later commands load: config, weights,

@@ -214,7 +214,7 @@ def train_predictor(
             val_store, cfg.history, cfg.future, windows.stride, actions=windows.actions, cache_bytes=cache
         )
         validate = FutureValidator(val_sampler, windows.val_windows, max(optim.batch_size, 64))
-    elif not (slot_dir / "validation.h5").exists():
+    elif not (slot_dir / "validation.h5").exists() and t.dist.is_main:
         print(f"no validation: {slot_dir / 'validation.h5'} does not exist")
     if resume is not None:
         t.resume(resume)

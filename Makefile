@@ -47,6 +47,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/generate.py
 	$(BIN)/python benchmarks/encoder.py
 	$(BIN)/python benchmarks/phyre.py
+	$(BIN)/python benchmarks/distributed.py
+	$(BIN)/python benchmarks/memory.py
 
 clean-data:
 	rm -rf datasets/clevrer_sim/*.h5 datasets/clevrer_sim/questions datasets/clevrer_sim/show datasets/clevrer_sim/stats

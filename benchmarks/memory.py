@@ -102,6 +102,22 @@ def peak_rss(argv: list[str], cwd: Path) -> tuple[float, float]:
     return int(kib) / 1024, float(seconds)
 
 
+def report(run: str, size: int, cache_mb: int, rss_mb: float, seconds: float, steps: int, info: dict) -> None:
+    emit(
+        {
+            "bench": "memory",
+            "run": run,
+            "store_mb": round(size / 2**20),
+            "cache_mb": cache_mb,
+            "store_over_cache": round(size / 2**20 / cache_mb, 2),
+            "peak_rss_mb": round(rss_mb),
+            "steps": steps,
+            "seconds": round(seconds, 1),
+            "machine": info,
+        }
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--store-gb", type=float, default=1.5)
@@ -127,20 +143,7 @@ def main() -> None:
         }
         for name, (slots, size, cache) in runs.items():
             argv = ["train", f"slots={slots}", f"windows.cache_mb={cache}", f"out={tmp / name}", *common]
-            rss, seconds = peak_rss(argv, tmp)
-            emit(
-                {
-                    "bench": "memory",
-                    "run": name,
-                    "store_mb": round(size / 2**20),
-                    "cache_mb": cache,
-                    "store_over_cache": round(size / 2**20 / cache, 2),
-                    "peak_rss_mb": round(rss),
-                    "steps": args.steps,
-                    "seconds": round(seconds, 1),
-                    "machine": info,
-                }
-            )
+            report(name, size, cache, *peak_rss(argv, tmp), args.steps, info)
         video_videos = int(args.store_gb * 2**30 / (T * H * W * 3))
         t = time.perf_counter()
         frames = write_video_store(tmp / "video" / "train.h5", video_videos)
@@ -150,21 +153,8 @@ def main() -> None:
             "train.batch_size=8", f"train.steps={args.steps}", "train.val_every=0", "train.ckpt_every=100000",
             "trainer.progress=false",
         ]  # fmt: skip
-        rss, seconds = peak_rss(argv, tmp)
         cache = 64  # VideoStore's h5py chunk cache
-        emit(
-            {
-                "bench": "memory",
-                "run": "encoder_streamed",
-                "store_mb": round(frames / 2**20),
-                "cache_mb": cache,
-                "store_over_cache": round(frames / 2**20 / cache, 2),
-                "peak_rss_mb": round(rss),
-                "steps": args.steps,
-                "seconds": round(seconds, 1),
-                "machine": info,
-            }
-        )
+        report("encoder_streamed", frames, cache, *peak_rss(argv, tmp), args.steps, info)
 
 
 if __name__ == "__main__":

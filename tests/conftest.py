@@ -17,17 +17,23 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def oracle_world(base, generate: tuple[str, ...] = (), runs: dict[str, tuple[str, ...]] | None = None):
-    """Smoke data under <base>/ds (plus ``generate`` overrides), its oracle slots, and a smoke
-    predictor per entry of ``runs`` (name -> extra train overrides, trained into <base>/<name>),
-    all run from ``base``. Returns the data root."""
-    import pytest
-
+def oracle_data(base, generate: tuple[str, ...] = ()):
+    """Smoke data under <base>/ds (plus ``generate`` overrides) and its oracle slots, made from
+    ``base``. Returns the data root."""
     root = base / "ds"
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(base)
         run_cli(["data", "generate", "preset=smoke", f"data.root={root}", *generate])
         run_cli(["oracle-slots", f"data.root={root}"])
+    return root
+
+
+def oracle_world(base, generate: tuple[str, ...] = (), runs: dict[str, tuple[str, ...]] | None = None):
+    """``oracle_data``, and a smoke predictor per entry of ``runs`` (name -> extra train
+    overrides, trained into <base>/<name>), all run from ``base``. Returns the data root."""
+    root = oracle_data(base, generate)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(base)
         for name, extra in (runs or {"run": ()}).items():
             run_cli(["train", "preset=smoke", "slots=oracle", f"data.root={root}", f"out={base / name}",
                      "trainer.progress=false", *extra])  # fmt: skip

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import oracle_data
 
 from causaljepa import cli
 from causaljepa.data.sampling import ItemIndex, ItemStream
@@ -42,10 +42,7 @@ cli.main(sys.argv[1:])
 def world(tmp_path_factory) -> Path:
     """Smoke clevrer_sim data and its oracle slots, and the driver script."""
     base = tmp_path_factory.mktemp("ddp")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(base)
-        run_cli(["data", "generate", "preset=smoke", f"data.root={base / 'ds'}"])
-        run_cli(["oracle-slots", f"data.root={base / 'ds'}"])
+    oracle_data(base)
     (base / "driver.py").write_text(DRIVER)
     return base
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import oracle_data
 
 from causaljepa.training.checkpoint import load_checkpoint
 from causaljepa.training.loop import NonFiniteLossError, OptimConfig, Trainer, TrainerConfig
@@ -58,10 +58,7 @@ for step in range(10**6):  # ~32 MB a checkpoint, every tensor filled with its s
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("faults")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(base)
-        run_cli(["data", "generate", "preset=smoke", f"data.root={base / 'ds'}"])
-        run_cli(["oracle-slots", f"data.root={base / 'ds'}"])
+    oracle_data(base)
     (base / "signal_driver.py").write_text(SIGNAL_DRIVER)
     (base / "kill_driver.py").write_text(KILL_DRIVER)
     return base

@@ -121,8 +121,9 @@ def test_a_checkpoint_whose_weights_do_not_fit_its_config(trained, tmp_path):
     name = next(iter(weights))
     weights[name] = weights[name][..., :1].clone()  # a tensor of another shape
     bad = save_checkpoint(tmp_path / "bad.pt", **{**ckpt, "model": weights})
-    with pytest.raises(CheckpointError, match=r"bad\.pt: its weights do not fit the predictor"):
+    with pytest.raises(CheckpointError, match=r"bad\.pt: its weights do not fit the predictor") as e:
         load_predictor(bad)
+    assert f"size mismatch for {name}" in str(e.value)  # which tensor, and its shapes
 
 
 def test_a_checkpoint_of_another_model_config_does_not_resume(trained, tmp_path, monkeypatch, capsys):

@@ -38,16 +38,38 @@ cli.main(sys.argv[1:])
 """
 
 
+NAN_DRIVER = """
+import os, sys
+from causaljepa import cli
+from causaljepa.models import predictor
+
+original, calls = predictor.CJEPAPredictor.training_loss, [0]
+
+def training_loss(self, batch):  # step 3's loss is nan on rank 1 only
+    calls[0] += 1
+    loss, metrics = original(self, batch)
+    if calls[0] == 3 and os.environ["RANK"] == "1":
+        loss = loss * float("nan")
+    return loss, metrics
+
+predictor.CJEPAPredictor.training_loss = training_loss
+cli.main(sys.argv[1:])
+"""
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
     """Smoke clevrer_sim data and its oracle slots, and the driver script."""
     base = tmp_path_factory.mktemp("ddp")
     oracle_data(base)
     (base / "driver.py").write_text(DRIVER)
+    (base / "nan_driver.py").write_text(NAN_DRIVER)
     return base
 
 
-def _run(world: Path, procs: int, argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
+def _run(
+    world: Path, procs: int, argv: list[str], cwd: Path, driver: str = "driver.py", ok: bool = True
+) -> subprocess.CompletedProcess:
     cwd.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"
@@ -55,14 +77,14 @@ def _run(world: Path, procs: int, argv: list[str], cwd: Path) -> subprocess.Comp
     if procs > 1:
         launch += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}"]
     p = subprocess.run(
-        [*launch, str(world / "driver.py"), *argv],
+        [*launch, str(world / driver), *argv],
         cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
     )
-    assert p.returncode == 0, (
+    assert p.returncode == 0 or not ok, (
         f"{procs} process(es): rc {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
     )
     return p
@@ -109,6 +131,18 @@ def test_two_processes_train_what_one_process_trains_on_the_combined_batch(world
     assert len(list((world / f"{what}_cwd2").rglob(".hydra"))) == 1
     assert _losses(world / f"{what}_2") == pytest.approx(_losses(world / f"{what}_1"), rel=1e-5)
     assert p.stdout.count(f"{kind}: ") == 1, "only rank 0 reports"
+
+
+def test_a_nan_on_one_process_stops_every_process_with_the_last_good_state_saved(world):
+    out = world / "nan_run"
+    argv = [*COMMANDS["predictor"], f"data.root={world / 'ds'}", "trainer.progress=false", f"out={out}"]
+    p = _run(world, 2, [*argv, "train.ckpt_every=100"], world / "nan_cwd", driver="nan_driver.py", ok=False)
+    said = p.stdout + p.stderr
+    assert p.returncode != 0
+    assert "step 3 of 3: the training loss is nan" in said  # rank 1
+    assert "step 3 of 3: the training loss is not finite on another process" in said  # rank 0
+    assert load_checkpoint(out / "checkpoints" / "last.pt", "predictor")["step"] == 2  # written whole
+    assert not (out / "checkpoints" / "last.partial.pt").exists()
 
 
 def test_the_stream_splits_the_global_batch():

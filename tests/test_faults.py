@@ -30,17 +30,18 @@ import os, signal, sys
 from causaljepa import cli
 from causaljepa.training import loop
 
-signum, at_call = int(sys.argv[1]), int(sys.argv[2])
+signum, at_call, times = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 original, calls = loop.train_step, [0]
 
-def train_step(*args, **kwargs):  # the signal arrives while step `at_call` runs
+def train_step(*args, **kwargs):  # the signal arrives (`times` times) while step `at_call` runs
     calls[0] += 1
     if calls[0] == at_call:
-        os.kill(os.getpid(), signum)
+        for _ in range(times):
+            os.kill(os.getpid(), signum)
     return original(*args, **kwargs)
 
 loop.train_step = train_step
-cli.main(sys.argv[3:])
+cli.main(sys.argv[4:])
 """
 
 KILL_DRIVER = """
@@ -97,11 +98,16 @@ def straight(world) -> Path:
     return out
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_a_signal_saves_exits_cleanly_and_resumes_to_the_same_run(world, straight, sig):
-    out = world / f"stopped_{sig.name}"
+@pytest.mark.parametrize(
+    ("sig", "times"),
+    [(signal.SIGTERM, 1), (signal.SIGINT, 1), (signal.SIGTERM, 3)],
+    ids=["SIGTERM", "SIGINT", "SIGTERM-repeated"],  # a scheduler and torchrun may both signal
+)
+def test_a_signal_saves_exits_cleanly_and_resumes_to_the_same_run(world, straight, sig, times):
+    out = world / f"stopped_{sig.name}_{times}"
+    driver = [sys.executable, str(world / "signal_driver.py"), str(int(sig)), "5", str(times)]
     p = subprocess.run(
-        [sys.executable, str(world / "signal_driver.py"), str(int(sig)), "5", *_train_argv(world, out)],
+        [*driver, *_train_argv(world, out)],
         cwd=world, env=_env(), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert p.returncode == 128 + int(sig), (p.returncode, p.stderr[-3000:])
@@ -124,6 +130,24 @@ def test_a_signal_saves_exits_cleanly_and_resumes_to_the_same_run(world, straigh
     differ = [k for k in want if not torch.equal(want[k], got[k])]
     assert not differ, f"the resumed run ends with other weights: {differ[:3]}"
     assert _rows(out) == _rows(straight), "the loss curve and validations are the uninterrupted run's"
+
+
+def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(world, tmp_path):
+    out = tmp_path / "hard"
+    driver = [sys.executable, str(world / "signal_driver.py"), str(int(signal.SIGINT)), "5", "2"]
+    p = subprocess.run(
+        [*driver, *_train_argv(world, out)],
+        cwd=world,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 130, p.stderr[-3000:]
+    last = out / "checkpoints" / "last.pt"
+    said = f"stopped at once (a second Ctrl-C) after step 4, without saving; {last} holds the last checkpoint"
+    assert said in p.stdout + p.stderr
+    assert load_checkpoint(out / "checkpoints" / "last.pt", "predictor")["step"] == 3  # ckpt_every=3
 
 
 def test_sigkill_during_checkpoint_writes_never_leaves_a_torn_checkpoint(world, tmp_path):

@@ -37,8 +37,8 @@ class CheckpointError(ValueError):
 def rng_state(generator: torch.Generator | None = None) -> dict:
     """The RNG states a resumed run needs to continue with the same numbers."""
     state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available():  # this process's GPU only: under DDP every rank draws alike
+        state["cuda_device"] = torch.cuda.get_rng_state()
     if generator is not None:
         state["generator"] = generator.get_state()
     return state
@@ -48,8 +48,8 @@ def set_rng_state(state: dict, generator: torch.Generator | None = None) -> None
     torch.set_rng_state(state["torch"])
     version, _, gauss = random.getstate()
     random.setstate((version, tuple(state["python"]), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda_device" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda_device"])
     if generator is not None:
         if "generator" not in state:
             raise CheckpointError("the checkpoint holds no data-sampler RNG state to resume from")
@@ -125,6 +125,6 @@ def load_model(path: str | os.PathLike, kind: str, config_cls, model_cls, device
     except RuntimeError as e:  # missing, unexpected or mis-shaped tensors
         raise CheckpointError(
             f"{path}: its weights do not fit the {kind} its model_config describes (the file was "
-            f"edited, or assembled from another model): {str(e).splitlines()[0]} ..."
+            f"edited, or assembled from another model): " + " ".join(str(e).split())[:600]
         ) from e
     return model.to(device).eval(), ckpt

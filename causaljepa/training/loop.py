@@ -178,11 +178,10 @@ def train_step(
     model.train()
     with autocast(device, precision), distributed.global_batch():
         loss, metrics = (model.training_loss if forward is None else forward)(batch)
-    if distributed.any_rank(not bool(torch.isfinite(loss.detach())), dist):
-        where = " on at least one process" if dist.active else ""
-        raise NonFiniteLossError(
-            f"the training loss is {loss.item()}{where}; lower train.lr or check the data"
-        )
+    finite = bool(torch.isfinite(loss.detach()))
+    if distributed.any_rank(not finite, dist):
+        value = f"{loss.item()}" if not finite else "not finite on another process"
+        raise NonFiniteLossError(f"the training loss is {value}; lower train.lr or check the data")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
@@ -191,9 +190,9 @@ def train_step(
     else:
         norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
     if not torch.isfinite(norm):  # the gradients are all-reduced: every process sees the same norm
+        loss_value = "" if dist.active else f" (loss {float(loss.detach())})"  # a share under DDP
         raise NonFiniteLossError(
-            f"the gradient norm is {float(norm)} (loss {float(loss.detach())}); "
-            "lower train.lr or check the data"
+            f"the gradient norm is {float(norm)}{loss_value}; lower train.lr or check the data"
         )
     optimizer.step()
     return {"loss": float(loss.detach()), "lr": lr, "grad_norm": float(norm), **metrics}
@@ -366,28 +365,23 @@ class Trainer:
         t_start, done_at_start = time.perf_counter(), self.step
         self._batch_rng: dict | None = None
         try:
+            # the handlers stay in place while the state is saved: a pre-emption that signals
+            # again (or torchrun, stopping the others) cannot kill the save half-way
             with _deferred_interrupts() as stop:
-                self._loop(next_batch, validate, log, bar, t_start, done_at_start, stop)
-        except KeyboardInterrupt as e:
-            if not isinstance(e, TrainingInterrupted):  # raised by code in the step, not by a signal
-                e = TrainingInterrupted(signal.SIGINT)
-            if e.hard:
-                bar.write(
-                    f"stopped at once (a second signal) during step {self.step + 1}, without saving; "
-                    f"{self.checkpoint_path} holds the last checkpoint"
-                )
-            else:
-                self._rewind()
-                self.save()
-                bar.write(f"interrupted at step {self.step}; resume with resume={self.checkpoint_path}")
-            raise e from None
-        except NonFiniteLossError as e:
-            self._rewind()
-            self.save()
-            raise NonFiniteLossError(
-                f"step {self.step + 1} of {o.steps}: {e}. Training stopped; the last good state "
-                f"(after step {self.step}) is saved in {self.checkpoint_path}"
-            ) from None
+                try:
+                    self._loop(next_batch, validate, log, bar, t_start, done_at_start, stop)
+                except KeyboardInterrupt as e:
+                    if not isinstance(e, TrainingInterrupted):  # raised by code in the step, not a signal
+                        e = TrainingInterrupted(signal.SIGINT)
+                    self._stopped(e, bar)
+                    raise e from None
+                except NonFiniteLossError as e:
+                    self._save_and_wait()
+                    saved = f"is saved in {self.checkpoint_path}" if main else "is saved by rank 0"
+                    raise NonFiniteLossError(
+                        f"step {self.step + 1} of {o.steps}: {e}. Training stopped; the last good state "
+                        f"(after step {self.step}) {saved}"
+                    ) from None
         finally:
             bar.close()
             if log is not None:
@@ -395,11 +389,27 @@ class Trainer:
         distributed.barrier(self.dist)  # every process leaves training at the same step
         return self.last_val
 
-    def _rewind(self) -> None:
-        """The step in progress did not count: its batch is drawn again on resume."""
+    def _save_and_wait(self) -> None:
+        """Save the state as it was before the step in progress (which did not count: its batch
+        is drawn again on resume); every process waits until rank 0 has written it, so none
+        exits first (torchrun would then stop rank 0 in the middle of the save)."""
         if self._batch_rng is not None:
             set_rng_state(self._batch_rng, self.generator)
             self._batch_rng = None
+        self.save()
+        distributed.barrier(self.dist)
+
+    def _stopped(self, e: TrainingInterrupted, bar) -> None:
+        """A stop by signal: save and say how to resume; after a hard stop, say what is on disk."""
+        if e.hard:  # a step, a validation or a save was cut short: the state in memory is not whole
+            last = self.checkpoint_path
+            kept = f"{last} holds the last checkpoint" if last.exists() else "no checkpoint was written"
+            if self.dist.is_main:
+                bar.write(f"stopped at once (a second Ctrl-C) after step {self.step}, without saving; {kept}")
+            return
+        self._save_and_wait()
+        if self.dist.is_main:
+            bar.write(f"interrupted at step {self.step}; resume with resume={self.checkpoint_path}")
 
     def _loop(self, next_batch, validate, log, bar, t_start, done_at_start, stop) -> None:
         o, d = self.optim, self.dist
@@ -446,7 +456,9 @@ class Trainer:
 def _deferred_interrupts():
     """SIGINT and SIGTERM set a flag instead of raising mid-step; the loop stops at the next
     step boundary and saves, so the checkpoint resumes to the same numbers. A second Ctrl-C
-    raises at once. Outside the main thread, signals are left alone."""
+    (SIGINT after SIGINT: a person insisting) raises at once; repeated SIGTERMs (a scheduler
+    and torchrun both signalling) are one request. Outside the main thread, signals are left
+    alone."""
     stop = threading.Event()
     stop.signum = 0  # which signal asked to stop
     if threading.current_thread() is not threading.main_thread():
@@ -455,7 +467,9 @@ def _deferred_interrupts():
 
     def handler(signum, frame):
         if stop.is_set():
-            raise TrainingInterrupted(signum, hard=True)
+            if signum == signal.SIGINT and stop.signum == signal.SIGINT:
+                raise TrainingInterrupted(signum, hard=True)
+            return
         stop.signum = signum
         stop.set()
 

@@ -31,20 +31,31 @@ def _compose(name: str, overrides: list[str]):
 
 
 @pytest.mark.parametrize(
-    ("command", "override", "named"),
+    ("command", "override", "named", "reason"),
     [
-        ("train", "predictor.depth=3", "depth"),  # no such key
-        ("train", "train.steps=many", "steps"),  # not an int
-        ("train", "masking.max_objcts=2", "max_objcts"),
-        ("train", "windows.stride=1.5", "stride"),
-        ("train_encoder", "encoder.num_slot=5", "num_slot"),
-        ("train_encoder", "train.lr=fast", "lr"),
-        ("train_encoder", "trainer.compile=maybe", "compile"),
+        ("train", "predictor.depth=3", "depth", "Key 'depth' not in 'PredictorConfig'"),
+        (
+            "train",
+            "train.steps=many",
+            "steps",
+            "Value 'many' of type 'str' could not be converted to Integer",
+        ),
+        ("train", "masking.max_objcts=2", "max_objcts", "Key 'max_objcts' not in 'MaskConfig'"),
+        ("train", "windows.stride=1.5", "stride", "Value '1.5' of type 'float' could not be converted"),
+        ("train_encoder", "encoder.num_slot=5", "num_slot", "Key 'num_slot' not in 'EncoderConfig'"),
+        (
+            "train_encoder",
+            "train.lr=fast",
+            "lr",
+            "Value 'fast' of type 'str' could not be converted to Float",
+        ),
+        ("train_encoder", "trainer.compile=maybe", "compile", "Value 'maybe' is not a valid bool"),
     ],
 )
-def test_training_configs_reject_unknown_keys_and_wrong_types(command, override, named):
-    with pytest.raises(ConfigCompositionException, match=named):
+def test_training_configs_reject_unknown_keys_and_wrong_types(command, override, named, reason):
+    with pytest.raises(ConfigCompositionException, match=named) as e:
         _compose(command, [override])
+    assert reason in str(e.value.__cause__)  # Hydra's message names the key, its cause says what is wrong
 
 
 @pytest.mark.parametrize(

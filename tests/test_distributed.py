@@ -17,7 +17,7 @@ import torch
 from conftest import oracle_data
 
 from causaljepa import cli
-from causaljepa.data.sampling import ItemIndex, ItemStream
+from causaljepa.data.sampling import ItemStream
 from causaljepa.training.checkpoint import load_checkpoint
 from causaljepa.training.distributed import Dist, batch_mean, from_env
 
@@ -146,9 +146,9 @@ def test_a_nan_on_one_process_stops_every_process_with_the_last_good_state_saved
 
 
 def test_the_stream_splits_the_global_batch():
-    index = ItemIndex(num_videos=5, starts=4)  # 20 items: a multiple of 2
-    one = ItemStream(index, batch_size=6, seed=3)
-    two = [ItemStream(index, batch_size=6, seed=3, d=Dist(rank=r, world_size=2)) for r in (0, 1)]
+    one = ItemStream(num_videos=5, starts=4, batch_size=6, seed=3)  # 20 items: a multiple of 2
+    index = one.index
+    two = [ItemStream(5, 4, batch_size=6, seed=3, d=Dist(rank=r, world_size=2)) for r in (0, 1)]
     seen = []
     for step in range(7):  # across epoch boundaries (20 items, 6 a step)
         whole = one.items(step)
@@ -157,8 +157,8 @@ def test_the_stream_splits_the_global_batch():
         assert [whole[i] for i in range(1, 6, 2)] == shards[1]
         seen += whole
     assert sorted(seen[:20]) == sorted(index[i] for i in range(20)), "an epoch reads every item once"
-    assert one.items(5) == ItemStream(index, batch_size=6, seed=3).items(5), "a function of the step"
-    assert one.items(0) != ItemStream(index, batch_size=6, seed=4).items(0)
+    assert one.items(5) == ItemStream(5, 4, batch_size=6, seed=3).items(5), "a function of the step"
+    assert one.items(0) != ItemStream(5, 4, batch_size=6, seed=4).items(0)
 
 
 def test_global_batch_size_must_divide():

@@ -42,13 +42,14 @@ class ItemIndex(torch.utils.data.Dataset):
 
 
 class ItemStream:
-    """This process's items, ``per_process`` a step, over shuffled epochs of every item."""
+    """This process's items, ``per_process`` a step, over shuffled epochs of the ``starts``
+    windows (or clips) of each of ``num_videos`` videos."""
 
-    def __init__(self, index: ItemIndex, batch_size: int, seed: int, d: Dist = ONE):
-        self.index, self.d = index, d
+    def __init__(self, num_videos: int, starts: int, batch_size: int, seed: int, d: Dist = ONE):
+        self.index, self.d = ItemIndex(num_videos, starts), d
         self.per_process = d.shard(batch_size)
         self.sampler = DistributedSampler(
-            index, num_replicas=d.world_size, rank=d.rank, shuffle=True, seed=seed, drop_last=False
+            self.index, num_replicas=d.world_size, rank=d.rank, shuffle=True, seed=seed, drop_last=False
         )
         self.epoch_length = len(self.sampler)  # items of one epoch for this process
         self._epoch, self._order = -1, []

@@ -75,10 +75,14 @@ class WindowSampler:
         self.use_actions = actions and store.action_dim > 0
         self.action_dim = store.action_dim * stride if self.use_actions else 0
         self._slots = None
-        self.streamed = store.f["slots"].size * 4 > cache_bytes
-        if not self.streamed:
+        if store.f["slots"].size * 4 <= cache_bytes:
             self._slots = store.f["slots"][:]  # (N, T, K, D)
         self._actions = store.f["actions"][:] if self.use_actions else None  # (N, T, A): small
+
+    @property
+    def streamed(self) -> bool:
+        """Whether windows are read from the file as they are drawn (the store is over the cache)."""
+        return self._slots is None
 
     def __len__(self) -> int:
         """The number of distinct windows."""

@@ -300,8 +300,9 @@ def train_reader(
     seed: int,
     extra: dict,
     source: dict,
-) -> tuple[QAReader, dict[str, float]]:
-    """Train on ``train``, validate on ``val`` (accuracy table) -> the reader and its last validation."""
+) -> dict[str, float]:
+    """Train on ``train``, validate on ``val``; writes <run_dir>/reader.pt and returns the last
+    validation (accuracy table)."""
     slot_dim = train.parts.observed.shape[-1]
     torch.manual_seed(seed)
     model = QAReader(cfg, len(vocab), slot_dim)
@@ -320,12 +321,8 @@ def train_reader(
     # the inputs' fingerprint is part of the config, so resuming under other inputs is an error
     config = {"reader": asdict(cfg), "vocab": vocab.tokens, "slot_dim": slot_dim, "source": source}
     t = Trainer(model, optim, trainer, run_dir, kind=KIND, model_config=config, seed=seed, extra=extra)
-    last = last_checkpoint(run_dir)
-    if last is not None:
-        t.resume(last)
-    val_metrics = t.fit(next_batch, validate)
-    t.export("reader.pt")
-    return val_metrics
+    t.train(next_batch, validate, "reader.pt", resume=last_checkpoint(run_dir))
+    return t.last_val
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ..data.clips import ClipSampler
-from ..data.sampling import ItemIndex, ItemStream
+from ..data.sampling import ItemStream
 from ..data.store import VideoStore
 from ..evaluation.object_discovery import fg_ari, mean_best_overlap, summarize
 from ..models.savi import EncoderConfig, SAVi, segmentation
@@ -121,19 +121,9 @@ def train_encoder(
         extra={"data_root": str(root), "clips": asdict(clips), **(extra or {})},
         shards=True,
     )
-    validate = None
-    val_path = root / val_file
-    if val_path.exists() and t.dist.is_main:  # rank 0 validates
-        val_store = VideoStore(val_path)
-        if val_store.has("masks"):
-            validate = Validator(val_store, clips, optim.batch_size)
-        val_store.close()
-        if validate is None:
-            print(f"no validation: {val_path} has no instance masks (real CLEVRER has none)")
-    elif not val_path.exists() and t.dist.is_main:
-        print(f"no validation: {val_path} does not exist")
+    validate = _validator(root / val_file, clips, optim.batch_size) if t.dist.is_main else None  # rank 0's
     # every clip of the store, in shuffled epochs, split over the training processes
-    stream = ItemStream(ItemIndex(train_store.num_videos, sampler.starts), optim.batch_size, seed, t.dist)
+    stream = ItemStream(train_store.num_videos, sampler.starts, optim.batch_size, seed, t.dist)
 
     def next_batch(step: int, gen: torch.Generator) -> dict:
         # the initial slots' noise is drawn for the whole global batch from the generator every
@@ -144,13 +134,22 @@ def train_encoder(
             "slot_noise": noise[stream.global_positions()],
         }
 
-    if resume is not None:
-        t.resume(resume)
     try:
-        t.fit(next_batch, validate)
+        return t.train(next_batch, validate, "encoder.pt", resume)
     finally:
         train_store.close()
-    return t.export("encoder.pt")
+
+
+def _validator(path: Path, clips: ClipConfig, batch_size: int) -> Validator | None:
+    """The validation clips of the store at ``path``, or None (said) where it is missing or has no masks."""
+    if not path.exists():
+        print(f"no validation: {path} does not exist")
+        return None
+    with VideoStore(path) as store:
+        if not store.has("masks"):
+            print(f"no validation: {path} has no instance masks (real CLEVRER has none)")
+            return None
+        return Validator(store, clips, batch_size)
 
 
 def load_encoder(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[SAVi, dict]:

@@ -103,7 +103,7 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped on SIGINT or SIGTERM; ``signum`` says which. ``hard``: a second signal
+    """Training stopped on SIGINT or SIGTERM; ``signum`` says which. ``hard``: a second Ctrl-C
     cut a step short, so the state in memory is not whole and was not saved."""
 
     def __init__(self, signum: int, hard: bool = False):
@@ -264,9 +264,8 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.forward = DistributedDataParallel(
-                self.forward, device_ids=ids
-            )  # broadcasts rank 0's weights
+            # DDP broadcasts rank 0's weights to the other processes here
+            self.forward = DistributedDataParallel(self.forward, device_ids=ids)
         if trainer.compile:
             self.forward = torch.compile(self.forward)
         self.optim, self.trainer = optim, trainer
@@ -336,6 +335,20 @@ class Trainer:
             write_json_atomic(self.run_dir / "val.json", self.last_val)
         distributed.barrier(self.dist)  # the others return once the files are there
         return out
+
+    def train(
+        self,
+        next_batch: Callable[[int, torch.Generator], object],
+        validate: Callable[[torch.nn.Module], dict[str, float]] | None,
+        export: str,
+        resume: str | os.PathLike | None = None,
+    ) -> Path:
+        """A whole training run: resume from ``resume`` where given, ``fit``, and ``export`` the
+        weights as <run_dir>/<export>; returns that path (the last validation is ``last_val``)."""
+        if resume is not None:
+            self.resume(resume)
+        self.fit(next_batch, validate)
+        return self.export(export)
 
     def fit(
         self,

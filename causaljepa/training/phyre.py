@@ -215,10 +215,7 @@ def train_phyre_predictor(
         **(extra or {}),
     }
     t = Trainer(model, optim, trainer, run_dir, kind=KIND, model_config=cfg.to_dict(), seed=seed, extra=info)
-    if resume is not None:
-        t.resume(resume)
-    t.fit(next_batch, validate)
-    return t.export("predictor.pt")
+    return t.train(next_batch, validate, "predictor.pt", resume)
 
 
 # the success readout -------------------------------------------------------------------------
@@ -323,10 +320,7 @@ def train_readout(
 
     t = Trainer(readout, optim, trainer, run_dir, kind=READOUT_KIND, model_config=cfg.to_dict(), seed=seed,
                 extra=extra or {})  # fmt: skip
-    if resume is not None:
-        t.resume(resume)
-    t.fit(lambda step, gen: data.sample(optim.batch_size, gen), validate)
-    return t.export("readout.pt")
+    return t.train(lambda step, gen: data.sample(optim.batch_size, gen), validate, "readout.pt", resume)
 
 
 def load_readout(path: str | os.PathLike, device="cpu") -> tuple[SuccessReadout, dict]:
@@ -457,10 +451,7 @@ def train_plausibility(
     t = Trainer(
         model, cfg.train, trainer, run_dir, kind=KIND, model_config=pc.to_dict(), seed=seed, extra=info
     )
-    if resume is not None:
-        t.resume(resume)
-    t.fit(next_batch, validate)
-    return t.export("predictor.pt")
+    return t.train(next_batch, validate, "predictor.pt", resume)
 
 
 @torch.no_grad()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.sampling import ItemIndex, ItemStream
+from ..data.sampling import ItemStream
 from ..data.slot_store import SlotStore
 from ..data.windows import WindowSampler
 from ..masking import MaskConfig, MaskSampler
@@ -198,7 +198,7 @@ def train_predictor(
         shards=True,
     )
     # every window of the store, in shuffled epochs, split over the training processes
-    stream = ItemStream(ItemIndex(train_store.num_videos, sampler.starts), optim.batch_size, seed, t.dist)
+    stream = ItemStream(train_store.num_videos, sampler.starts, optim.batch_size, seed, t.dist)
 
     def next_batch(step: int, gen: torch.Generator) -> dict:
         items = stream.items(step)
@@ -207,24 +207,19 @@ def train_predictor(
         batch["hidden"] = masks.sample(optim.batch_size, gen)[stream.global_positions()]  # (B / N, T, K)
         return batch
 
-    validate, val_store = None, None
-    if (slot_dir / "validation.h5").exists() and t.dist.is_main:
-        val_store = SlotStore(slot_dir / "validation.h5")
-        val_sampler = WindowSampler(
-            val_store, cfg.history, cfg.future, windows.stride, actions=windows.actions, cache_bytes=cache
-        )
-        validate = FutureValidator(val_sampler, windows.val_windows, max(optim.batch_size, 64))
-    elif not (slot_dir / "validation.h5").exists() and t.dist.is_main:
-        print(f"no validation: {slot_dir / 'validation.h5'} does not exist")
-    if resume is not None:
-        t.resume(resume)
+    validate, val_path = None, slot_dir / "validation.h5"
+    if t.dist.is_main and val_path.exists():  # rank 0 validates; it reads its fixed windows once, here
+        with SlotStore(val_path) as val_store:
+            val_sampler = WindowSampler(
+                val_store, cfg.history, cfg.future, windows.stride, actions=windows.actions, cache_bytes=cache
+            )
+            validate = FutureValidator(val_sampler, windows.val_windows, max(optim.batch_size, 64))
+    elif t.dist.is_main:
+        print(f"no validation: {val_path} does not exist")
     try:
-        t.fit(next_batch, validate)
+        return t.train(next_batch, validate, "predictor.pt", resume)
     finally:
         train_store.close()
-        if val_store is not None:
-            val_store.close()
-    return t.export("predictor.pt")
 
 
 def load_predictor(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import itertools
 import math
+import re
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -16,7 +17,16 @@ from conftest import run_cli
 
 from causaljepa.data.store import StoreLayout, VideoStoreWriter
 from causaljepa.io import partial_path
-from causaljepa.models.savi import BroadcastDecoder, EncoderConfig, SAVi, frames_to_input, segmentation
+from causaljepa.models.savi import (
+    BroadcastDecoder,
+    EncoderConfig,
+    SAVi,
+    attention_gaussian_prior,
+    attention_prior,
+    frames_to_input,
+    gaussian_prior,
+    segmentation,
+)
 from causaljepa.models.slot_attention import SlotAttention, SlotPredictor
 from causaljepa.training import loop
 from causaljepa.training.checkpoint import (
@@ -132,8 +142,11 @@ def test_slot_predictor_is_permutation_equivariant():
         SlotPredictor(16, heads=3)
 
 
-def test_savi_is_permutation_equivariant():
-    model = _model()
+@pytest.mark.parametrize(
+    "change", [{}, {"alpha_prior": "gaussian"}, {"alpha_prior": "attention_gaussian", "locality": 1.0}]
+)
+def test_savi_is_permutation_equivariant(change):
+    model = _model(cfg=replace(CFG, **change))
     frames = _frames(T=3)  # T > 1: the predictor carries slots from frame to frame
     init = _init(model)
     with torch.no_grad():
@@ -175,14 +188,15 @@ def test_implicit_differentiation_changes_gradients_not_values():
         torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-7, rtol=1e-4)
 
 
-def test_carrying_state_across_clips_equals_one_call():
-    model = _model()
+@pytest.mark.parametrize("locality", [0.0, 1.0])
+def test_carrying_state_across_clips_equals_one_call(locality):
+    model = _model(cfg=replace(CFG, locality=locality))
     frames = _frames(T=6)
     init = _init(model)
     with torch.no_grad():
         whole = model(frames, initial_slots=init)
         first = model(frames[:, :3], initial_slots=init)
-        second = model(frames[:, 3:6], state=first.slots[:, -1], initial_slots=init)
+        second = model(frames[:, 3:6], state=first.carry, initial_slots=init)
     tol = {"atol": 1e-5, "rtol": 0}
     torch.testing.assert_close(torch.cat([first.slots, second.slots], dim=1), whole.slots, **tol)
     torch.testing.assert_close(torch.cat([first.alpha, second.alpha], dim=1), whole.alpha, **tol)
@@ -223,8 +237,9 @@ def test_strided_encoder_has_fewer_features():
 @pytest.mark.parametrize("layers", [2, 3, 4])
 def test_broadcast_decoder_shapes(layers):
     dec = BroadcastDecoder(replace(CFG, decoder_layers=layers))
-    attn = torch.rand(5, CFG.num_slots, 16, 16).softmax(dim=1)
-    recon, alpha, rgb = dec(torch.randn(5, CFG.num_slots, CFG.slot_dim), attn)
+    attn = torch.rand(5, CFG.num_slots, 16 * 16).softmax(dim=1)
+    recon, alpha, rgb, aux = dec(torch.randn(5, CFG.num_slots, CFG.slot_dim), attn.log())
+    assert aux is None
     assert recon.shape == (5, 3, 16, 16) and alpha.shape == (5, 3, 16, 16) and rgb.shape == (5, 3, 3, 16, 16)
     torch.testing.assert_close(alpha.sum(dim=1), torch.ones(5, 16, 16))
     torch.testing.assert_close(recon, (alpha[:, :, None] * rgb).sum(dim=1))
@@ -232,15 +247,91 @@ def test_broadcast_decoder_shapes(layers):
 
 def test_alpha_starts_as_the_attention_and_the_decoder_can_move_it():
     dec = BroadcastDecoder(CFG)
-    attn = torch.rand(2, CFG.num_slots, 16, 16).softmax(dim=1)
+    attn = torch.rand(2, CFG.num_slots, 16 * 16).softmax(dim=1)
     slots = torch.randn(2, CFG.num_slots, CFG.slot_dim)
-    _, alpha, _ = dec(slots, attn)
+    _, alpha, _, _ = dec(slots, attention_prior(attn, 16, 16))
+    attn = attn.unflatten(-1, (16, 16))
     torch.testing.assert_close(alpha, attn)  # the logit layer starts at zero
     with torch.no_grad():
         dec.logit.bias.fill_(1.0)
         dec.logit.weight.normal_()
-    _, moved, _ = dec(slots, attn)
+    _, moved, _, _ = dec(slots, attention_prior(attn.flatten(2), 16, 16))
     assert (moved - attn).abs().max() > 1e-3
+
+
+def test_gaussian_prior_is_a_mixture_fitted_to_the_attention():
+    size = 16
+    attn = torch.full((1, 2, size, size), 1e-9)
+    attn[0, 0, 2:5, 3:6] = 1.0  # slot 0: a 3x3 block centred on pixel (row 3, col 4)
+    attn[0, 0, 10, 12] = 1.0  # ... and one pixel far away, which pulls its centre and widens it
+    attn[0, 1] = 1.0 - attn[0, 0]  # slot 1: everything else
+    prior = gaussian_prior(attn.flatten(2), size, 2 * size).unflatten(-1, (2 * size, 2 * size))
+    # slot 0's centre is the attention-weighted mean position: between the block and the stray pixel
+    ys, xs = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
+    w = attn[0, 0] / attn[0, 0].sum()
+    centre = torch.stack([(w * ys).sum(), (w * xs).sum()]) * 2  # in pixels of the 2x output grid
+    peak = torch.tensor(divmod(int(prior[0, 0].argmax()), 2 * size), dtype=torch.float32) + 0.5
+    assert (peak - centre).abs().max() <= 0.5
+    assert 2 * 3.5 < centre[0] < 2 * 10.5  # not at the block: the stray pixel moved it
+    # a compact attention gives a sharper peak than the same mass spread over two places
+    compact = torch.full((1, 2, size, size), 1e-9)
+    compact[0, 0, 2:5, 3:6] = 1.0
+    compact[0, 0, 5, 4] = 1.0
+    compact[0, 1] = 1.0 - compact[0, 0]
+    sharp = gaussian_prior(compact.flatten(2), size, 2 * size)
+    assert sharp[0, 0].max() > prior[0, 0].max() + 1.0
+    # the density integrates to the slot's share of the attention (its mixture weight) where
+    # the Gaussian lies inside the frame
+    total = sharp[0, 0].exp().sum() / (2 * size) ** 2
+    torch.testing.assert_close(total, compact[0, 0].mean(), rtol=1e-2, atol=0)
+    # gradients reach the attention
+    a = attn.flatten(2).clone().requires_grad_()
+    gaussian_prior(a, size, size).logsumexp(1).sum().backward()
+    assert a.grad is not None and a.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            {"alpha_prior": "gauss"},
+            "encoder.alpha_prior must be one of ['attention', 'gaussian', 'attention_gaussian'], got 'gauss'",
+        ),
+        ({"gaussian_weight": 0}, "encoder.gaussian_weight must be > 0, got 0"),
+        ({"mixture_loss_weight": -1}, "encoder.mixture_loss_weight must be >= 0, got -1"),
+        ({"locality": -0.5}, "encoder.locality must be >= 0, got -0.5"),
+    ],
+)
+def test_alpha_prior_and_locality_options_are_checked(change, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        replace(CFG, **change)
+
+
+def test_attention_gaussian_prior_is_the_attention_times_the_density():
+    attn = torch.rand(2, 3, 8 * 8).softmax(dim=1)
+    log_density = gaussian_prior(attn, 8, 8) - attn.mean(-1).log()[..., None]
+    for w in (1.0, 3.0):
+        torch.testing.assert_close(attention_gaussian_prior(attn, 8, 8, w), attn.log() + w * log_density)
+
+
+def test_mixture_loss_adds_the_reconstruction_under_the_mixture_prior():
+    cfg = replace(CFG, alpha_prior="attention_gaussian", mixture_loss_weight=0.5)
+    model = _model(cfg=cfg)
+    frames = _blocks()
+    noise = torch.randn(2, cfg.num_slots, cfg.slot_dim, generator=torch.Generator().manual_seed(3))
+    loss, metrics = model.training_loss({"frames": frames, "slot_noise": noise})
+    assert set(metrics) == {"mse", "mixture_mse"}
+    torch.testing.assert_close(loss.item(), metrics["mse"] + 0.5 * metrics["mixture_mse"], rtol=1e-5, atol=0)
+    with torch.no_grad():
+        out = model(frames, initial_slots=model.corrector.slots_from_noise(noise), mixture=True)
+    torch.testing.assert_close(float(SAVi.loss(out)), metrics["mse"], rtol=1e-5, atol=0)
+    assert out.mixture_recon.shape == out.recon.shape
+    assert not torch.allclose(out.mixture_recon, out.recon)  # another prior, another picture
+    # without the weight, there is no second reconstruction and the loss is the MSE
+    plain = _model(cfg=replace(cfg, mixture_loss_weight=0.0))
+    loss, metrics = plain.training_loss({"frames": frames, "slot_noise": noise})
+    assert set(metrics) == {"mse"} and loss.item() == pytest.approx(metrics["mse"])
+    assert plain(frames).mixture_recon is None
 
 
 def test_frames_to_input():

@@ -160,7 +160,7 @@ def _encode(model, read, init: torch.Tensor, T: int, chunk: int, device, precisi
         frames = torch.from_numpy(read(t0, min(T, t0 + chunk)))
         with autocast(device, precision):
             o = model(frames.to(device), state=state, initial_slots=init.to(device))
-        state = o.slots[:, -1]
+        state = o.carry
         out.append(o.slots.float().cpu())
     return torch.cat(out, dim=1)
 
@@ -246,7 +246,7 @@ def extract_slots(
                 frames = torch.stack([torch.from_numpy(vs.read("frames", i, t0, t1)) for i in vids])
                 with autocast(device, precision):
                     o = model(frames.to(device), state=state, initial_slots=init.to(device))
-                state = o.slots[:, -1]
+                state = o.carry
                 f["slots"][v0 : v0 + len(vids), t0:t1] = o.slots.float().cpu().numpy()
                 f["segments"][v0 : v0 + len(vids), t0:t1] = (
                     o.alpha.float().argmax(dim=2).to(torch.uint8).cpu().numpy()

@@ -15,6 +15,7 @@ R = the model's resolution (frames are resized to R x R).
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -23,6 +24,8 @@ from einops import rearrange
 from torch import nn
 
 from .slot_attention import SlotAttention, SlotPredictor
+
+ALPHA_PRIORS = ("attention", "gaussian", "attention_gaussian")
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,18 @@ class EncoderConfig:
     predictor_hidden: int = 256
     decoder_hidden: int = 64
     decoder_layers: int = 3  # per-pixel layers of the broadcast decoder (>= 2)
+    # the prior of the decoder's alpha masks: "attention" (the corrector's attention map) or
+    # "gaussian" (a 2-D Gaussian per slot, fitted to its attention: see gaussian_prior) or
+    # "attention_gaussian" (their product)
+    alpha_prior: str = "attention"
+    gaussian_weight: float = 1.0  # attention_gaussian: log attn + gaussian_weight * log N
+    # > 0: training adds this weight times the reconstruction error under the pure Gaussian-
+    # mixture prior (same RGB and logits), which costs a slot for holding two places or a ring
+    mixture_loss_weight: float = 0.0
+    # > 0: slot attention's logits get locality * log N(p; mu_k, S_k) of the slot's Gaussian
+    # from its previous attention (the previous iteration, or the previous frame): a slot
+    # keeps to where its object was, so one query cannot hold two far-apart objects
+    locality: float = 0.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -69,6 +84,16 @@ class EncoderConfig:
                 f"encoder.resolution {self.resolution} must be divisible by "
                 f"encoder.cnn_stride {self.cnn_stride}"
             )
+        if self.alpha_prior not in ALPHA_PRIORS:
+            raise ValueError(
+                f"encoder.alpha_prior must be one of {list(ALPHA_PRIORS)}, got {self.alpha_prior!r}"
+            )
+        if not self.gaussian_weight > 0:
+            raise ValueError(f"encoder.gaussian_weight must be > 0, got {self.gaussian_weight}")
+        if not self.locality >= 0:
+            raise ValueError(f"encoder.locality must be >= 0, got {self.locality}")
+        if not self.mixture_loss_weight >= 0:
+            raise ValueError(f"encoder.mixture_loss_weight must be >= 0, got {self.mixture_loss_weight}")
         if self.decoder_layers < 2:
             raise ValueError(f"encoder.decoder_layers must be >= 2, got {self.decoder_layers}")
         if self.slot_dim % self.predictor_heads:
@@ -150,20 +175,101 @@ class BroadcastDecoder(nn.Module):
         nn.init.zeros_(self.logit.bias)
 
     def forward(
-        self, slots: torch.Tensor, attn: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        self, slots: torch.Tensor, prior: torch.Tensor, aux_prior: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """slots (B, K, D), prior (B, K, P) log-prior of the alpha masks (fp32) ->
+        recon, alpha, rgb, and the reconstruction under ``aux_prior`` (same RGB and logits,
+        another prior; None without one)."""
         x = self.hidden(
             torch.relu(self.slot_in(slots)[:, :, None, :] + self.pos_in(self.grid))
         )  # (B, K, P, h)
         rgb = self.rgb(x)  # (B, K, P, 3)
-        prior = attn.flatten(2).float().clamp_min(1e-6).log()  # (B, K, P)
-        alpha = (self.logit(x)[..., 0].float() + prior).softmax(dim=1).to(rgb.dtype)  # over slots
-        recon = (alpha[..., None] * rgb).sum(dim=1)  # (B, P, 3)
+        logit = self.logit(x)[..., 0].float()  # (B, K, P)
         R = self.size
-        recon = rearrange(recon, "b (h w) c -> b c h w", h=R)
+
+        def compose(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            alpha = (logit + p).softmax(dim=1).to(rgb.dtype)  # over slots
+            recon = (alpha[..., None] * rgb).sum(dim=1)  # (B, P, 3)
+            return rearrange(recon, "b (h w) c -> b c h w", h=R), alpha
+
+        recon, alpha = compose(prior)
+        aux = None if aux_prior is None else compose(aux_prior)[0]
         alpha = rearrange(alpha, "b k (h w) -> b k h w", h=R)
         rgb = rearrange(rgb, "b k (h w) c -> b k c h w", h=R)
-        return recon, alpha, rgb
+        return recon, alpha, rgb, aux
+
+
+def attention_prior(attn: torch.Tensor, size: int, resolution: int) -> torch.Tensor:
+    """log of the attention maps, resized: attn (B, K, size^2) -> (B, K, resolution^2) fp32."""
+    a = attn.float().unflatten(-1, (size, size))
+    if size != resolution:
+        a = F.interpolate(a, size=(resolution, resolution), mode="bilinear")
+    return a.flatten(2).clamp_min(1e-6).log()
+
+
+def log_density(attn: torch.Tensor, size: int, resolution: int) -> torch.Tensor:
+    """log N(p; mu_k, S_k) of each slot's Gaussian, fitted to its attention (B, K, size^2),
+    at the pixel centres of a resolution x resolution grid -> (B, K, resolution^2) fp32.
+
+    mu_k and S_k are the attention-weighted mean and covariance of the attended pixel
+    positions (in [0, 1]), plus one output pixel's variance on the diagonal.
+    """
+    a = attn.float()  # (B, K, N)
+    grid = position_grid(size, a.device)[:, :2]  # (N, 2) x, y in [0, 1]
+    out = position_grid(resolution, a.device)[:, :2]  # (P, 2)
+    w = a / a.sum(-1, keepdim=True).clamp_min(1e-6)
+    mu = w @ grid  # (B, K, 2)
+    d = grid - mu[:, :, None, :]  # (B, K, N, 2)
+    var = torch.einsum("bkn,bkni,bknj->bkij", w, d, d)  # (B, K, 2, 2)
+    px = 1.0 / resolution**2
+    sxx, syy, sxy = var[..., 0, 0] + px, var[..., 1, 1] + px, var[..., 0, 1]
+    det = (sxx * syy - sxy**2).clamp_min(px * px)  # (B, K)
+    e = out - mu[:, :, None, :]  # (B, K, P, 2)
+    ex, ey = e[..., 0], e[..., 1]
+    maha = (syy[..., None] * ex**2 - 2 * sxy[..., None] * ex * ey + sxx[..., None] * ey**2) / det[..., None]
+    return (-0.5 * det.log() - math.log(2 * math.pi))[..., None] - 0.5 * maha
+
+
+def _log_share(attn: torch.Tensor) -> torch.Tensor:
+    """log of each slot's share of the attention: (B, K, N) -> (B, K, 1)."""
+    return attn.float().mean(-1, keepdim=True).clamp_min(1e-6).log()
+
+
+def gaussian_prior(attn: torch.Tensor, size: int, resolution: int) -> torch.Tensor:
+    """Per slot, a 2-D Gaussian fitted to its attention, as a mixture: (B, K, size^2) -> (B, K, resolution^2).
+
+    Slot k's attention gives a mass share pi_k (its mean over pixels; the shares sum to 1)
+    and a Gaussian N(mu_k, S_k) (see log_density). The log-prior at a decoded pixel p is
+    log pi_k + log N(p; mu_k, S_k): the responsibilities of a Gaussian mixture.
+
+    Why: with the attention itself as the prior, the reconstruction does not care which
+    pixels a slot groups (two objects of one colour in one slot, an object's rim in a spare
+    slot, an object split over slots all reconstruct as well), so nothing pushes slots to
+    bind whole, single objects. A Gaussian is one compact blob: a slot spread over two
+    objects, or over a ring, paints the pixels between them and the loss says so.
+    """
+    return _log_share(attn) + log_density(attn, size, resolution)
+
+
+def attention_gaussian_prior(
+    attn: torch.Tensor, size: int, resolution: int, weight: float = 1.0
+) -> torch.Tensor:
+    """The attention times its slot's Gaussian: log attn + weight * log N(p; mu_k, S_k).
+
+    The attention keeps the fast start of the attention prior (objects take slots within a
+    few hundred steps); the Gaussian factor takes pixels from a slot whose attention is
+    spread over two places or a ring and gives them to compact slots, so such a grouping
+    costs reconstruction error.
+    """
+    return attention_prior(attn, size, resolution) + weight * log_density(attn, size, resolution)
+
+
+def alpha_prior(cfg: EncoderConfig, attn: torch.Tensor, size: int) -> torch.Tensor:
+    """The configured log-prior of the alpha masks: attn (B, K, size^2) -> (B, K, R^2) fp32."""
+    if cfg.alpha_prior == "attention_gaussian":
+        return attention_gaussian_prior(attn, size, cfg.resolution, cfg.gaussian_weight)
+    fn = attention_prior if cfg.alpha_prior == "attention" else gaussian_prior
+    return fn(attn, size, cfg.resolution)
 
 
 @dataclass
@@ -176,6 +282,13 @@ class VideoOutput:
     rgb: torch.Tensor  # (B, T, K, 3, R, R) per-slot colours
     attn: torch.Tensor  # (B, T, K, N) slot attention of the last iteration
     target: torch.Tensor  # (B, T, 3, R, R) the resized frames in [-1, 1]
+    # the reconstruction under the Gaussian-mixture prior (only when asked for: see mixture_loss_weight)
+    mixture_recon: torch.Tensor | None = None
+
+    @property
+    def carry(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the next clip of the same videos starts from (``SAVi.forward(state=...)``)."""
+        return self.slots[:, -1], self.attn[:, -1]
 
 
 def frames_to_input(frames: torch.Tensor, resolution: int) -> torch.Tensor:
@@ -207,23 +320,36 @@ class SAVi(nn.Module):
     def forward(
         self,
         frames: torch.Tensor,
-        state: torch.Tensor | None = None,
+        state: tuple[torch.Tensor, torch.Tensor] | None = None,
         generator: torch.Generator | None = None,
         initial_slots: torch.Tensor | None = None,
+        mixture: bool = False,
     ) -> VideoOutput:
         """Encode and reconstruct a clip.
 
-        frames: uint8 (B, T, H, W, 3). ``state``: the corrected slots (B, K, D) of the frame
-        before the clip, to carry a video across clips; without it the first frame starts
+        frames: uint8 (B, T, H, W, 3). ``state``: the ``carry`` of the clip before, (corrected
+        slots (B, K, D), attention (B, K, N)) of its last frame, to carry a video across
+        clips; without it the first frame starts
         from ``initial_slots`` (B, K, D) or, by default, fresh draws from the shared Gaussian
         (``generator`` makes them reproducible) and gets ``iters_first`` iterations.
+        ``mixture``: also reconstruct under the Gaussian-mixture prior (``mixture_recon``).
         """
         cfg = self.cfg
         x = frames_to_input(frames, cfg.resolution)  # (B, T, 3, R, R)
         B, T = x.shape[:2]
         feats = self.encoder(x.flatten(0, 1)).unflatten(0, (B, T))  # (B, T, N, D)
+        s = self.encoder.size
+        locality = None
+        if cfg.locality > 0:
+
+            def locality(a: torch.Tensor) -> torch.Tensor:
+                return cfg.locality * log_density(a, s, s)
+
+        if state is not None:
+            state, prev = state
         slots_t, attn_t = [], []
         for t in range(T):
+            bias = None
             if t == 0 and state is None:
                 slots = (
                     self.corrector.init_slots(B, cfg.num_slots, generator)
@@ -234,16 +360,19 @@ class SAVi(nn.Module):
             else:
                 slots = self.predictor(state if t == 0 else slots)
                 iters = cfg.iters
-            slots, attn = self.corrector(feats[:, t], slots, iters=iters)
+                if locality is not None:
+                    with torch.no_grad():
+                        bias = locality(prev.detach())
+            slots, attn = self.corrector(feats[:, t], slots, iters=iters, bias=bias, locality=locality)
             slots_t.append(slots)
             attn_t.append(attn)
+            prev = attn
         slots = torch.stack(slots_t, dim=1)  # (B, T, K, D)
         attn = torch.stack(attn_t, dim=1)  # (B, T, K, N)
-        s = self.encoder.size
-        masks = attn.flatten(0, 1).unflatten(-1, (s, s))  # (B T, K, s, s)
-        if s != cfg.resolution:
-            masks = F.interpolate(masks.float(), size=(cfg.resolution, cfg.resolution), mode="bilinear")
-        recon, alpha, rgb = self.decoder(slots.flatten(0, 1), masks)
+        a = attn.flatten(0, 1)
+        prior = alpha_prior(cfg, a, s)
+        aux = gaussian_prior(a, s, cfg.resolution) if mixture else None
+        recon, alpha, rgb, mix = self.decoder(slots.flatten(0, 1), prior, aux)
         return VideoOutput(
             slots=slots,
             recon=recon.unflatten(0, (B, T)),
@@ -251,6 +380,7 @@ class SAVi(nn.Module):
             rgb=rgb.unflatten(0, (B, T)),
             attn=attn,
             target=x,
+            mixture_recon=None if mix is None else mix.unflatten(0, (B, T)),
         )
 
     @staticmethod
@@ -268,8 +398,13 @@ class SAVi(nn.Module):
             initial = self.corrector.slots_from_noise(batch["slot_noise"].to(device, non_blocking=True))
         else:
             frames, initial = batch.to(device, non_blocking=True), None
-        loss = self.loss(self(frames, initial_slots=initial))
-        return loss, {"mse": float(loss.detach())}
+        w = self.cfg.mixture_loss_weight
+        out = self(frames, initial_slots=initial, mixture=w > 0)
+        mse = self.loss(out)
+        if w == 0:
+            return mse, {"mse": float(mse.detach())}
+        mix = F.mse_loss(out.mixture_recon.float(), out.target.float())
+        return mse + w * mix, {"mse": float(mse.detach()), "mixture_mse": float(mix.detach())}
 
 
 def segmentation(alpha: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -14,6 +14,7 @@ Shapes: B batch, N inputs, K slots, D slot width, C input width.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -73,13 +74,16 @@ class SlotAttention(nn.Module):
         return mu + self.init_log_sigma.exp() * noise.to(mu)
 
     def step(
-        self, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+        self, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One iteration. slots (B, K, D), k and v (B, N, D) -> slots (B, K, D), attn (B, K, N)."""
+        """One iteration. slots (B, K, D), k and v (B, N, D), optional additive logit bias
+        (B, K, N) -> slots (B, K, D), attn (B, K, N)."""
         B, K, D = slots.shape
         q = self.to_q(self.norm_slots(slots))  # (B, K, D)
-        logits = torch.einsum("bkd,bnd->bkn", q, k) * self.scale  # (B, K, N)
-        attn = logits.float().softmax(dim=1).to(v.dtype)  # competition between slots
+        logits = (torch.einsum("bkd,bnd->bkn", q, k) * self.scale).float()  # (B, K, N)
+        if bias is not None:
+            logits = logits + bias
+        attn = logits.softmax(dim=1).to(v.dtype)  # competition between slots
         weights = attn + self.eps
         weights = weights / weights.sum(dim=-1, keepdim=True)  # weighted mean over inputs
         updates = torch.einsum("bkn,bnd->bkd", weights, v)  # (B, K, D)
@@ -88,24 +92,42 @@ class SlotAttention(nn.Module):
         return slots, attn
 
     def forward(
-        self, inputs: torch.Tensor, slots: torch.Tensor, iters: int | None = None
+        self,
+        inputs: torch.Tensor,
+        slots: torch.Tensor,
+        iters: int | None = None,
+        bias: torch.Tensor | None = None,
+        locality: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``bias`` (B, K, N): added to the first iteration's attention logits. ``locality``:
+        attention (B, K, N) -> the bias of the next iteration (computed without gradient, a
+        fixed prior for that iteration, as in an EM step)."""
         iters = self.iters if iters is None else iters
         if iters < 1:
             raise ValueError(f"SlotAttention: iters must be >= 1, got {iters}")
         inputs = self.norm_inputs(inputs)
         k, v = self.to_k(inputs), self.to_v(inputs)  # (B, N, D)
+
+        def next_bias(attn: torch.Tensor) -> torch.Tensor | None:
+            if locality is None:
+                return bias
+            with torch.no_grad():
+                return locality(attn.detach())
+
         if not self.implicit:
-            for _ in range(iters):
-                slots, attn = self.step(slots, k, v)
+            for i in range(iters):
+                slots, attn = self.step(slots, k, v, bias)
+                if i < iters - 1:
+                    bias = next_bias(attn)
             return slots, attn
         start = slots
         with torch.no_grad():
             for _ in range(iters - 1):
-                slots, _ = self.step(slots, k, v)
+                slots, attn = self.step(slots, k, v, bias)
+                bias = next_bias(attn)
         # straight-through: the value of the fixed point, the gradient of the initial slots
         slots = slots.detach() + (start - start.detach())
-        return self.step(slots, k, v)
+        return self.step(slots, k, v, bias)
 
 
 class SlotPredictor(nn.Module):

@@ -25,6 +25,8 @@ from causaljepa.models.savi import (
     attention_prior,
     frames_to_input,
     gaussian_prior,
+    log_density,
+    position_grid,
     segmentation,
 )
 from causaljepa.models.slot_attention import SlotAttention, SlotPredictor
@@ -290,6 +292,54 @@ def test_gaussian_prior_is_a_mixture_fitted_to_the_attention():
     assert a.grad is not None and a.grad.abs().sum() > 0
 
 
+def test_locality_keeps_a_slot_on_its_own_object_of_two_alike():
+    """Two identical squares and two identical slots: only where the slots were tells them apart."""
+    size = 16
+    frames = torch.full((1, 1, size, size, 3), 40, dtype=torch.uint8)
+    frames[0, 0, 3:7, 2:6] = torch.tensor([200, 30, 30], dtype=torch.uint8)
+    frames[0, 0, 9:13, 10:14] = torch.tensor([200, 30, 30], dtype=torch.uint8)
+    prev = torch.full((1, CFG.num_slots, size, size), 1e-4)
+    prev[0, 0, 3:7, 2:6] = 1.0  # slot 0 was on the first square
+    prev[0, 1, 9:13, 10:14] = 1.0  # slot 1 on the second
+    prev[0, 2] = 1.0  # the rest: background
+    prev = (prev / prev.sum(1, keepdim=True)).flatten(2)
+    slot = torch.randn(1, 1, CFG.slot_dim, generator=torch.Generator().manual_seed(0))
+    slots = torch.cat([slot, slot, torch.randn(1, CFG.num_slots - 2, CFG.slot_dim)], dim=1)
+    first, second = torch.zeros(size, size, dtype=torch.bool), torch.zeros(size, size, dtype=torch.bool)
+    first[3:7, 2:6], second[9:13, 10:14] = True, True
+    first, second = first.flatten(), second.flatten()
+    for locality, apart in ((0.0, False), (1.0, True)):
+        model = _model(cfg=replace(CFG, locality=locality))
+        with torch.no_grad():
+            attn = model(frames, state=(slots, prev)).attn[0, 0]  # (K, N)
+        if not apart:  # the same query: the same attention
+            torch.testing.assert_close(attn[0], attn[1])
+        else:
+            assert attn[0, first].mean() > 2 * attn[0, second].mean()
+            assert attn[1, second].mean() > 2 * attn[1, first].mean()
+
+
+def test_locality_bias_has_a_floor():
+    model = _model(cfg=replace(CFG, locality=2.0, locality_floor=0.05))
+    calls = []
+    corrector = model.corrector.forward
+
+    def spy(inputs, slots, iters=None, bias=None, locality=None):
+        calls.append(locality)
+        return corrector(inputs, slots, iters=iters, bias=bias, locality=locality)
+
+    model.corrector.forward = spy
+    with torch.no_grad():
+        model(_frames(T=1))
+    attn = torch.zeros(1, 3, 16 * 16)
+    attn[0, 0, 0] = 1.0  # a point mass in a corner: a one-pixel Gaussian
+    attn[0, 1:, 1:] = 0.5
+    bias = calls[0](attn)
+    assert bias.shape == (1, 3, 16 * 16)
+    assert bias.min() >= 2.0 * math.log(0.05) - 1e-4  # far from the corner: the floor, not -inf
+    assert bias[0, 0, 0] > 2.0 * math.log(16 * 16 / (2 * math.pi)) - 1e-3  # the peak density
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
@@ -305,6 +355,22 @@ def test_gaussian_prior_is_a_mixture_fitted_to_the_attention():
 def test_alpha_prior_and_locality_options_are_checked(change, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         replace(CFG, **change)
+
+
+def test_log_density_is_the_gaussian_of_the_attention_moments():
+    """Against the textbook formula, with the covariance from explicit differences."""
+    g = torch.Generator().manual_seed(0)
+    attn = torch.rand(2, 3, 8 * 8, generator=g, dtype=torch.float64) ** 8  # peaked, uneven
+    pos = position_grid(8)[:, :2].double()  # (N, 2)
+    out = position_grid(12)[:, :2].double()  # (P, 2)
+    w = attn / attn.sum(-1, keepdim=True)
+    mu = w @ pos  # (B, K, 2)
+    d = pos - mu[:, :, None]
+    cov = torch.einsum("bkn,bkni,bknj->bkij", w, d, d) + torch.eye(2, dtype=torch.float64) / 12**2
+    e = out - mu[:, :, None]  # (B, K, P, 2)
+    maha = torch.einsum("bkpi,bkij,bkpj->bkp", e, torch.linalg.inv(cov), e)
+    want = -0.5 * maha - 0.5 * torch.logdet(cov)[..., None] - math.log(2 * math.pi)
+    torch.testing.assert_close(log_density(attn, 8, 12).double(), want, atol=2e-3, rtol=1e-4)
 
 
 def test_attention_gaussian_prior_is_the_attention_times_the_density():

@@ -59,6 +59,10 @@ class EncoderConfig:
     # from its previous attention (the previous iteration, or the previous frame): a slot
     # keeps to where its object was, so one query cannot hold two far-apart objects
     locality: float = 0.0
+    # the locality bias is locality * log(N + locality_floor): far from a slot's Gaussian the
+    # bias is locality * log(floor), not -inf, so a slot can still take a strong match there
+    # (an object entering the scene far from every free slot); 1 is a uniform density
+    locality_floor: float = 0.1
 
     def __post_init__(self) -> None:
         for name in (
@@ -92,6 +96,8 @@ class EncoderConfig:
             raise ValueError(f"encoder.gaussian_weight must be > 0, got {self.gaussian_weight}")
         if not self.locality >= 0:
             raise ValueError(f"encoder.locality must be >= 0, got {self.locality}")
+        if not self.locality_floor > 0:
+            raise ValueError(f"encoder.locality_floor must be > 0, got {self.locality_floor}")
         if not self.mixture_loss_weight >= 0:
             raise ValueError(f"encoder.mixture_loss_weight must be >= 0, got {self.mixture_loss_weight}")
         if self.decoder_layers < 2:
@@ -213,20 +219,39 @@ def log_density(attn: torch.Tensor, size: int, resolution: int) -> torch.Tensor:
 
     mu_k and S_k are the attention-weighted mean and covariance of the attended pixel
     positions (in [0, 1]), plus one output pixel's variance on the diagonal.
+
+    Both steps are matrix products: the moments are the attention times (x, y, x^2, y^2, xy)
+    of the input pixels, and the quadratic form is a per-slot polynomial in (x, y) times the
+    output pixels' monomials, so nothing of size (B, K, pixels, 2) is made.
     """
     a = attn.float()  # (B, K, N)
-    grid = position_grid(size, a.device)[:, :2]  # (N, 2) x, y in [0, 1]
-    out = position_grid(resolution, a.device)[:, :2]  # (P, 2)
+    x, y = position_grid(size, a.device)[:, :2].unbind(-1)  # (N,) each, in [0, 1]
     w = a / a.sum(-1, keepdim=True).clamp_min(1e-6)
-    mu = w @ grid  # (B, K, 2)
-    d = grid - mu[:, :, None, :]  # (B, K, N, 2)
-    var = torch.einsum("bkn,bkni,bknj->bkij", w, d, d)  # (B, K, 2, 2)
+    m = w @ torch.stack([x, y, x * x, y * y, x * y], dim=-1)  # (B, K, 5) moments
+    mx, my = m[..., 0], m[..., 1]
     px = 1.0 / resolution**2
-    sxx, syy, sxy = var[..., 0, 0] + px, var[..., 1, 1] + px, var[..., 0, 1]
-    det = (sxx * syy - sxy**2).clamp_min(px * px)  # (B, K)
-    e = out - mu[:, :, None, :]  # (B, K, P, 2)
-    ex, ey = e[..., 0], e[..., 1]
-    maha = (syy[..., None] * ex**2 - 2 * sxy[..., None] * ex * ey + sxx[..., None] * ey**2) / det[..., None]
+    sxx = (m[..., 2] - mx * mx).clamp_min(0) + px
+    syy = (m[..., 3] - my * my).clamp_min(0) + px
+    sxy = m[..., 4] - mx * my
+    det = (sxx * syy - sxy * sxy).clamp_min(px * px)  # (B, K)
+    # (p - mu)^T S^-1 (p - mu) = coefficients . (x^2, y^2, xy, x, y, 1)
+    coef = (
+        torch.stack(
+            [
+                syy,
+                sxx,
+                -2 * sxy,
+                2 * (sxy * my - syy * mx),
+                2 * (sxy * mx - sxx * my),
+                syy * mx * mx - 2 * sxy * mx * my + sxx * my * my,
+            ],
+            dim=-1,
+        )
+        / det[..., None]
+    )  # (B, K, 6)
+    ox, oy = position_grid(resolution, a.device)[:, :2].unbind(-1)  # (P,) each
+    monomials = torch.stack([ox * ox, oy * oy, ox * oy, ox, oy, torch.ones_like(ox)])  # (6, P)
+    maha = coef @ monomials  # (B, K, P)
     return (-0.5 * det.log() - math.log(2 * math.pi))[..., None] - 0.5 * maha
 
 
@@ -341,9 +366,10 @@ class SAVi(nn.Module):
         s = self.encoder.size
         locality = None
         if cfg.locality > 0:
+            floor = math.log(cfg.locality_floor)
 
             def locality(a: torch.Tensor) -> torch.Tensor:
-                return cfg.locality * log_density(a, s, s)
+                return cfg.locality * torch.logaddexp(log_density(a, s, s), torch.tensor(floor))
 
         if state is not None:
             state, prev = state

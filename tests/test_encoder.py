@@ -39,7 +39,7 @@ from causaljepa.training.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from causaljepa.training.encoder import ClipConfig, load_encoder, train_encoder
+from causaljepa.training.encoder import ClipConfig, load_encoder, resolution_ceiling, train_encoder
 from causaljepa.training.loop import OptimConfig, Trainer, TrainerConfig, lr_at, train_step
 
 CFG = EncoderConfig(
@@ -824,3 +824,26 @@ def test_train_encoder_without_validation_masks(tmp_path, capsys):
     ckpt = load_checkpoint(path, "encoder")
     assert ckpt["step"] == 2 and ckpt["extra"]["val"] == {}
     assert not any(r["name"].startswith("val/") for r in _rows(tmp_path / "run"))
+
+
+def test_resolution_ceiling_is_perfect_at_full_resolution_and_lower_below():
+    masks = torch.zeros(1, 2, 16, 16, dtype=torch.uint8)
+    masks[0, :, 2:5, 3:6] = 1  # 3x3 objects: at 4x4 they are a fraction of a pixel
+    masks[0, :, 9:14, 8:13] = 2
+    full = resolution_ceiling(masks, 16)
+    assert full == {"fg_ari": 1.0, "frame_fg_ari": 1.0, "mbo": 1.0}
+    low = resolution_ceiling(masks, 4)
+    assert low["mbo"] < 0.9 and low["frame_fg_ari"] <= 1.0
+
+
+def test_encoder_diagnostics_script_prints_the_ceiling(data_root):
+    import json
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "eval" / "encoder_diagnostics.py"
+    store = str(data_root / "validation.h5")
+    cmd = [sys.executable, str(script), "ceiling", "--store", store, "--resolutions", "64"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    line = json.loads(out)
+    assert line["resolution"] == 64 and line["fg_ari"] == 1.0 and line["mbo"] == 1.0

@@ -57,6 +57,20 @@ def discovery_metrics(alpha: torch.Tensor, masks: torch.Tensor) -> dict[str, flo
     }
 
 
+def resolution_ceiling(masks: torch.Tensor, resolution: int) -> dict[str, float]:
+    """The discovery metrics of a perfect segmentation seen at the model's resolution.
+
+    masks (B, T, H, W) instance ids -> each id's one-hot map area-resized to R x R (what a
+    model at R x R could at best predict), scored by ``discovery_metrics`` as a model's alpha
+    masks are: resized back bilinearly, argmax, against the full-resolution masks.
+    """
+    m = masks.long()
+    k = int(m.max()) + 1
+    one_hot = torch.nn.functional.one_hot(m, k).permute(0, 1, 4, 2, 3).float()  # (B, T, K, H, W)
+    alpha = torch.nn.functional.interpolate(one_hot.flatten(0, 1), size=(resolution, resolution), mode="area")
+    return discovery_metrics(alpha.unflatten(0, m.shape[:2]), m)
+
+
 class Validator:
     """Fixed validation clips, encoded from fixed initial slots, scored against instance masks."""
 

@@ -108,6 +108,18 @@ COMMANDS = {
 }
 
 
+def _seen(state: dict) -> dict:
+    """The encoder's parameters less those with a zero true gradient: the decoder's alpha-logit
+    bias (the same for every slot), the slot LayerNorm's bias before the bias-free query
+    projection, and the key third of the slot predictor's qkv bias (it shifts every logit of a
+    query alike). Their gradients measure about 1e-11 against 1e-1 elsewhere."""
+    out = {k: v for k, v in state.items() if k not in ("decoder.logit.bias", "corrector.norm_slots.bias")}
+    qkv = out.pop("predictor.qkv.bias")
+    d = len(qkv) // 3
+    out["predictor.qkv.bias[q,v]"] = torch.cat([qkv[:d], qkv[2 * d :]])
+    return out
+
+
 @pytest.mark.parametrize("what", sorted(COMMANDS))
 def test_two_processes_train_what_one_process_trains_on_the_combined_batch(world, what):
     common = [f"data.root={world / 'ds'}", "trainer.precision=fp32", "trainer.progress=false"]
@@ -120,7 +132,10 @@ def test_two_processes_train_what_one_process_trains_on_the_combined_batch(world
     for k in rank0:  # the all-reduced gradients and the same optimizer: the same bits
         assert torch.equal(rank0[k], rank1[k]), f"{what}: {k} differs between the two processes"
     single = torch.load(world / f"{what}_1.rank0.pt", weights_only=True)
-    err = _max_diff(rank0, single)
+    # parameters whose true gradient is zero (a shift the softmax over slots cannot see) get
+    # float noise as gradient, which Adam scales up to a full step: 1 and 2 processes sum it in
+    # another order, so they differ there by up to lr x steps without any error in the sync
+    err = _max_diff(*(_seen(d) if what == "encoder" else d for d in (rank0, single)))
     assert err < 1e-5, f"{what}: 2 processes vs 1 on the combined batch: max |param diff| = {err:.3g}"
 
     # rank 0 wrote the run, once: one export, one Hydra folder, the same loss curve

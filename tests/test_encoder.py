@@ -371,6 +371,11 @@ def test_log_density_is_the_gaussian_of_the_attention_moments():
     maha = torch.einsum("bkpi,bkij,bkpj->bkp", e, torch.linalg.inv(cov), e)
     want = -0.5 * maha - 0.5 * torch.logdet(cov)[..., None] - math.log(2 * math.pi)
     torch.testing.assert_close(log_density(attn, 8, 12).double(), want, atol=2e-3, rtol=1e-4)
+    # the same in fp32 under bf16 autocast (the CPU trainer's precision)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = log_density(attn, 8, 12)
+    assert under.dtype == torch.float32
+    torch.testing.assert_close(under.double(), want, atol=2e-3, rtol=1e-4)
 
 
 def test_attention_gaussian_prior_is_the_attention_times_the_density():

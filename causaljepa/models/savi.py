@@ -148,9 +148,10 @@ class BroadcastDecoder(nn.Module):
 
     Each slot is broadcast over the R x R grid, a soft position embedding is added, and a
     per-pixel MLP (1x1 convolutions) gives RGB and an alpha logit. The alpha masks are a
-    softmax over slots of ``logit + log(attention)``: the corrector's attention (which
-    already splits the pixels between slots) is the prior, and the decoder's logits refine
-    it. The logit layer starts at zero, so at first alpha is the attention itself.
+    softmax over slots of ``logit + prior``, the prior made from the corrector's attention
+    (which already splits the pixels between slots; ``alpha_prior``: its log, or with the
+    slot's Gaussian), and the decoder's logits refine it. The logit layer starts at zero, so
+    at first alpha is the prior itself.
 
     Why: with free alpha logits, small objects (a few pixels at 32x32) are a tiny part of the
     loss, and the decoder first settles on one slot that paints the whole frame, or on slots
@@ -161,7 +162,7 @@ class BroadcastDecoder(nn.Module):
     The first layer is applied to the slot and to the grid separately and added, so its
     cost does not grow with R^2 x K.
 
-    slots (B, K, D), attn (B, K, R, R) -> recon (B, 3, R, R), alpha (B, K, R, R), rgb (B, K, 3, R, R).
+    slots (B, K, D), prior (B, K, R^2) -> recon (B, 3, R, R), alpha (B, K, R, R), rgb (B, K, 3, R, R).
     """
 
     def __init__(self, cfg: EncoderConfig):
@@ -222,9 +223,15 @@ def log_density(attn: torch.Tensor, size: int, resolution: int) -> torch.Tensor:
 
     Both steps are matrix products: the moments are the attention times (x, y, x^2, y^2, xy)
     of the input pixels, and the quadratic form is a per-slot polynomial in (x, y) times the
-    output pixels' monomials, so nothing of size (B, K, pixels, 2) is made.
+    output pixels' monomials, so nothing of size (B, K, pixels, 2) is made. They run in fp32
+    even under autocast: the variance is E[x^2] - mu^2 and the form cancels large terms, which
+    bf16's 8-bit mantissa cannot carry.
     """
-    a = attn.float()  # (B, K, N)
+    with torch.autocast(device_type=attn.device.type, enabled=False):
+        return _log_density(attn.float(), size, resolution)
+
+
+def _log_density(a: torch.Tensor, size: int, resolution: int) -> torch.Tensor:
     x, y = position_grid(size, a.device)[:, :2].unbind(-1)  # (N,) each, in [0, 1]
     w = a / a.sum(-1, keepdim=True).clamp_min(1e-6)
     m = w @ torch.stack([x, y, x * x, y * y, x * y], dim=-1)  # (B, K, 5) moments

@@ -202,6 +202,10 @@ def test_carrying_state_across_clips_equals_one_call(locality):
     tol = {"atol": 1e-5, "rtol": 0}
     torch.testing.assert_close(torch.cat([first.slots, second.slots], dim=1), whole.slots, **tol)
     torch.testing.assert_close(torch.cat([first.alpha, second.alpha], dim=1), whole.alpha, **tol)
+    with pytest.raises(
+        TypeError, match=r"state must be the \(slots, attention\) pair of VideoOutput.carry, got Tensor"
+    ):
+        model(frames[:, 3:6], state=first.slots[:, -1])
     # without the state the second clip starts afresh: different slots
     with torch.no_grad():
         fresh = model(frames[:, 3:6], initial_slots=init)

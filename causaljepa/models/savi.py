@@ -379,6 +379,11 @@ class SAVi(nn.Module):
                 return cfg.locality * torch.logaddexp(log_density(a, s, s), torch.tensor(floor))
 
         if state is not None:
+            if not (isinstance(state, tuple) and len(state) == 2):
+                raise TypeError(
+                    "SAVi: state must be the (slots, attention) pair of VideoOutput.carry, "
+                    f"got {type(state).__name__}"
+                )
             state, prev = state
         slots_t, attn_t = [], []
         for t in range(T):

@@ -34,21 +34,11 @@ def _compose(name: str, overrides: list[str]):
     ("command", "override", "named", "reason"),
     [
         ("train", "predictor.depth=3", "depth", "Key 'depth' not in 'PredictorConfig'"),
-        (
-            "train",
-            "train.steps=many",
-            "steps",
-            "Value 'many' of type 'str' could not be converted to Integer",
-        ),
+        ("train", "train.steps=many", "steps", "'many' of type 'str' could not be converted to Integer"),
         ("train", "masking.max_objcts=2", "max_objcts", "Key 'max_objcts' not in 'MaskConfig'"),
         ("train", "windows.stride=1.5", "stride", "Value '1.5' of type 'float' could not be converted"),
         ("train_encoder", "encoder.num_slot=5", "num_slot", "Key 'num_slot' not in 'EncoderConfig'"),
-        (
-            "train_encoder",
-            "train.lr=fast",
-            "lr",
-            "Value 'fast' of type 'str' could not be converted to Float",
-        ),
+        ("train_encoder", "train.lr=fast", "lr", "'fast' of type 'str' could not be converted to Float"),
         ("train_encoder", "trainer.compile=maybe", "compile", "Value 'maybe' is not a valid bool"),
     ],
 )

@@ -842,7 +842,8 @@ def test_resolution_ceiling_is_perfect_at_full_resolution_and_lower_below():
     full = resolution_ceiling(masks, 16)
     assert full == {"fg_ari": 1.0, "frame_fg_ari": 1.0, "mbo": 1.0}
     low = resolution_ceiling(masks, 4)
-    assert low["mbo"] < 0.9 and low["frame_fg_ari"] <= 1.0
+    # at 4x4 the objects are under a pixel and a quarter: nothing of them survives the argmax
+    assert low["mbo"] < 0.9 and low["fg_ari"] < 0.5 and low["frame_fg_ari"] < 0.5
 
 
 def test_encoder_diagnostics_script_prints_the_ceiling(data_root):

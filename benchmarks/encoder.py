@@ -1,7 +1,7 @@
 """Training speed of the slot-attention video encoder: images/s and achieved GFLOP/s.
 
-    python benchmarks/encoder.py [--encoder savi_32] [--batch 8] [--clip 6] [--steps 10]
-        [--precision bf16|fp32] [--device cpu|cuda]
+    python benchmarks/encoder.py [--encoder savi_32] [--set iters=1 ...] [--batch 8] [--clip 6]
+        [--steps 10] [--precision bf16|fp32] [--device cpu|cuda]
 
 FLOPs of one training step (forward and backward) are counted by torch's profiler
 (``with_flops``: matrix multiplies and convolutions; element-wise work is not counted, so
@@ -30,6 +30,13 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "encoder"
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--encoder", default="savi_32", help="a config in configs/encoder/")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a field of the encoder config (repeatable), e.g. --set iters=1",
+    )
     p.add_argument("--batch", type=int, default=8, help="clips per step")
     p.add_argument("--clip", type=int, default=6, help="frames per clip")
     p.add_argument("--steps", type=int, default=10, help="timed steps (after 3 warm-up steps)")
@@ -42,7 +49,13 @@ def main() -> None:
     a = p.parse_args()
     device = torch.device(a.device)
     keep_freed_memory(device)  # as the trainer does
-    cfg = EncoderConfig(**yaml.safe_load((CONFIGS / f"{a.encoder}.yaml").read_text()))
+    fields = yaml.safe_load((CONFIGS / f"{a.encoder}.yaml").read_text())
+    for item in a.set:
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields:
+            p.error(f"--set {item!r}: expected KEY=VALUE with KEY one of {sorted(fields)}")
+        fields[key] = yaml.safe_load(value)
+    cfg = EncoderConfig(**fields)
     machine_info = device_ceilings(device)
     frames = torch.randint(0, 256, (a.batch, a.clip, a.size, a.size, 3), dtype=torch.uint8, device=device)
     flops = None

@@ -1,7 +1,7 @@
 """Training speed of the slot-attention video encoder: images/s and achieved GFLOP/s.
 
     python benchmarks/encoder.py [--encoder savi_32] [--set iters=1 ...] [--batch 8] [--clip 6]
-        [--steps 10] [--precision bf16|fp32] [--device cpu|cuda]
+        [--steps 10] [--precision bf16|fp32] [--device cpu|cuda] [--profile 20]
 
 FLOPs of one training step (forward and backward) are counted by torch's profiler
 (``with_flops``: matrix multiplies and convolutions; element-wise work is not counted, so
@@ -13,6 +13,7 @@ the fp32 peak is the figure of issue 3 (target >= 40 % on CPU).
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
@@ -46,6 +47,13 @@ def main() -> None:
     p.add_argument("--precision", choices=["bf16", "fp32", "both"], default="both")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--compile", action="store_true", help="torch.compile the training step (trainer.compile)")
+    p.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also print, per precision, the N ops with the most self time in one step (to stderr)",
+    )
     a = p.parse_args()
     device = torch.device(a.device)
     keep_freed_memory(device)  # as the trainer does
@@ -87,6 +95,11 @@ def main() -> None:
                 train_step(model, frames, opt, lr=1e-4, grad_clip=1.0, device=device, precision="fp32")
             flops = sum(e.flops for e in prof.key_averages())  # forward + backward of one step
         dt = timed(step, a.steps, device)
+        if a.profile:
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                step()
+            table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=a.profile)
+            print(f"{precision}: the ops of one training step by self time\n{table}", file=sys.stderr)
         emit(
             {
                 "benchmark": "encoder_train_step",

@@ -1,4 +1,4 @@
-"""Two diagnostics of the object-discovery figures (README, Figures, encoder).
+"""Three diagnostics of the object-discovery figures (README, Figures, encoder).
 
     python eval/encoder_diagnostics.py ceiling [--store datasets/clevrer_sim/validation.h5]
         FG-ARI and mBO of a perfect segmentation seen at 16x16, 32x32 and 64x64, on the
@@ -8,6 +8,14 @@
         [--store datasets/clevrer_sim/validation.h5]
         temporal consistency of a slot store's segments when an object counts in a frame only
         from 1, 5, 10, 20 pixels on: tells slots that swap from objects at the frame's edge.
+    python eval/encoder_diagnostics.py sources --checkpoint runs/enc/encoder.pt \
+        [--store datasets/clevrer_sim/validation.h5] [--precision bf16|fp32]
+        FG-ARI and mBO on the validation clips the encoder's training scores, of the
+        segmentation read from the decoder's alpha masks (the training figure) and of the one
+        read from the corrector's last slot attention: tells whether a fault (a rim in a spare
+        slot) comes from slot attention itself or from the decoder. bf16 (the default) runs
+        the model as training's validation does under trainer=cpu, so the alpha figure is the
+        training's own.
 
 Each prints one JSON line per figure.
 """
@@ -24,7 +32,14 @@ import torch.nn.functional as F
 
 from causaljepa.data.store import VideoStore
 from causaljepa.evaluation.object_discovery import temporal_consistency
-from causaljepa.training.encoder import ClipConfig, resolution_ceiling
+from causaljepa.training.encoder import (
+    ClipConfig,
+    Validator,
+    discovery_metrics,
+    load_encoder,
+    resolution_ceiling,
+)
+from causaljepa.training.loop import autocast
 
 
 def ceiling(store: Path, resolutions: list[int]) -> None:
@@ -57,6 +72,19 @@ def consistency(slots: Path, store: Path, thresholds: list[int]) -> None:
                           "objects": n, "fraction": c / n if n else float("nan")}))  # fmt: skip
 
 
+def sources(checkpoint: Path, store: Path, precision: str) -> None:
+    model, ckpt = load_encoder(checkpoint)
+    clips = ClipConfig(**ckpt["extra"].get("clips", {}))  # the clips its training validated on
+    with VideoStore(store) as vs:
+        validator = Validator(vs, clips, batch_size=8)
+    with autocast(torch.device("cpu"), precision):
+        alpha, attn, _ = validator.maps(model)
+    for name, maps in (("alpha", alpha), ("attention", attn)):
+        row = {"diagnostic": "segmentation_source", "source": name, "checkpoint": str(checkpoint)}
+        row.update(precision=precision, **discovery_metrics(maps, validator.masks))
+        print(json.dumps(row))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="what", required=True)
@@ -67,12 +95,19 @@ def main() -> None:
     t.add_argument("--slots", type=Path, required=True)
     t.add_argument("--store", type=Path, default=Path("datasets/clevrer_sim/validation.h5"))
     t.add_argument("--min-pixels", type=int, nargs="+", default=[1, 5, 10, 20])
+    o = sub.add_parser("sources")
+    o.add_argument("--checkpoint", type=Path, required=True)
+    o.add_argument("--store", type=Path, default=Path("datasets/clevrer_sim/validation.h5"))
+    o.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     a = p.parse_args()
-    torch.set_num_threads(1)
     if a.what == "ceiling":
+        torch.set_num_threads(1)
         ceiling(a.store, a.resolutions)
-    else:
+    elif a.what == "consistency":
+        torch.set_num_threads(1)
         consistency(a.slots, a.store, a.min_pixels)
+    else:
+        sources(a.checkpoint, a.store, a.precision)
 
 
 if __name__ == "__main__":

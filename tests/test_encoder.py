@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import itertools
 import math
 import re
@@ -15,7 +16,7 @@ import pytest
 import torch
 from conftest import run_cli
 
-from causaljepa.data.store import StoreLayout, VideoStoreWriter
+from causaljepa.data.store import StoreLayout, VideoStore, VideoStoreWriter
 from causaljepa.io import partial_path
 from causaljepa.models.savi import (
     BroadcastDecoder,
@@ -39,7 +40,14 @@ from causaljepa.training.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from causaljepa.training.encoder import ClipConfig, load_encoder, resolution_ceiling, train_encoder
+from causaljepa.training.encoder import (
+    ClipConfig,
+    Validator,
+    discovery_metrics,
+    load_encoder,
+    resolution_ceiling,
+    train_encoder,
+)
 from causaljepa.training.loop import OptimConfig, Trainer, TrainerConfig, lr_at, train_step
 
 CFG = EncoderConfig(
@@ -857,3 +865,46 @@ def test_encoder_diagnostics_script_prints_the_ceiling(data_root):
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     line = json.loads(out)
     assert line["resolution"] == 64 and line["fg_ari"] == 1.0 and line["mbo"] == 1.0
+
+
+def test_validator_maps_give_the_scored_alpha_and_the_attention_on_the_feature_grid(data_root):
+    """The segmentation-source diagnostic reads both maps from one pass; the validation figure
+    is the alpha one, and the attention is slot attention's own split of the pixels."""
+    model = _model()
+    model.train()
+    with VideoStore(data_root / "validation.h5") as vs:
+        validator = Validator(vs, SMOKE_CLIPS, batch_size=1)
+    alpha, attn, mse = validator.maps(model)
+    s = model.encoder.size
+    assert alpha.shape == (2, 4, CFG.num_slots, CFG.resolution, CFG.resolution)
+    assert attn.shape == (2, 4, CFG.num_slots, s, s)
+    assert torch.allclose(attn.sum(dim=2), torch.ones(2, 4, s, s), atol=1e-5)  # softmax over slots
+    assert model.training  # restored
+    metrics = validator(model)
+    assert metrics == {**discovery_metrics(alpha, validator.masks), "mse": mse}
+    model.eval()
+    validator.maps(model)
+    assert not model.training
+
+
+def test_encoder_diagnostics_sources_scores_the_checkpoint_on_its_own_validation_clips(data_root, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    model = _model()
+    path = _save(tmp_path / "encoder.pt", model, extra={"clips": dataclasses.asdict(SMOKE_CLIPS)})
+    with VideoStore(data_root / "validation.h5") as vs:
+        validator = Validator(vs, SMOKE_CLIPS, batch_size=1)
+    alpha, attn, _ = validator.maps(model)
+    script = Path(__file__).resolve().parents[1] / "eval" / "encoder_diagnostics.py"
+    cmd = [sys.executable, str(script), "sources", "--checkpoint", str(path),
+           "--store", str(data_root / "validation.h5"), "--precision", "fp32"]  # fmt: skip
+    lines = [
+        json.loads(x)
+        for x in subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()
+    ]
+    assert [x["source"] for x in lines] == ["alpha", "attention"]
+    for line, maps in zip(lines, (alpha, attn), strict=True):
+        want = discovery_metrics(maps, validator.masks)
+        assert {k: line[k] for k in want} == pytest.approx(want, abs=1e-6)

@@ -86,20 +86,29 @@ class Validator:
         self.batch_size = batch_size
 
     @torch.no_grad()
-    def __call__(self, model: SAVi) -> dict[str, float]:
+    def maps(self, model: SAVi) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """The clips' alpha masks (B, T, K, R, R), the corrector's last attention reshaped to
+        the feature grid (B, T, K, S, S), and the mean reconstruction error."""
+        was_training = model.training
         model.eval()
         device = next(model.parameters()).device
         gen = torch.Generator().manual_seed(VAL_SEED)
         init = model.corrector.init_slots(len(self.frames), model.cfg.num_slots, gen)  # (B, K, D)
-        alphas, losses = [], []
+        alphas, attns, losses = [], [], []
+        s = model.encoder.size
         for i in range(0, len(self.frames), self.batch_size):
             sl = slice(i, i + self.batch_size)
             out = model(self.frames[sl].to(device), initial_slots=init[sl].to(device))
             alphas.append(out.alpha.float().cpu())
+            attns.append(out.attn.float().cpu().unflatten(-1, (s, s)))
             losses.append(SAVi.loss(out) * len(out.alpha))
-        model.train()
-        metrics = discovery_metrics(torch.cat(alphas), self.masks)
-        metrics["mse"] = float(sum(losses) / len(self.frames))
+        model.train(was_training)
+        return torch.cat(alphas), torch.cat(attns), float(sum(losses) / len(self.frames))
+
+    def __call__(self, model: SAVi) -> dict[str, float]:
+        alpha, _, mse = self.maps(model)
+        metrics = discovery_metrics(alpha, self.masks)
+        metrics["mse"] = mse
         return metrics
 
 

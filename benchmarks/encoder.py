@@ -52,7 +52,7 @@ def main() -> None:
         type=int,
         default=0,
         metavar="N",
-        help="also print, per precision, the N ops with the most self time in one step (to stderr)",
+        help="also print the N (op, input shapes) with the most self time in one step, to stderr",
     )
     a = p.parse_args()
     device = torch.device(a.device)
@@ -96,9 +96,11 @@ def main() -> None:
             flops = sum(e.flops for e in prof.key_averages())  # forward + backward of one step
         dt = timed(step, a.steps, device)
         if a.profile:
-            with profile(activities=[ProfilerActivity.CPU]) as prof:
+            with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
                 step()
-            table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=a.profile)
+            table = prof.key_averages(group_by_input_shape=True).table(
+                sort_by="self_cpu_time_total", row_limit=a.profile, max_shapes_column_width=70
+            )
             print(f"{precision}: the ops of one training step by self time\n{table}", file=sys.stderr)
         emit(
             {

@@ -908,3 +908,27 @@ def test_encoder_diagnostics_sources_scores_the_checkpoint_on_its_own_validation
     for line, maps in zip(lines, (alpha, attn), strict=True):
         want = discovery_metrics(maps, validator.masks)
         assert {k: line[k] for k in want} == pytest.approx(want, abs=1e-6)
+
+
+def test_encoder_benchmark_prints_its_figure_and_the_profile_of_a_step():
+    import json
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "encoder.py"
+    cmd = [sys.executable, str(script), "--set", "resolution=16", "--set", "num_slots=3",
+           "--set", "iters_first=2", "--set", "iters=1", "--batch", "2", "--clip", "2", "--size", "16",
+           "--steps", "1", "--precision", "fp32", "--profile", "5"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    (line,) = [json.loads(x) for x in done.stdout.splitlines()]
+    assert line["benchmark"] == "encoder_train_step" and line["precision"] == "fp32"
+    assert (
+        line["config"]["resolution"] == 16 and line["config"]["iters"] == 1 and line["config"]["batch"] == 2
+    )
+    assert line["images_per_s"] > 0 and line["gflop_per_step"] > 0
+    assert line["machine"]["fp32_matmul_gflops"] > 0
+    assert "the ops of one training step by self time" in done.stderr and "Input Shapes" in done.stderr
+    bad = subprocess.run(
+        [sys.executable, str(script), "--set", "iterations=2"], capture_output=True, text=True
+    )
+    assert bad.returncode != 0 and "iterations=2" in bad.stderr and "iters_first" in bad.stderr

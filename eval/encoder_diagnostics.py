@@ -9,7 +9,7 @@
         temporal consistency of a slot store's segments when an object counts in a frame only
         from 1, 5, 10, 20 pixels on: tells slots that swap from objects at the frame's edge.
     python eval/encoder_diagnostics.py sources --checkpoint runs/enc/encoder.pt \
-        [--store datasets/clevrer_sim/validation.h5] [--precision bf16|fp32]
+        [--store VALIDATION.h5] [--precision bf16|fp32]
         FG-ARI and mBO on the validation clips the encoder's training scores, of the
         segmentation read from the decoder's alpha masks (the training figure) and of the one
         read from the corrector's last slot attention: tells whether a fault (a rim in a spare
@@ -72,8 +72,10 @@ def consistency(slots: Path, store: Path, thresholds: list[int]) -> None:
                           "objects": n, "fraction": c / n if n else float("nan")}))  # fmt: skip
 
 
-def sources(checkpoint: Path, store: Path, precision: str) -> None:
+def sources(checkpoint: Path, store: Path | None, precision: str) -> None:
     model, ckpt = load_encoder(checkpoint)
+    if store is None:  # the validation videos of the data the encoder was trained on
+        store = Path(ckpt["extra"]["data_root"]) / "validation.h5"
     clips = ClipConfig(**ckpt["extra"].get("clips", {}))  # the clips its training validated on
     with VideoStore(store) as vs:
         validator = Validator(vs, clips, batch_size=8)
@@ -97,7 +99,7 @@ def main() -> None:
     t.add_argument("--min-pixels", type=int, nargs="+", default=[1, 5, 10, 20])
     o = sub.add_parser("sources")
     o.add_argument("--checkpoint", type=Path, required=True)
-    o.add_argument("--store", type=Path, default=Path("datasets/clevrer_sim/validation.h5"))
+    o.add_argument("--store", type=Path, default=None, help="default: the checkpoint's data root")
     o.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     a = p.parse_args()
     if a.what == "ceiling":

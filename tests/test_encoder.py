@@ -893,13 +893,13 @@ def test_encoder_diagnostics_sources_scores_the_checkpoint_on_its_own_validation
     import sys
 
     model = _model()
-    path = _save(tmp_path / "encoder.pt", model, extra={"clips": dataclasses.asdict(SMOKE_CLIPS)})
+    extra = {"clips": dataclasses.asdict(SMOKE_CLIPS), "data_root": str(data_root)}
+    path = _save(tmp_path / "encoder.pt", model, extra=extra)
     with VideoStore(data_root / "validation.h5") as vs:
         validator = Validator(vs, SMOKE_CLIPS, batch_size=1)
     alpha, attn, _ = validator.maps(model)
     script = Path(__file__).resolve().parents[1] / "eval" / "encoder_diagnostics.py"
-    cmd = [sys.executable, str(script), "sources", "--checkpoint", str(path),
-           "--store", str(data_root / "validation.h5"), "--precision", "fp32"]  # fmt: skip
+    cmd = [sys.executable, str(script), "sources", "--checkpoint", str(path), "--precision", "fp32"]
     lines = [
         json.loads(x)
         for x in subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()

@@ -337,23 +337,57 @@ def cmd_rollout(cfg) -> None:
 
 
 def cmd_intervene(cfg) -> None:
-    from .evaluation.dynamics import intervention_errors
+    from .evaluation.dynamics import intervention_errors, store_onsets
     from .io import write_json_atomic
+    from .viz import plot_curves
 
     model, stride, store = _predictor_and_store(cfg)
     out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint).parent / f"interventions_{cfg.split}.json"
     with store:
+        onsets = store_onsets(store, cfg.video_store)
         result = intervention_errors(
-            model, store, stride=stride, steps=cfg.steps, batch_size=cfg.batch_size, commit=cfg.commit
-        )
+            model, store, stride=stride, steps=cfg.steps, onsets=onsets, batch_size=cfg.batch_size,
+            commit=cfg.commit,
+        )  # fmt: skip
     write_json_atomic(out, {"checkpoint": str(cfg.checkpoint), "slots": str(store.path), **result})
-    for part in ("all", "most_affected_half"):
-        r = result[part]
-        print(
+
+    def line(part: str, r: dict) -> str:
+        return (
             f"{part:>18}: {r['cases']} cases  intervened MSE {r['intervened_mse']:.4g}  factual MSE "
             f"{r['factual_mse']:.4g}  (intervened lower in {100 * r['intervened_lower_fraction']:.0f} %; "
-            f"truth gap {r['truth_gap_mse']:.4g})"
+            f"truth gap {r['truth_gap_mse']:.4g}; factual vs its own world {r['factual_own_mse']:.4g})"
         )
+
+    print("from the first frame:")
+    for part in ("all", "most_affected_half"):
+        print(line(part, result[part]))
+    onset = result["at_onset"]
+    if onset is None:
+        print(
+            "at onset: not run; it needs the video store the slots were made from, with counterfactual "
+            "states (video_store=PATH)"
+        )
+    else:
+        print(f"  history affected: {100 * result['history_affected_fraction']:.0f} % of the cases")
+        excluded = ", ".join(f"{k} {v}" for k, v in onset["excluded"].items())
+        if onset["cases"]:
+            print(f"from the frame before the worlds part (excluded: {excluded}):")
+            print(line("at onset", onset))
+            names = {
+                "intervened": "intervened vs world without o",
+                "factual": "factual vs world without o",
+                "factual_own": "factual vs factual world",
+                "truth_gap": "factual world vs world without o",
+            }
+            curves = {names[k]: v for k, v in onset["horizon_mse"].items()}
+            png = plot_curves(
+                curves, list(range(1, result["steps"] + 1)), out.with_suffix(".png"),
+                xlabel="steps after the last frame where the worlds agree", ylabel="slot MSE",
+                title=f"interventions at onset, {cfg.split} ({Path(cfg.checkpoint).parent.name})",
+            )  # fmt: skip
+            print(f"written: {png}")
+        else:
+            print(f"at onset: no case fits (excluded: {excluded})")
     print(f"written: {out}")
 
 

@@ -203,6 +203,9 @@ class InterveneCommand(PredictorEvalCommand):
     """cjepa intervene: writes interventions_<split>.json; slots= must hold cf_slots"""
 
     steps: int = 16  # rollout steps after the first window's history
+    # the video store the slots were made from, for the at-onset protocol (its simulated states
+    # tell where the worlds part); default: <the slot directory's parent>/<split>.h5 if it fits
+    video_store: str | None = None
 
 
 @dataclass

@@ -77,7 +77,7 @@ class Timer:
 def main_job(cfg: MainConfig, out: Path) -> Path:
     from .data.slot_store import extract_slots
     from .evaluation.clevrer_qa import PROTOCOLS, QAConfig, evaluate_clevrer
-    from .evaluation.dynamics import intervention_errors
+    from .evaluation.dynamics import intervention_errors, store_onsets
     from .sim.generate import generate
     from .training.checkpoint import file_hash, last_checkpoint
     from .training.encoder import load_encoder, train_encoder
@@ -173,8 +173,9 @@ def main_job(cfg: MainConfig, out: Path) -> Path:
             model, ckpt = load_predictor(out / f"predictor_{name}" / "predictor.pt")
             with SlotStore(data_cf / "slots" / "validation.h5") as store:
                 res[name] = intervention_errors(
-                    model, store, stride=int(ckpt["extra"]["windows"]["stride"]), steps=16, progress=False
-                )
+                    model, store, stride=int(ckpt["extra"]["windows"]["stride"]), steps=16,
+                    onsets=store_onsets(store), progress=False,
+                )  # fmt: skip
         write_json_atomic(out / "interventions.json", res)
 
     timer.run("interventions", interventions, (out / "interventions.json").exists())
@@ -290,15 +291,21 @@ def write_report(
         "## Latent interventions (the do-operator) against the counterfactual truth",
         "",
         "| masking | cases | intervened MSE | factual MSE | intervened lower "
-        "| most-affected half: intervened / factual |",
-        "|---|---|---|---|---|---|",
+        "| most-affected half: intervened / factual | at onset: cases, intervened / factual "
+        "(factual vs its own world) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for m, r in interventions.items():
-        a, h = r["all"], r["most_affected_half"]
+        a, h, o = r["all"], r["most_affected_half"], r.get("at_onset")
+        at = (
+            f"{o['cases']}, {o['intervened_mse']:.4f} / {o['factual_mse']:.4f} ({o['factual_own_mse']:.4f})"
+            if o and o["cases"]
+            else "not run"
+        )
         lines.append(
             f"| {m} | {a['cases']} | {a['intervened_mse']:.4f} | {a['factual_mse']:.4f} | "
             f"{100 * a['intervened_lower_fraction']:.0f} % | "
-            f"{h['intervened_mse']:.4f} / {h['factual_mse']:.4f} |"
+            f"{h['intervened_mse']:.4f} / {h['factual_mse']:.4f} | {at} |"
         )
     g = qa["object"].get("grounding")
     if g:

@@ -21,7 +21,13 @@ from causaljepa.data.oracle import ORACLE_FIELDS, oracle_features
 from causaljepa.data.slot_store import SlotStore
 from causaljepa.data.store import VideoStore
 from causaljepa.data.windows import WindowSampler, step_actions
-from causaljepa.evaluation.dynamics import matched_mse, window_actions
+from causaljepa.evaluation.dynamics import (
+    counterfactual_onsets,
+    matched_errors,
+    matched_mse,
+    store_onsets,
+    window_actions,
+)
 from causaljepa.masking import MaskConfig, MaskSampler, targets
 from causaljepa.models.predictor import CJEPAPredictor, PredictorConfig, complete_graph, graph_mask, sigreg
 from causaljepa.rollout import intervene, rollout, token_mask
@@ -581,6 +587,76 @@ def test_intervene_command(world, capsys):
     assert case["intervened"] == pytest.approx(matched_mse(removed, cf_truth), rel=1e-5)
     assert case["factual"] == pytest.approx(matched_mse(factual, cf_truth), rel=1e-5)
     assert "intervened MSE" in capsys.readouterr().out
+    # the at-onset protocol: every case is either scored or excluded for a stated reason
+    onset = result["at_onset"]
+    assert onset["cases"] + sum(onset["excluded"].values()) == result["all"]["cases"]
+    assert onset["cases"] > 0 and onset["excluded"]["history_affected"] == round(
+        result["history_affected_fraction"] * result["all"]["cases"]
+    )
+    assert set(onset["horizon_mse"]) == {"intervened", "factual", "factual_own", "truth_gap"}
+    assert len(onset["horizon_mse"]["factual"]) == 3
+    assert np.mean(onset["horizon_mse"]["intervened"]) == pytest.approx(onset["intervened_mse"], rel=1e-5)
+    assert (run / "interventions_validation.png").stat().st_size > 1000
+    case = onset["case_list"][-1]
+    i, o, end = case["video"], case["object"], case["onset"] - 1
+    with SlotStore(world["slots"] / "validation.h5") as st:
+        w0 = end - last
+        hist = torch.from_numpy(st.read("slots", i, w0, end + 1, stride))[None]
+        sel = torch.from_numpy(st.read("slot_object", i, w0, w0 + 1)[0] == o)[None]
+        acts = torch.from_numpy(step_actions(st.read("actions", i), w0, H + 3, stride))[None]
+        cf_truth = torch.from_numpy(
+            st.read("cf_slots", i, end + stride, end + 3 * stride + 1, stride, removed=o)
+        )
+        own = torch.from_numpy(st.read("slots", i, end + stride, end + 3 * stride + 1, stride))[:, ~sel[0]]
+        # the history is the same in both worlds: it ends before the onset
+        np.testing.assert_array_equal(
+            st.read("slots", i, w0, end + 1)[:, ~sel[0].numpy()],
+            st.read("cf_slots", i, w0, end + 1, removed=o)[:, ~sel[0].numpy()],
+        )
+    removed = intervene(model, hist, sel, 3, actions=acts)[0][:, ~sel[0]]
+    factual = rollout(model, hist, 3, actions=acts)[0][:, ~sel[0]]
+    assert case["intervened"] == pytest.approx(matched_mse(removed, cf_truth), rel=1e-5)
+    assert case["factual"] == pytest.approx(matched_mse(factual, cf_truth), rel=1e-5)
+    assert case["factual_own"] == pytest.approx(matched_mse(factual, own), rel=1e-5)
+    assert case["truth_gap"] > 0  # the worlds part inside the rolled-out frames
+
+
+def test_counterfactual_onsets(world, tmp_path):
+    with VideoStore(world["root"] / "validation.h5") as vs, SlotStore(world["slots"] / "validation.h5") as st:
+        onsets = counterfactual_onsets(vs)
+        assert onsets.shape == (vs.num_videos, vs.max_objects)
+        for i in range(vs.num_videos):
+            valid = vs.read("cf_valid", i)
+            assert (onsets[i][~valid] == -1).all()
+            slots = st.read("slots", i)
+            for o in np.flatnonzero(valid):
+                others = np.arange(st.num_slots) != o  # oracle slot k is object k
+                cf = st.read("cf_slots", i, removed=int(o))
+                differs = ~np.isclose(slots[:, others], cf[:, others], rtol=0, atol=1e-6).all(axis=(1, 2))
+                first = int(np.flatnonzero(differs)[0]) if differs.any() else vs.num_frames
+                assert onsets[i, o] == first, (i, o)
+        assert (onsets > 0).any() and ((onsets > 0) & (onsets < vs.num_frames)).any()
+        # the default video store is found next to the slots' directory, an explicit one is checked
+        np.testing.assert_array_equal(store_onsets(st), onsets)
+        with pytest.raises(ValueError, match=r"holds other videos than .*validation\.h5"):
+            store_onsets(st, world["root"] / "train.h5")
+        with pytest.raises(FileNotFoundError, match=r"video_store=.*nothing\.h5: no such file"):
+            store_onsets(st, tmp_path / "nothing.h5")
+    lone = tmp_path / "alone" / "slots"
+    lone.mkdir(parents=True)
+    (lone / "validation.h5").write_bytes((world["slots"] / "validation.h5").read_bytes())
+    with SlotStore(lone / "validation.h5") as st:
+        assert store_onsets(st) is None  # no video store beside it: the at-onset protocol is not run
+
+
+def test_matched_errors_follow_one_assignment():
+    truth = torch.zeros(3, 2, 4)
+    truth[:, 1] = 1.0
+    pred = truth[:, [1, 0]].clone()  # the slots come swapped
+    pred[2, 0] += 0.5  # one step off, in the slot that matches truth slot 1
+    per = matched_errors(pred, truth)
+    np.testing.assert_allclose(per.numpy(), [0.0, 0.0, 0.125], atol=1e-7)
+    assert matched_mse(pred, truth) == pytest.approx(0.125 / 3)
 
 
 def test_intervene_needs_counterfactuals(world, tmp_path, monkeypatch, capsys):

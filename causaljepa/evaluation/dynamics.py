@@ -15,6 +15,17 @@ where the intervened error is lower. Cases are also split by how much removing o
 the others (the truth's own factual-versus-counterfactual gap): the upper half is where a
 model has to simulate the change.
 
+From the first frame, a case whose worlds part inside the history (o touches another object
+before the rollout starts) shows the others' factual history, o's effects included, to both
+rollouts: no do-operator can undo what the history already shows. The second protocol,
+``at_onset``, starts each case's history at the last frame where the two worlds still agree
+(the frame before the ``onset``, the first frame where any other object's state or presence
+differs, read from the video store's simulated states: ``counterfactual_onsets``), so the
+whole effect of removing o lies in the rolled-out frames. Its ``factual_own_mse`` (the
+factual rollout against the factual world) tells whether the predictor simulates the
+interaction at all: a predictor that ignores o is closer to the world without o
+(``factual_mse``) than to its own.
+
 Errors are mean squared errors over the slot width (MSE per slot and step).
 """
 
@@ -29,6 +40,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from ..data.slot_store import SLOT_SCHEMA_VERSION, SlotStore
+from ..data.store import VideoStore
 from ..data.windows import step_actions
 from ..io import atomic_output
 from ..models.predictor import CJEPAPredictor
@@ -147,17 +159,75 @@ def rollout_store(
     }
 
 
+def matched_errors(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """pred (S, K1, D), truth (S, K2, D), K1 <= K2 -> (S,) the MSE per slot at each step under
+    the assignment of pred slots to distinct truth slots that minimises the error summed over S."""
+    err = (pred[:, :, None].float() - truth[:, None].float()).pow(2).mean(dim=-1)  # (S, K1, K2)
+    rows, cols = linear_sum_assignment(err.sum(dim=0).numpy())
+    return err[:, rows, cols].mean(dim=1)
+
+
 def matched_mse(pred: torch.Tensor, truth: torch.Tensor) -> float:
-    """pred (S, K1, D), truth (S, K2, D), K1 <= K2 -> the MSE per slot and step under the
-    assignment of pred slots to distinct truth slots that minimises the error summed over S."""
-    cost = (pred[:, :, None].float() - truth[:, None].float()).pow(2).mean(dim=-1).sum(dim=0)  # (K1, K2)
-    rows, cols = linear_sum_assignment(cost.numpy())
-    return float(cost[rows, cols].sum()) / (pred.shape[0] * len(rows))
+    """``matched_errors`` averaged over the steps: the MSE per slot and step."""
+    return float(matched_errors(pred, truth).mean())
+
+
+def counterfactual_onsets(video_store: VideoStore, atol: float = 1e-5) -> np.ndarray:
+    """(N, O) int64: for each video and removed object o, the first frame where another object's
+    simulated state or presence differs between the factual world and the world without o;
+    T (the frame count) where removing o changes nothing, -1 where o has no counterfactual world."""
+    if not video_store.has("cf_states"):
+        raise ValueError(
+            f"{video_store.path}: onsets need counterfactual states (cf_states); generate the data "
+            "with data.generator.counterfactuals=true"
+        )
+    N, T, O = video_store.num_videos, video_store.num_frames, video_store.max_objects
+    onsets = np.full((N, O), -1, np.int64)
+    for i in range(N):
+        states, present = video_store.read("states", i), video_store.read("present", i)  # (T, O, F), (T, O)
+        cf_states, cf_present = video_store.read("cf_states", i), video_store.read("cf_present", i)
+        for o in np.flatnonzero(video_store.read("cf_valid", i)):
+            others = np.arange(O) != o
+            both = present[:, others] & cf_present[o][:, others]
+            moved = ~np.isclose(states[:, others], cf_states[o][:, others], rtol=0.0, atol=atol).all(-1)
+            differs = (present[:, others] != cf_present[o][:, others]) | (both & moved)
+            frames = np.flatnonzero(differs.any(axis=1))
+            onsets[i, o] = int(frames[0]) if len(frames) else T
+    return onsets
 
 
 def object_slots(store: SlotStore, video: int, obj: int, frame: int) -> torch.Tensor:
     """(K,) bool: the slots that cover object ``obj`` at ``frame`` (slot_object)."""
     return torch.from_numpy(store.read("slot_object", video, frame, frame + 1)[0] == obj)
+
+
+def store_onsets(store: SlotStore, video_store: str | os.PathLike | None = None) -> np.ndarray | None:
+    """``counterfactual_onsets`` of the video store ``store`` was made from: ``video_store``, or
+    by default the file its ``video_store`` attribute names in the directory above the slots'
+    (``<data root>/slots/validation.h5`` -> ``<data root>/validation.h5``). None where that
+    default is missing, holds other videos or has no counterfactual states; an error where an
+    explicit ``video_store`` does not fit."""
+    explicit = video_store is not None
+    path = (
+        Path(video_store)
+        if explicit
+        else store.path.parent.parent / str(store.f.attrs.get("video_store", ""))
+    )
+    if not path.is_file():
+        if explicit:
+            raise FileNotFoundError(f"video_store={path}: no such file")
+        return None
+    with VideoStore(path) as vs:
+        problem = None
+        if vs.video_ids != store.video_ids:
+            problem = f"holds other videos than {store.path}"
+        elif not vs.has("cf_states"):
+            problem = "has no counterfactual states (cf_states)"
+        if problem:
+            if explicit:
+                raise ValueError(f"video_store={path} {problem}; pass the store the slots were made from")
+            return None
+        return counterfactual_onsets(vs)
 
 
 def intervention_errors(
@@ -166,11 +236,15 @@ def intervention_errors(
     *,
     stride: int,
     steps: int,
+    onsets: np.ndarray | None = None,
     batch_size: int = 64,
     commit: int = 1,
     progress: bool = True,
 ) -> dict:
-    """Latent interventions against counterfactual truth (see the module docstring)."""
+    """Latent interventions against counterfactual truth (see the module docstring).
+
+    onsets: ``counterfactual_onsets`` of the video store the slots were made from; without it
+    the ``at_onset`` protocol is not run (``at_onset`` is None) and cases carry no onset."""
     from tqdm import tqdm
 
     if not (store.has("cf_slots") and store.has("slot_object")):
@@ -179,13 +253,18 @@ def intervention_errors(
             "slots from data generated with data.generator.counterfactuals=true "
             "(cjepa oracle-slots, or cjepa extract-slots counterfactuals=true)"
         )
+    if onsets is not None and onsets.shape[0] != store.num_videos:
+        raise ValueError(
+            f"onsets has {onsets.shape[0]} videos, {store.path} has {store.num_videos}: pass the onsets of "
+            "the video store these slots were made from"
+        )
     cfg = model.cfg
     H = cfg.history
     last = (H - 1) * stride
     steps = min(steps, (store.num_frames - 1 - last) // stride)
     if steps < 1:
         raise ValueError(f"{store.path}: videos of {store.num_frames} frames leave no frame to roll out")
-    cases = []  # (video, object, slot selection)
+    cases = []  # (video, object, slot selection at frame 0)
     for i in range(store.num_videos):
         valid = store.read("cf_valid", i)
         for o in np.flatnonzero(valid):
@@ -217,8 +296,10 @@ def intervention_errors(
                 {
                     "video": i,
                     "object": o,
+                    "onset": None if onsets is None else int(onsets[i, o]),
                     "intervened": matched_mse(removed[b][:, keep], cf_truth),
                     "factual": matched_mse(factual[b][:, keep], cf_truth),
+                    "factual_own": matched_mse(factual[b][:, keep], fact_truth[:, keep]),
                     "truth_gap": matched_mse(fact_truth[:, keep], cf_truth),
                 }
             )
@@ -226,22 +307,108 @@ def intervention_errors(
         raise ValueError(f"{store.path}: no (video, object) pair with a counterfactual world and a slot")
     gaps = np.array([r["truth_gap"] for r in rows])
     upper = gaps >= np.median(gaps)
-
-    def summary(mask: np.ndarray) -> dict:
-        iv = np.array([r["intervened"] for r in rows])[mask]
-        fa = np.array([r["factual"] for r in rows])[mask]
-        return {
-            "cases": int(mask.sum()),
-            "intervened_mse": float(iv.mean()),
-            "factual_mse": float(fa.mean()),
-            "intervened_lower_fraction": float((iv < fa).mean()),
-            "truth_gap_mse": float(gaps[mask].mean()),
-        }
-
-    return {
+    result = {
         "steps": steps,
         "stride": stride,
-        "all": summary(np.ones(len(rows), bool)),
-        "most_affected_half": summary(upper),
+        "all": _summary(rows, np.ones(len(rows), bool)),
+        "most_affected_half": _summary(rows, upper),
+        "history_affected_fraction": None,
+        "at_onset": None,
         "cases": rows,
     }
+    if onsets is not None:
+        result["history_affected_fraction"] = float(np.mean([r["onset"] <= last for r in rows]))
+        result["at_onset"] = _at_onset(
+            model, store, cases, onsets, stride=stride, steps=steps, commit=commit, progress=progress
+        )
+    return result
+
+
+def _summary(rows: list[dict], mask: np.ndarray) -> dict:
+    """Means over the cases where ``mask`` holds (a case is a dict of errors)."""
+    col = {
+        k: np.array([r[k] for r in rows])[mask] for k in ("intervened", "factual", "factual_own", "truth_gap")
+    }
+    return {
+        "cases": int(mask.sum()),
+        "intervened_mse": float(col["intervened"].mean()),
+        "factual_mse": float(col["factual"].mean()),
+        "factual_own_mse": float(col["factual_own"].mean()),
+        "intervened_lower_fraction": float((col["intervened"] < col["factual"]).mean()),
+        "truth_gap_mse": float(col["truth_gap"].mean()),
+    }
+
+
+@torch.no_grad()
+def _at_onset(
+    model: CJEPAPredictor,
+    store: SlotStore,
+    cases: list[tuple[int, int, torch.Tensor]],
+    onsets: np.ndarray,
+    *,
+    stride: int,
+    steps: int,
+    commit: int,
+    progress: bool,
+) -> dict:
+    """The at-onset protocol (module docstring): each case's history ends at frame onset - 1."""
+    from tqdm import tqdm
+
+    H = model.cfg.history
+    last = (H - 1) * stride
+    T = store.num_frames
+    excluded = {"history_affected": 0, "no_effect_in_range": 0, "object_not_in_a_slot": 0}
+    chosen = []  # (video, object, first history frame, slot selection there)
+    for i, o, _ in cases:
+        end = int(onsets[i, o]) - 1  # the last frame where both worlds agree
+        if end < last:
+            excluded["history_affected"] += 1
+            continue
+        if end + stride * steps > T - 1:  # never, or too late to roll ``steps`` steps out
+            excluded["no_effect_in_range"] += 1
+            continue
+        w0 = end - last
+        sel = object_slots(store, i, o, w0)
+        if not bool(sel.any()) or bool(sel.all()):
+            excluded["object_not_in_a_slot"] += 1
+            continue
+        chosen.append((i, o, w0, sel))
+    out = {"cases": len(chosen), "excluded": excluded}
+    if not chosen:
+        return out
+    device = model.out.weight.device
+    curves = {name: torch.zeros(steps) for name in ("intervened", "factual", "factual_own", "truth_gap")}
+    rows = []
+    for c0 in tqdm(range(0, len(chosen), 64), desc="at onset", unit="batch", disable=not progress):
+        batch = chosen[c0 : c0 + 64]
+        hist = torch.stack(
+            [torch.from_numpy(store.read("slots", i, w0, w0 + last + 1, stride)) for i, _, w0, _ in batch]
+        )
+        acts = [
+            window_actions(store, [i], w0, H + steps, stride, model.cfg.action_dim) for i, _, w0, _ in batch
+        ]
+        actions = None if acts[0] is None else torch.cat(acts)
+        sel = torch.stack([s for *_, s in batch])
+        factual = rollout(model, hist.to(device), steps, actions=actions, commit=commit).cpu()
+        removed = intervene(model, hist.to(device), sel, steps, actions=actions, commit=commit).cpu()
+        for b, (i, o, w0, s) in enumerate(batch):
+            keep = ~s
+            a, z = w0 + last + stride, w0 + last + stride * steps + 1
+            cf_truth = torch.from_numpy(store.read("cf_slots", i, a, z, stride, removed=o))
+            fact_truth = torch.from_numpy(store.read("slots", i, a, z, stride))[:, keep]
+            per = {
+                "intervened": matched_errors(removed[b][:, keep], cf_truth),
+                "factual": matched_errors(factual[b][:, keep], cf_truth),
+                "factual_own": matched_errors(factual[b][:, keep], fact_truth),
+                "truth_gap": matched_errors(fact_truth, cf_truth),
+            }
+            for name, e in per.items():
+                curves[name] += e
+            rows.append(
+                {"video": i, "object": o, "onset": int(onsets[i, o])}
+                | {k: float(e.mean()) for k, e in per.items()}
+            )
+    out.update(_summary(rows, np.ones(len(rows), bool)))
+    out["horizon_mse"] = {name: (c / len(rows)).tolist() for name, c in curves.items()}
+    out["case_list"] = rows
+    return out

@@ -319,8 +319,9 @@ def intervention_errors(
     if onsets is not None:
         result["history_affected_fraction"] = float(np.mean([r["onset"] <= last for r in rows]))
         result["at_onset"] = _at_onset(
-            model, store, cases, onsets, stride=stride, steps=steps, commit=commit, progress=progress
-        )
+            model, store, cases, onsets, stride=stride, steps=steps, batch_size=batch_size, commit=commit,
+            progress=progress,
+        )  # fmt: skip
     return result
 
 
@@ -348,6 +349,7 @@ def _at_onset(
     *,
     stride: int,
     steps: int,
+    batch_size: int,
     commit: int,
     progress: bool,
 ) -> dict:
@@ -379,8 +381,8 @@ def _at_onset(
     device = model.out.weight.device
     curves = {name: torch.zeros(steps) for name in ("intervened", "factual", "factual_own", "truth_gap")}
     rows = []
-    for c0 in tqdm(range(0, len(chosen), 64), desc="at onset", unit="batch", disable=not progress):
-        batch = chosen[c0 : c0 + 64]
+    for c0 in tqdm(range(0, len(chosen), batch_size), desc="at onset", unit="batch", disable=not progress):
+        batch = chosen[c0 : c0 + batch_size]
         hist = torch.stack(
             [torch.from_numpy(store.read("slots", i, w0, w0 + last + 1, stride)) for i, _, w0, _ in batch]
         )

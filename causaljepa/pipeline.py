@@ -169,12 +169,13 @@ def main_job(cfg: MainConfig, out: Path) -> Path:
         from .data.slot_store import SlotStore
 
         res = {}
-        for name in maskings:
-            model, ckpt = load_predictor(out / f"predictor_{name}" / "predictor.pt")
-            with SlotStore(data_cf / "slots" / "validation.h5") as store:
+        with SlotStore(data_cf / "slots" / "validation.h5") as store:
+            onsets = store_onsets(store)  # a property of the simulation: the same for every predictor
+            for name in maskings:
+                model, ckpt = load_predictor(out / f"predictor_{name}" / "predictor.pt")
                 res[name] = intervention_errors(
-                    model, store, stride=int(ckpt["extra"]["windows"]["stride"]), steps=16,
-                    onsets=store_onsets(store), progress=False,
+                    model, store, stride=int(ckpt["extra"]["windows"]["stride"]), steps=16, onsets=onsets,
+                    progress=False,
                 )  # fmt: skip
         write_json_atomic(out / "interventions.json", res)
 
@@ -300,7 +301,9 @@ def write_report(
         at = (
             f"{o['cases']}, {o['intervened_mse']:.4f} / {o['factual_mse']:.4f} ({o['factual_own_mse']:.4f})"
             if o and o["cases"]
-            else "not run"
+            else "no case fits"
+            if o
+            else "not run (no counterfactual states)"
         )
         lines.append(
             f"| {m} | {a['cases']} | {a['intervened_mse']:.4f} | {a['factual_mse']:.4f} | "

@@ -245,8 +245,6 @@ def intervention_errors(
 
     onsets: ``counterfactual_onsets`` of the video store the slots were made from; without it
     the ``at_onset`` protocol is not run (``at_onset`` is None) and cases carry no onset."""
-    from tqdm import tqdm
-
     if not (store.has("cf_slots") and store.has("slot_object")):
         raise ValueError(
             f"{store.path}: interventions need counterfactual slots (cf_slots) and slot_object; make the "
@@ -258,78 +256,74 @@ def intervention_errors(
             f"onsets has {onsets.shape[0]} videos, {store.path} has {store.num_videos}: pass the onsets of "
             "the video store these slots were made from"
         )
-    cfg = model.cfg
-    H = cfg.history
-    last = (H - 1) * stride
+    last = (model.cfg.history - 1) * stride
     steps = min(steps, (store.num_frames - 1 - last) // stride)
     if steps < 1:
         raise ValueError(f"{store.path}: videos of {store.num_frames} frames leave no frame to roll out")
-    cases = []  # (video, object, slot selection at frame 0)
+    cases = []  # (video, object, first history frame, o's slots there)
     for i in range(store.num_videos):
         valid = store.read("cf_valid", i)
         for o in np.flatnonzero(valid):
             sel = object_slots(store, i, int(o), 0)
             if bool(sel.any()) and not bool(sel.all()):
-                cases.append((i, int(o), sel))
-    device = model.out.weight.device
-    rows = []
-    t0, t1 = last + stride, last + stride * steps + 1  # the rolled-out frames, at the stride
-    for c0 in tqdm(
-        range(0, len(cases), batch_size), desc="interventions", unit="batch", disable=not progress
-    ):
-        batch = cases[c0 : c0 + batch_size]
-        # what does not depend on the removed object is read and rolled out once per video
-        videos = sorted({i for i, _, _ in batch})
-        row = torch.tensor([videos.index(i) for i, _, _ in batch])
-        hist_v = torch.stack([torch.from_numpy(store.read("slots", i, 0, last + 1, stride)) for i in videos])
-        actions_v = window_actions(store, videos, 0, H + steps, stride, cfg.action_dim)
-        factual = rollout(model, hist_v.to(device), steps, actions=actions_v, commit=commit).cpu()[row]
-        truth_v = [torch.from_numpy(store.read("slots", i, t0, t1, stride)) for i in videos]
-        sel = torch.stack([s for _, _, s in batch])  # (B, K)
-        actions = None if actions_v is None else actions_v[row]
-        removed = intervene(model, hist_v[row].to(device), sel, steps, actions=actions, commit=commit).cpu()
-        for b, (i, o, s) in enumerate(batch):
-            keep = ~s
-            cf_truth = torch.from_numpy(store.read("cf_slots", i, t0, t1, stride, removed=o))  # (S, K, D)
-            fact_truth = truth_v[int(row[b])]
-            rows.append(
-                {
-                    "video": i,
-                    "object": o,
-                    "onset": None if onsets is None else int(onsets[i, o]),
-                    "intervened": matched_mse(removed[b][:, keep], cf_truth),
-                    "factual": matched_mse(factual[b][:, keep], cf_truth),
-                    "factual_own": matched_mse(factual[b][:, keep], fact_truth[:, keep]),
-                    "truth_gap": matched_mse(fact_truth[:, keep], cf_truth),
-                }
-            )
-    if not rows:
+                cases.append((i, int(o), 0, sel))
+    if not cases:
         raise ValueError(f"{store.path}: no (video, object) pair with a counterfactual world and a slot")
+    run = dict(stride=stride, steps=steps, batch_size=batch_size, commit=commit, progress=progress)
+    rows, curves = _score(model, store, cases, desc="interventions", **run)
+    for r in rows:
+        r["onset"] = None if onsets is None else int(onsets[r["video"], r["object"]])
     gaps = np.array([r["truth_gap"] for r in rows])
-    upper = gaps >= np.median(gaps)
     result = {
         "steps": steps,
         "stride": stride,
-        "all": _summary(rows, np.ones(len(rows), bool)),
-        "most_affected_half": _summary(rows, upper),
+        "all": _summary(rows, np.ones(len(rows), bool)) | {"horizon_mse": curves},
+        "most_affected_half": _summary(rows, gaps >= np.median(gaps)),
         "history_affected_fraction": None,
         "at_onset": None,
         "cases": rows,
     }
     if onsets is not None:
-        result["history_affected_fraction"] = float(np.mean([r["onset"] <= last for r in rows]))
-        result["at_onset"] = _at_onset(
-            model, store, cases, onsets, stride=stride, steps=steps, batch_size=batch_size, commit=commit,
-            progress=progress,
-        )  # fmt: skip
+        chosen, excluded = _onset_cases(store, cases, onsets, last=last, stride=stride, steps=steps)
+        result["history_affected_fraction"] = excluded["history_affected"] / len(cases)
+        at_onset = {"cases": len(chosen), "excluded": excluded}
+        if chosen:
+            rows, curves = _score(model, store, chosen, desc="at onset", **run)
+            for r in rows:
+                r["onset"] = int(onsets[r["video"], r["object"]])
+            at_onset |= _summary(rows, np.ones(len(rows), bool)) | {"horizon_mse": curves, "case_list": rows}
+        result["at_onset"] = at_onset
     return result
+
+
+def _onset_cases(
+    store: SlotStore, cases: list, onsets: np.ndarray, *, last: int, stride: int, steps: int
+) -> tuple[list, dict[str, int]]:
+    """The at-onset protocol's cases (module docstring): each case's history moved to end at frame
+    onset - 1, and the counts of the cases left out, by reason."""
+    excluded = {"history_affected": 0, "no_effect_in_range": 0, "object_not_in_a_slot": 0}
+    chosen = []
+    for i, o, _, _ in cases:
+        end = int(onsets[i, o]) - 1  # the last frame where both worlds agree
+        if end < last:
+            excluded["history_affected"] += 1
+        elif end + stride * steps > store.num_frames - 1:  # never, or too late to roll out
+            excluded["no_effect_in_range"] += 1
+        else:
+            sel = object_slots(store, i, o, end - last)
+            if bool(sel.any()) and not bool(sel.all()):
+                chosen.append((i, o, end - last, sel))
+            else:
+                excluded["object_not_in_a_slot"] += 1
+    return chosen, excluded
+
+
+ERRORS = ("intervened", "factual", "factual_own", "truth_gap")
 
 
 def _summary(rows: list[dict], mask: np.ndarray) -> dict:
     """Means over the cases where ``mask`` holds (a case is a dict of errors)."""
-    col = {
-        k: np.array([r[k] for r in rows])[mask] for k in ("intervened", "factual", "factual_own", "truth_gap")
-    }
+    col = {k: np.array([r[k] for r in rows])[mask] for k in ERRORS}
     return {
         "cases": int(mask.sum()),
         "intervened_mse": float(col["intervened"].mean()),
@@ -341,63 +335,47 @@ def _summary(rows: list[dict], mask: np.ndarray) -> dict:
 
 
 @torch.no_grad()
-def _at_onset(
+def _score(
     model: CJEPAPredictor,
     store: SlotStore,
-    cases: list[tuple[int, int, torch.Tensor]],
-    onsets: np.ndarray,
+    cases: list[tuple[int, int, int, torch.Tensor]],
     *,
     stride: int,
     steps: int,
     batch_size: int,
     commit: int,
     progress: bool,
-) -> dict:
-    """The at-onset protocol (module docstring): each case's history ends at frame onset - 1."""
+    desc: str,
+) -> tuple[list[dict], dict[str, list[float]]]:
+    """Each case (video i, object o, first history frame w0, o's slots): the intervened rollout
+    (o removed) and the factual one from the history w0..w0 + (history - 1) * stride, scored over
+    the other slots (``ERRORS``). Returns one row per case and the mean error per step."""
     from tqdm import tqdm
 
     H = model.cfg.history
     last = (H - 1) * stride
-    T = store.num_frames
-    excluded = {"history_affected": 0, "no_effect_in_range": 0, "object_not_in_a_slot": 0}
-    chosen = []  # (video, object, first history frame, slot selection there)
-    for i, o, _ in cases:
-        end = int(onsets[i, o]) - 1  # the last frame where both worlds agree
-        if end < last:
-            excluded["history_affected"] += 1
-            continue
-        if end + stride * steps > T - 1:  # never, or too late to roll ``steps`` steps out
-            excluded["no_effect_in_range"] += 1
-            continue
-        w0 = end - last
-        sel = object_slots(store, i, o, w0)
-        if not bool(sel.any()) or bool(sel.all()):
-            excluded["object_not_in_a_slot"] += 1
-            continue
-        chosen.append((i, o, w0, sel))
-    out = {"cases": len(chosen), "excluded": excluded}
-    if not chosen:
-        return out
     device = model.out.weight.device
-    curves = {name: torch.zeros(steps) for name in ("intervened", "factual", "factual_own", "truth_gap")}
+    curves = {name: torch.zeros(steps) for name in ERRORS}
     rows = []
-    for c0 in tqdm(range(0, len(chosen), batch_size), desc="at onset", unit="batch", disable=not progress):
-        batch = chosen[c0 : c0 + batch_size]
+    for c0 in tqdm(range(0, len(cases), batch_size), desc=desc, unit="batch", disable=not progress):
+        batch = cases[c0 : c0 + batch_size]
+        # what does not depend on the removed object is read and rolled out once per history
+        starts = sorted({(i, w0) for i, _, w0, _ in batch})
+        row = torch.tensor([starts.index((i, w0)) for i, _, w0, _ in batch])
         hist = torch.stack(
-            [torch.from_numpy(store.read("slots", i, w0, w0 + last + 1, stride)) for i, _, w0, _ in batch]
+            [torch.from_numpy(store.read("slots", i, w0, w0 + last + 1, stride)) for i, w0 in starts]
         )
-        acts = [
-            window_actions(store, [i], w0, H + steps, stride, model.cfg.action_dim) for i, _, w0, _ in batch
-        ]
+        acts = [window_actions(store, [i], w0, H + steps, stride, model.cfg.action_dim) for i, w0 in starts]
         actions = None if acts[0] is None else torch.cat(acts)
+        factual = rollout(model, hist.to(device), steps, actions=actions, commit=commit).cpu()[row]
         sel = torch.stack([s for *_, s in batch])
-        factual = rollout(model, hist.to(device), steps, actions=actions, commit=commit).cpu()
-        removed = intervene(model, hist.to(device), sel, steps, actions=actions, commit=commit).cpu()
+        actions = None if actions is None else actions[row]
+        removed = intervene(model, hist[row].to(device), sel, steps, actions=actions, commit=commit).cpu()
         for b, (i, o, w0, s) in enumerate(batch):
             keep = ~s
-            a, z = w0 + last + stride, w0 + last + stride * steps + 1
-            cf_truth = torch.from_numpy(store.read("cf_slots", i, a, z, stride, removed=o))
-            fact_truth = torch.from_numpy(store.read("slots", i, a, z, stride))[:, keep]
+            t0, t1 = w0 + last + stride, w0 + last + stride * steps + 1  # the rolled-out frames
+            cf_truth = torch.from_numpy(store.read("cf_slots", i, t0, t1, stride, removed=o))  # (S, K, D)
+            fact_truth = torch.from_numpy(store.read("slots", i, t0, t1, stride))[:, keep]
             per = {
                 "intervened": matched_errors(removed[b][:, keep], cf_truth),
                 "factual": matched_errors(factual[b][:, keep], cf_truth),
@@ -406,11 +384,5 @@ def _at_onset(
             }
             for name, e in per.items():
                 curves[name] += e
-            rows.append(
-                {"video": i, "object": o, "onset": int(onsets[i, o])}
-                | {k: float(e.mean()) for k, e in per.items()}
-            )
-    out.update(_summary(rows, np.ones(len(rows), bool)))
-    out["horizon_mse"] = {name: (c / len(rows)).tolist() for name, c in curves.items()}
-    out["case_list"] = rows
-    return out
+            rows.append({"video": i, "object": o} | {k: float(e.mean()) for k, e in per.items()})
+    return rows, {name: (c / len(rows)).tolist() for name, c in curves.items()}

@@ -48,7 +48,7 @@ from .config import (
     register_configs,
     to_object,
 )
-from .io import write_text_atomic
+from .io import check_figure_path, write_text_atomic
 from .training import distributed
 
 
@@ -220,6 +220,8 @@ def cmd_show_slots(cfg) -> None:
     from .training.encoder import load_encoder
     from .viz import show_slots
 
+    if cfg.out:
+        check_figure_path(cfg.out)  # before the encoder runs over the whole video
     model, _ = load_encoder(cfg.checkpoint)
     split = _rollouts(cfg.data) or check_split(cfg.split)
     out = (

@@ -55,10 +55,30 @@ def write_json_atomic(path: str | os.PathLike, obj) -> Path:
     return write_text_atomic(path, json.dumps(obj))
 
 
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
+
+
+def check_figure_path(path: str | os.PathLike, what: str = "out") -> Path:
+    """``path`` as a Path if its suffix names a figure format, else a ValueError naming ``what``."""
+    path = Path(path)
+    if path.suffix.lower() not in FIGURE_SUFFIXES:
+        raise ValueError(
+            f"{what}={path}: a figure is written to a file whose name ends in one of "
+            f"{', '.join(FIGURE_SUFFIXES)} (the format follows it), not "
+            f"{repr(path.suffix) if path.suffix else 'a name without a suffix'}"
+        )
+    return path
+
+
 def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> Path:
-    """Save a matplotlib figure atomically and close it."""
+    """Save a matplotlib figure atomically and close it; the format is the name's suffix."""
     import matplotlib.pyplot as plt
 
+    try:
+        path = check_figure_path(path, "figure")
+    except ValueError:
+        plt.close(fig)
+        raise
     with atomic_output(path) as tmp:
         fig.savefig(tmp, dpi=dpi)
     plt.close(fig)

@@ -304,6 +304,16 @@ def test_show_slots_errors(smoke, in_tmp, capsys):
         cli.main(["show-slots", f"checkpoint={in_tmp / 'none.pt'}", f"data.root={smoke['root']}"])
     assert exit_info.value.code == 1
     assert f"checkpoint {in_tmp / 'none.pt'} does not exist" in capsys.readouterr().err
+    # a picture needs a name whose suffix is a format (matplotlib reads the format from it)
+    args = ["show-slots", f"checkpoint={smoke['encoder']}", f"data.root={smoke['root']}"]
+    for out, said in ((in_tmp / "pictures", "a name without a suffix"), (in_tmp / "s.h5", "'.h5'")):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main([*args, f"out={out}"])
+        assert exit_info.value.code == 1
+        err = capsys.readouterr().err
+        assert f"out={out}: a figure is written to a file whose name ends in one of .png" in err
+        assert said in err
+        assert not out.exists() and not list(in_tmp.glob("*.partial*"))
 
 
 def test_extract_slots_command_errors(smoke, in_tmp, capsys):

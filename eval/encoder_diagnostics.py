@@ -7,7 +7,10 @@
     python eval/encoder_diagnostics.py consistency --slots runs/enc/slots/validation.h5 \
         [--store datasets/clevrer_sim/validation.h5]
         temporal consistency of a slot store's segments when an object counts in a frame only
-        from 1, 5, 10, 20 pixels on: tells slots that swap from objects at the frame's edge.
+        from 1, 5, 10, 20 pixels on: tells slots that swap from objects at the frame's edge;
+        and at each threshold the mean number of changes of an object's best slot per video,
+        with the share of them that return to a slot the object held before (flicker between
+        slots sharing it) rather than hand it to a new one.
     python eval/encoder_diagnostics.py sources --checkpoint runs/enc/encoder.pt \
         [--store VALIDATION.h5] [--precision bf16|fp32]
         FG-ARI and mBO on the validation clips the encoder's training scores, of the
@@ -31,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from causaljepa.data.store import VideoStore
-from causaljepa.evaluation.object_discovery import temporal_consistency
+from causaljepa.evaluation.object_discovery import slot_switches, temporal_consistency
 from causaljepa.training.encoder import (
     ClipConfig,
     Validator,
@@ -70,6 +73,12 @@ def consistency(slots: Path, store: Path, thresholds: list[int]) -> None:
         c, n = temporal_consistency(masks.long(), seg, min_pixels=t)
         print(json.dumps({"diagnostic": "temporal_consistency", "min_pixels": t, "consistent": c,
                           "objects": n, "fraction": c / n if n else float("nan")}))  # fmt: skip
+        switches, returns, seen = slot_switches(masks.long(), seg, min_pixels=t)
+        total, back = int(switches[seen].sum()), int(returns[seen].sum())
+        print(json.dumps({"diagnostic": "slot_switches", "min_pixels": t, "objects": int(seen.sum()),
+                          "switches": total, "per_object": total / max(int(seen.sum()), 1),
+                          "objects_without_switch": int((seen & (switches == 0)).sum()),
+                          "returning": back / total if total else float("nan")}))  # fmt: skip
 
 
 def sources(checkpoint: Path, store: Path | None, precision: str) -> None:

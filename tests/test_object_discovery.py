@@ -14,6 +14,7 @@ from causaljepa.evaluation.object_discovery import (
     adjusted_rand_index,
     fg_ari,
     mean_best_overlap,
+    slot_switches,
     summarize,
     temporal_consistency,
 )
@@ -249,3 +250,58 @@ def test_no_foreground_rows_are_nan_and_skipped():
     assert math.isnan(summarize(ari[:2]))
     assert math.isnan(summarize(torch.empty(0)))
     assert isinstance(summarize(ari), float)
+
+
+def reference_switches(true: torch.Tensor, pred: torch.Tensor, min_pixels: int) -> dict:
+    """(video, object) -> (switches, returns) by walking the frames one by one."""
+    out = {}
+    for b in range(true.shape[0]):
+        for o in range(1, int(true.max()) + 1):
+            seq = []
+            for t in range(true.shape[1]):
+                obj = true[b, t].flatten() == o
+                if int(obj.sum()) < min_pixels:
+                    continue
+                counts = torch.bincount(pred[b, t].flatten()[obj], minlength=int(pred.max()) + 1)
+                seq.append(int(counts.argmax()))
+            switches = returns = 0
+            for i in range(1, len(seq)):
+                if seq[i] != seq[i - 1]:
+                    switches += 1
+                    returns += seq[i] in seq[:i]
+            if seq:
+                out[b, o] = (switches, returns)
+    return out
+
+
+def test_slot_switches_hand_made():
+    # one pixel, one object, 7 frames: slots 0, 0, 1, 0, (absent), 2, 1
+    true = torch.tensor([1, 1, 1, 1, 0, 1, 1]).view(1, 7, 1)
+    pred = torch.tensor([0, 0, 1, 0, 3, 2, 1]).view(1, 7, 1)
+    switches, returns, seen = slot_switches(true, pred)
+    # 0->1 new, 1->0 back, 0->2 new (the absent frame is skipped), 2->1 back
+    assert switches.tolist() == [[4]] and returns.tolist() == [[2]] and seen.tolist() == [[True]]
+    assert temporal_consistency(true, pred) == (0, 1)
+    # an object that keeps its slot, and one never seen (id 2 appears in video 2 only)
+    steady = torch.tensor([[[1, 0], [1, 0], [1, 0]], [[2, 0], [2, 0], [2, 0]]]).view(2, 3, 2)
+    steady_pred = torch.tensor([[[4, 0], [4, 0], [4, 0]], [[1, 0], [3, 0], [3, 0]]]).view(2, 3, 2)
+    switches, returns, seen = slot_switches(steady, steady_pred)
+    assert switches.tolist() == [[0, 0], [0, 1]] and returns.tolist() == [[0, 0], [0, 0]]
+    assert seen.tolist() == [[True, False], [False, True]]
+    with pytest.raises(ValueError, match="min_pixels"):
+        slot_switches(true, pred, min_pixels=0)
+
+
+@pytest.mark.parametrize("min_pixels", [1, 3])
+def test_slot_switches_match_a_frame_by_frame_walk(min_pixels):
+    g = torch.Generator().manual_seed(7)
+    true = torch.randint(0, 4, (3, 12, 3, 3), generator=g)
+    pred = torch.randint(0, 5, (3, 12, 3, 3), generator=g)
+    switches, returns, seen = slot_switches(true, pred, min_pixels=min_pixels)
+    ref = reference_switches(true, pred, min_pixels)
+    assert sorted(ref) == [(b, o + 1) for b, o in seen.nonzero().tolist()]
+    assert len(ref) >= 6 and sum(s for s, _ in ref.values()) > 10  # the walk has something to count
+    for (b, o), (s, r) in ref.items():
+        assert (int(switches[b, o - 1]), int(returns[b, o - 1])) == (s, r), (b, o)
+    c, n = temporal_consistency(true, pred, min_pixels=min_pixels)
+    assert (c, n) == (int((seen & (switches == 0)).sum()), int(seen.sum()))

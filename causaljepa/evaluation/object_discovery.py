@@ -35,6 +35,12 @@ Metrics
     its slot is the predicted id covering most of them (ties go to the lowest id); the object is
     consistent if that slot is the same in all those frames. Returns counts, so that several
     batches add up.
+``slot_switches``
+    The same best slots, counted as events: per video and object, how many times the best slot
+    changes between consecutive counted frames, and how many of those changes go back to a slot
+    the object held before (a flicker between two slots sharing it) rather than to a new one (a
+    hand-over). Tells a tracker that loses an object once from one that flickers all video long,
+    which ``temporal_consistency`` scores alike.
 ``summarize``
     The nanmean of per-row values as a Python float, so NaN rows (undefined metric) are left out.
 """
@@ -42,6 +48,7 @@ Metrics
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
@@ -216,6 +223,20 @@ def temporal_consistency(true_masks: Tensor, pred_masks: Tensor, min_pixels: int
         least one frame; ``consistent`` those whose best slot (the predicted id covering most of the
         object's pixels in a frame, ties to the lowest id) is the same in all the frames counted.
     """
+    best = _best_slots(true_masks, pred_masks, min_pixels)
+    if best is None:
+        return 0, 0
+    slot, present, kp = best
+    lo = torch.where(present, slot, torch.full_like(slot, kp)).amin(1)  # (B, O)
+    hi = torch.where(present, slot, torch.full_like(slot, -1)).amax(1)  # (B, O)
+    seen = present.any(1)  # (B, O)
+    return int((seen & (lo == hi)).sum()), int(seen.sum())
+
+
+def _best_slots(true_masks: Tensor, pred_masks: Tensor, min_pixels: int) -> tuple[Tensor, Tensor, int] | None:
+    """Per video, frame and object the best slot and whether the object counts there:
+    ``(slot (B, T, O), present (B, T, O), num_pred)``, or None when there is no frame or no
+    object."""
     if min_pixels < 1:
         raise ValueError(f"min_pixels must be >= 1, got {min_pixels}")
     true, pred = _check_pair(true_masks, pred_masks, min_ndim=2)
@@ -224,14 +245,44 @@ def temporal_consistency(true_masks: Tensor, pred_masks: Tensor, min_pixels: int
     pred = pred.reshape(b * t, -1)  # (B*T, P)
     kt, kp = _num_labels(true, None, "num_true"), _num_labels(pred, None, "num_pred")
     if b * t == 0 or kt == 1:
-        return 0, 0
+        return None
     table = contingency(true, pred, kt, kp).view(b, t, kt, kp)[:, :, 1:]  # (B, T, O, Kp)
     present = table.sum(3) >= min_pixels  # (B, T, O)
     slot = table.argmax(3)  # (B, T, O); argmax returns the first maximum: the lowest id
-    lo = torch.where(present, slot, torch.full_like(slot, kp)).amin(1)  # (B, O)
-    hi = torch.where(present, slot, torch.full_like(slot, -1)).amax(1)  # (B, O)
-    seen = present.any(1)  # (B, O)
-    return int((seen & (lo == hi)).sum()), int(seen.sum())
+    return slot, present, kp
+
+
+def slot_switches(
+    true_masks: Tensor, pred_masks: Tensor, min_pixels: int = 1
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Count the changes of each object's best slot over a video (see ``temporal_consistency``
+    for the best slot and ``min_pixels``).
+
+    Returns:
+        ``(switches, returns, seen)``, each ``(B, O)`` for the object ids ``1..O``:
+        ``switches`` the changes of best slot between consecutive frames in which the object
+        counts (frames where it does not count are skipped, not breaks), ``returns`` those of
+        them that go to a slot the object held in an earlier counted frame, ``seen`` whether
+        the object counts in any frame. An object seen in no frame has 0 and 0.
+    """
+    best = _best_slots(true_masks, pred_masks, min_pixels)
+    if best is None:
+        b = true_masks.shape[0] if true_masks.ndim else 0
+        empty = torch.zeros(b, 0, dtype=torch.long)
+        return empty, empty.clone(), empty.bool()
+    slot, present, kp = best
+    b, t, o = slot.shape
+    # the best slot of the last counted frame up to each frame (kp before the first one)
+    frame = torch.arange(t).view(1, t, 1).expand(b, t, o)
+    last = torch.where(present, frame, torch.full_like(frame, -1)).cummax(1).values  # (B, T, O)
+    held = torch.cat([torch.full_like(slot[:, :1], kp), slot], 1)  # index 0: nothing held yet
+    prev = held.gather(1, torch.cat([torch.zeros_like(last[:, :1]), last[:, :-1] + 1], 1))
+    change = present & (prev != kp) & (slot != prev)  # (B, T, O)
+    # slots held in earlier counted frames: a running OR over time of one-hot best slots
+    onehot = F.one_hot(slot, kp) * present.unsqueeze(-1)  # (B, T, O, Kp) long
+    before = torch.cat([torch.zeros_like(onehot[:, :1]), onehot[:, :-1]], 1).cummax(1).values
+    returned = change & (before.gather(3, slot.unsqueeze(-1)).squeeze(-1) > 0)
+    return change.sum(1), returned.sum(1), present.any(1)
 
 
 def summarize(values: Tensor) -> float:

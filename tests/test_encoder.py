@@ -22,6 +22,7 @@ from causaljepa.models.savi import (
     BroadcastDecoder,
     EncoderConfig,
     SAVi,
+    alpha_entropy,
     attention_gaussian_prior,
     attention_prior,
     frames_to_input,
@@ -114,10 +115,10 @@ def data_root(tmp_path_factory) -> Path:
 # model ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("implicit", [True, False])
-def test_slot_attention_is_permutation_equivariant(implicit):
+@pytest.mark.parametrize("implicit, update_norm", [(True, "mean"), (False, "mean"), (True, "sum")])
+def test_slot_attention_is_permutation_equivariant(implicit, update_norm):
     torch.manual_seed(0)
-    sa = SlotAttention(16, 8, iters=3, mlp_hidden=16, implicit=implicit).double()
+    sa = SlotAttention(16, 8, iters=3, mlp_hidden=16, implicit=implicit, update_norm=update_norm).double()
     g = torch.Generator().manual_seed(1)
     inputs = torch.randn(2, 20, 8, generator=g, dtype=torch.float64)
     slots = torch.randn(2, 4, 16, generator=g, dtype=torch.float64)
@@ -132,6 +133,38 @@ def test_slot_attention_is_permutation_equivariant(implicit):
     assert not torch.allclose(out[:, perm], out, atol=1e-3)
     # attention is a softmax over slots
     torch.testing.assert_close(attn.sum(dim=1), torch.ones(2, 20, dtype=torch.float64))
+
+
+def test_update_norms_weight_the_update_by_the_slots_mass():
+    """One step, read off the GRU's input. "mean" gives every slot the weighted mean of its
+    values; "sum" the weighted sum times K / N; "mean" with update_mass m the weighted sum over
+    (mass + m). With the last two, a slot that wins nothing gets nothing."""
+    torch.manual_seed(0)
+    K, N, D = 3, 12, 8
+    v = torch.randn(1, N, D)
+    slots = torch.randn(1, K, D)
+    # logits that give slot 0 two thirds of the inputs, slot 1 the rest and slot 2 nothing
+    logits = torch.full((1, K, N), -1e4)
+    logits[0, 0, :8] = 0.0
+    logits[0, 1, 8:] = 0.0
+    first, rest = v[0, :8].sum(0), v[0, 8:].sum(0)
+    cases = {
+        ("mean", 0.0): [first / 8, rest / 4, v[0].mean(0)],  # slot 2: eps alone, spread evenly
+        ("sum", 0.0): [first * K / N, rest * K / N, torch.zeros(D)],
+        ("mean", 2.0): [first / 10, rest / 6, torch.zeros(D)],
+    }
+    for (norm, mass), want in cases.items():
+        sa = SlotAttention(D, D, update_norm=norm, update_mass=mass)
+        seen: list[torch.Tensor] = []
+        sa.gru.register_forward_hook(lambda m, args, out, seen=seen: seen.append(args[0]))
+        sa.step(slots, torch.zeros(1, N, D), v, bias=logits)
+        torch.testing.assert_close(seen[0].reshape(1, K, D), torch.stack(want)[None], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match=re.escape("update_norm must be one of ['mean', 'sum'], got 'max'")):
+        SlotAttention(D, D, update_norm="max")
+    with pytest.raises(ValueError, match="update_mass must be >= 0, got -1"):
+        SlotAttention(D, D, update_mass=-1)
+    with pytest.raises(ValueError, match="update_mass applies to update_norm 'mean', not 'sum'"):
+        SlotAttention(D, D, update_norm="sum", update_mass=1.0)
 
 
 def test_slot_attention_rejects_zero_iterations():
@@ -153,7 +186,14 @@ def test_slot_predictor_is_permutation_equivariant():
 
 
 @pytest.mark.parametrize(
-    "change", [{}, {"alpha_prior": "gaussian"}, {"alpha_prior": "attention_gaussian", "locality": 1.0}]
+    "change",
+    [
+        {},
+        {"alpha_prior": "gaussian"},
+        {"alpha_prior": "attention_gaussian", "locality": 1.0},
+        {"update_mass": 8.0},
+        {"update_norm": "sum"},
+    ],
 )
 def test_savi_is_permutation_equivariant(change):
     model = _model(cfg=replace(CFG, **change))
@@ -361,6 +401,13 @@ def test_locality_bias_has_a_floor():
         ),
         ({"gaussian_weight": 0}, "encoder.gaussian_weight must be > 0, got 0"),
         ({"mixture_loss_weight": -1}, "encoder.mixture_loss_weight must be >= 0, got -1"),
+        ({"update_norm": "avg"}, "encoder.update_norm must be one of ['mean', 'sum'], got 'avg'"),
+        ({"update_mass": -2}, "encoder.update_mass must be >= 0, got -2"),
+        (
+            {"update_norm": "sum", "update_mass": 4.0},
+            "encoder.update_mass applies to update_norm 'mean', not 'sum'",
+        ),
+        ({"alpha_entropy_weight": -0.1}, "encoder.alpha_entropy_weight must be >= 0, got -0.1"),
         ({"locality": -0.5}, "encoder.locality must be >= 0, got -0.5"),
     ],
 )
@@ -415,6 +462,38 @@ def test_mixture_loss_adds_the_reconstruction_under_the_mixture_prior():
     loss, metrics = plain.training_loss({"frames": frames, "slot_noise": noise})
     assert set(metrics) == {"mse"} and loss.item() == pytest.approx(metrics["mse"])
     assert plain(frames).mixture_recon is None
+
+
+def test_alpha_entropy_is_zero_for_owned_pixels_and_log_k_for_shared_ones():
+    K = 4
+    owned = torch.zeros(2, 3, K, 5, 5)
+    owned[:, :, 1] = 1.0  # every pixel in slot 1
+    assert alpha_entropy(owned).item() == pytest.approx(0.0, abs=1e-9)
+    shared = torch.full((2, 3, K, 5, 5), 1.0 / K)
+    assert alpha_entropy(shared).item() == pytest.approx(math.log(K), rel=1e-6)
+    half = owned.clone()
+    half[..., :2, :] = 0.0  # top two rows of every frame split between slots 0 and 1
+    half[:, :, :2, :2, :] = 0.5
+    assert alpha_entropy(half).item() == pytest.approx(math.log(2) * 2 / 5, rel=1e-6)
+
+
+def test_alpha_entropy_loss_is_added_with_its_weight():
+    cfg = replace(CFG, alpha_entropy_weight=0.25)
+    model = _model(cfg=cfg)
+    frames = _blocks()
+    noise = torch.randn(2, cfg.num_slots, cfg.slot_dim, generator=torch.Generator().manual_seed(3))
+    loss, metrics = model.training_loss({"frames": frames, "slot_noise": noise})
+    assert set(metrics) == {"mse", "alpha_entropy"}
+    with torch.no_grad():
+        out = model(frames, initial_slots=model.corrector.slots_from_noise(noise))
+    torch.testing.assert_close(metrics["alpha_entropy"], float(alpha_entropy(out.alpha)), rtol=1e-5, atol=0)
+    assert 0 < metrics["alpha_entropy"] <= math.log(cfg.num_slots) + 1e-6
+    want = metrics["mse"] + 0.25 * metrics["alpha_entropy"]
+    torch.testing.assert_close(loss.item(), want, rtol=1e-5, atol=0)
+    # the term alone has a gradient that reaches slot attention, not only the decoder
+    out = model(frames, initial_slots=model.corrector.slots_from_noise(noise))
+    alpha_entropy(out.alpha).backward()
+    assert model.corrector.to_q.weight.grad.abs().sum() > 0
 
 
 def test_frames_to_input():

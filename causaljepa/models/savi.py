@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .slot_attention import SlotAttention, SlotPredictor
+from .slot_attention import UPDATE_NORMS, SlotAttention, SlotPredictor
 
 ALPHA_PRIORS = ("attention", "gaussian", "attention_gaussian")
 
@@ -55,6 +55,11 @@ class EncoderConfig:
     # > 0: training adds this weight times the reconstruction error under the pure Gaussian-
     # mixture prior (same RGB and logits), which costs a slot for holding two places or a ring
     mixture_loss_weight: float = 0.0
+    # > 0: training adds this weight times the mean entropy (nats) of the alpha masks over
+    # slots at each decoded pixel: two slots sharing an object (a fixed point of slot
+    # attention, whose arg-max flickers between them from frame to frame) cost loss, and one
+    # of them must take the object whole
+    alpha_entropy_weight: float = 0.0
     # > 0: slot attention's logits get locality * log N(p; mu_k, S_k) of the slot's Gaussian
     # from its previous attention (the previous iteration, or the previous frame): a slot
     # keeps to where its object was, so one query cannot hold two far-apart objects
@@ -63,6 +68,12 @@ class EncoderConfig:
     # bias is locality * log(floor), not -inf, so a slot can still take a strong match there
     # (an object entering the scene far from every free slot); 1 is a uniform density
     locality_floor: float = 0.1
+    # slot attention's update: "mean" (weighted mean, the paper's) or "sum" (weighted sum
+    # over N / K, which keeps each slot's mass: see SlotAttention)
+    update_norm: str = "mean"
+    # > 0 (with update_norm "mean"): a slot's update is divided by its attention mass plus this
+    # many feature pixels, so a slot that holds almost nothing is almost not updated
+    update_mass: float = 0.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -100,6 +111,16 @@ class EncoderConfig:
             raise ValueError(f"encoder.locality_floor must be > 0, got {self.locality_floor}")
         if not self.mixture_loss_weight >= 0:
             raise ValueError(f"encoder.mixture_loss_weight must be >= 0, got {self.mixture_loss_weight}")
+        if self.update_norm not in UPDATE_NORMS:
+            raise ValueError(
+                f"encoder.update_norm must be one of {list(UPDATE_NORMS)}, got {self.update_norm!r}"
+            )
+        if not self.update_mass >= 0:
+            raise ValueError(f"encoder.update_mass must be >= 0, got {self.update_mass}")
+        if self.update_mass > 0 and self.update_norm != "mean":
+            raise ValueError(f"encoder.update_mass applies to update_norm 'mean', not {self.update_norm!r}")
+        if not self.alpha_entropy_weight >= 0:
+            raise ValueError(f"encoder.alpha_entropy_weight must be >= 0, got {self.alpha_entropy_weight}")
         if self.decoder_layers < 2:
             raise ValueError(f"encoder.decoder_layers must be >= 2, got {self.decoder_layers}")
         if self.slot_dim % self.predictor_heads:
@@ -344,7 +365,13 @@ class SAVi(nn.Module):
         self.cfg = cfg
         self.encoder = SlotEncoder(cfg)
         self.corrector = SlotAttention(
-            cfg.slot_dim, cfg.slot_dim, iters=cfg.iters, mlp_hidden=cfg.mlp_hidden, implicit=cfg.implicit
+            cfg.slot_dim,
+            cfg.slot_dim,
+            iters=cfg.iters,
+            mlp_hidden=cfg.mlp_hidden,
+            implicit=cfg.implicit,
+            update_norm=cfg.update_norm,
+            update_mass=cfg.update_mass,
         )
         self.predictor = SlotPredictor(cfg.slot_dim, cfg.predictor_heads, cfg.predictor_hidden)
         self.decoder = BroadcastDecoder(cfg)
@@ -436,13 +463,27 @@ class SAVi(nn.Module):
             initial = self.corrector.slots_from_noise(batch["slot_noise"].to(device, non_blocking=True))
         else:
             frames, initial = batch.to(device, non_blocking=True), None
-        w = self.cfg.mixture_loss_weight
-        out = self(frames, initial_slots=initial, mixture=w > 0)
+        cfg = self.cfg
+        out = self(frames, initial_slots=initial, mixture=cfg.mixture_loss_weight > 0)
         mse = self.loss(out)
-        if w == 0:
-            return mse, {"mse": float(mse.detach())}
-        mix = F.mse_loss(out.mixture_recon.float(), out.target.float())
-        return mse + w * mix, {"mse": float(mse.detach()), "mixture_mse": float(mix.detach())}
+        loss, metrics = mse, {"mse": float(mse.detach())}
+        if cfg.mixture_loss_weight > 0:
+            mix = F.mse_loss(out.mixture_recon.float(), out.target.float())
+            loss = loss + cfg.mixture_loss_weight * mix
+            metrics["mixture_mse"] = float(mix.detach())
+        if cfg.alpha_entropy_weight > 0:
+            ent = alpha_entropy(out.alpha)
+            loss = loss + cfg.alpha_entropy_weight * ent
+            metrics["alpha_entropy"] = float(ent.detach())
+        return loss, metrics
+
+
+def alpha_entropy(alpha: torch.Tensor) -> torch.Tensor:
+    """Mean over pixels of the entropy (nats) of the alpha masks over slots: alpha
+    (..., K, R, R), summing to 1 over K -> scalar fp32. 0 when every pixel belongs to one
+    slot, log K when it is shared evenly by all."""
+    a = alpha.float()
+    return -(a * a.clamp_min(1e-12).log()).sum(-3).mean()
 
 
 def segmentation(alpha: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

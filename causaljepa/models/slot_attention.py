@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+UPDATE_NORMS = ("mean", "sum")
+
 
 class SlotAttention(nn.Module):
     """``forward(inputs (B, N, C), slots (B, K, D)) -> slots (B, K, D), attn (B, K, N)``.
@@ -28,6 +30,16 @@ class SlotAttention(nn.Module):
     gradient of the last one straight through to the initial slots (first-order implicit
     differentiation): constant memory in the number of iterations, and the known cure for
     the unstable gradients of unrolled slot attention.
+
+    ``update_norm``: how a slot's attention-weighted values are normalised. ``"mean"`` (the
+    paper's) divides by the slot's own attention mass, so a slot that won almost nothing gets
+    an update as large as one that won an object, and a near-empty slot keeps a full copy of
+    whatever it grazes. ``"sum"`` divides by N / K, the same for every slot (Krimmel et al.
+    2024, selection-size normalisation), so the update carries the slot's mass: a slot with
+    the average share N / K gets the weighted mean, an empty one almost nothing.
+    ``update_mass`` m > 0 (with ``"mean"``) divides by the slot's mass plus m inputs' worth
+    instead: a slot holding an object of many more than m inputs gets almost the weighted
+    mean, a slot holding less than m inputs gets a damped update, mass / (mass + m) of it.
     """
 
     def __init__(
@@ -38,11 +50,22 @@ class SlotAttention(nn.Module):
         mlp_hidden: int = 128,
         implicit: bool = True,
         eps: float = 1e-8,
+        update_norm: str = "mean",
+        update_mass: float = 0.0,
     ):
         super().__init__()
         if iters < 1:
             raise ValueError(f"SlotAttention: iters must be >= 1, got {iters}")
+        if update_norm not in UPDATE_NORMS:
+            raise ValueError(
+                f"SlotAttention: update_norm must be one of {list(UPDATE_NORMS)}, got {update_norm!r}"
+            )
         self.dim, self.iters, self.implicit, self.eps = dim, iters, implicit, eps
+        if not update_mass >= 0:
+            raise ValueError(f"SlotAttention: update_mass must be >= 0, got {update_mass}")
+        if update_mass > 0 and update_norm != "mean":
+            raise ValueError(f"SlotAttention: update_mass applies to update_norm 'mean', not {update_norm!r}")
+        self.update_norm, self.update_mass = update_norm, update_mass
         self.scale = dim**-0.5
         self.norm_inputs = nn.LayerNorm(input_dim)
         self.norm_slots = nn.LayerNorm(dim)
@@ -84,8 +107,12 @@ class SlotAttention(nn.Module):
         if bias is not None:
             logits = logits + bias
         attn = logits.softmax(dim=1).to(v.dtype)  # competition between slots
-        weights = attn + self.eps
-        weights = weights / weights.sum(dim=-1, keepdim=True)  # weighted mean over inputs
+        if self.update_norm == "mean":
+            weights = attn + self.eps
+            # weighted mean over inputs (with update_mass: over the mass plus update_mass)
+            weights = weights / (weights.sum(dim=-1, keepdim=True) + self.update_mass)
+        else:
+            weights = attn * (K / attn.shape[-1])  # weighted sum, one scale for all slots
         updates = torch.einsum("bkn,bnd->bkd", weights, v)  # (B, K, D)
         slots = self.gru(updates.reshape(B * K, D), slots.reshape(B * K, D)).reshape(B, K, D)
         slots = slots + self.mlp(self.norm_mlp(slots))

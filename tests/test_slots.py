@@ -265,6 +265,42 @@ def test_extract_slots_command(smoke):
     assert val["videos"] == 2 and val["frames_per_video"] == 32 and val["objects_counted"] > 0
 
 
+def test_consistency_diagnostic_counts_the_stores_slot_changes(smoke):
+    """eval/encoder_diagnostics.py consistency on a real slot store: its consistency (derived
+    from the slot changes) is temporal_consistency's, and its change counts slot_switches'."""
+    import subprocess
+    import sys
+
+    import torch.nn.functional as F
+
+    from causaljepa.evaluation.object_discovery import slot_switches, temporal_consistency
+
+    slots, store = smoke["slots"] / "validation.h5", smoke["root"] / "validation.h5"
+    script = Path(__file__).resolve().parents[1] / "eval" / "encoder_diagnostics.py"
+    cmd = [sys.executable, str(script), "consistency", "--slots", str(slots), "--store", str(store),
+           "--min-pixels", "1", "3"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    lines = [json.loads(x) for x in done.stdout.splitlines()]
+    assert [(x["diagnostic"], x["min_pixels"]) for x in lines] == [
+        ("temporal_consistency", 1), ("slot_switches", 1), ("temporal_consistency", 3), ("slot_switches", 3)
+    ]  # fmt: skip
+    with h5py.File(slots, "r") as f:
+        seg = torch.from_numpy(f["segments"][:]).long()
+    with VideoStore(store) as vs:
+        masks = torch.stack([torch.from_numpy(vs.read("masks", i, 0, vs.num_frames)) for i in range(len(vs))])
+    seg = F.interpolate(seg.float(), size=masks.shape[-2:], mode="nearest").long()
+    for tc, sw in (lines[:2], lines[2:]):
+        c, n = temporal_consistency(masks.long(), seg, min_pixels=tc["min_pixels"])
+        assert (tc["consistent"], tc["objects"]) == (c, n) and n > 0
+        switches, returns, _ = slot_switches(masks.long(), seg, min_pixels=sw["min_pixels"])
+        assert sw["objects"] == n and sw["switches"] == int(switches.sum())
+        assert sw["per_object"] == pytest.approx(int(switches.sum()) / n)
+        if sw["switches"]:
+            assert sw["returning"] == pytest.approx(int(returns.sum()) / int(switches.sum()))
+        else:
+            assert math.isnan(sw["returning"])
+
+
 def test_extracted_slots_are_the_encoders(smoke):
     """The store holds what the encoder gives over each whole video from the fixed initial slots."""
     model, _ = load_encoder(smoke["encoder"])

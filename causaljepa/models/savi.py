@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .slot_attention import UPDATE_NORMS, SlotAttention, SlotPredictor
+from .slot_attention import SlotAttention, SlotPredictor, check_update
 
 ALPHA_PRIORS = ("attention", "gaussian", "attention_gaussian")
 
@@ -111,14 +111,7 @@ class EncoderConfig:
             raise ValueError(f"encoder.locality_floor must be > 0, got {self.locality_floor}")
         if not self.mixture_loss_weight >= 0:
             raise ValueError(f"encoder.mixture_loss_weight must be >= 0, got {self.mixture_loss_weight}")
-        if self.update_norm not in UPDATE_NORMS:
-            raise ValueError(
-                f"encoder.update_norm must be one of {list(UPDATE_NORMS)}, got {self.update_norm!r}"
-            )
-        if not self.update_mass >= 0:
-            raise ValueError(f"encoder.update_mass must be >= 0, got {self.update_mass}")
-        if self.update_mass > 0 and self.update_norm != "mean":
-            raise ValueError(f"encoder.update_mass applies to update_norm 'mean', not {self.update_norm!r}")
+        check_update(self.update_norm, self.update_mass, "encoder.")
         if not self.alpha_entropy_weight >= 0:
             raise ValueError(f"encoder.alpha_entropy_weight must be >= 0, got {self.alpha_entropy_weight}")
         if self.decoder_layers < 2:

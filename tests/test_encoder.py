@@ -859,6 +859,30 @@ def test_resume_after_ctrl_c_gives_the_same_numbers(data_root, straight_run, tmp
     _check_resumed(run, straight_run)
 
 
+def test_checkpoints_record_cpu_threads_and_resume_says_when_they_differ(straight_run, tmp_path, capsys):
+    """The thread count changes the last digits of the results (it splits the reductions), so
+    checkpoints record it, and a run resumed with another count says it will not match."""
+    ckpt = load_checkpoint(straight_run / "checkpoints" / "last.pt", "encoder")
+    n, isa = torch.get_num_threads(), torch.backends.cpu.get_cpu_capability()
+    assert (ckpt["extra"]["cpu_threads"], ckpt["extra"]["cpu_capability"]) == (n, isa)
+    assert load_checkpoint(straight_run / "encoder.pt", "encoder")["extra"]["cpu_threads"] == n
+    ckpt["extra"]["cpu_threads"] = n + 1
+    other = tmp_path / "other_threads.pt"
+    torch.save(ckpt, other)
+    t = Trainer(_model(), SMOKE_OPTIM, FP32, tmp_path, kind="encoder", model_config=CFG.to_dict(), seed=0)
+    t.resume(other)
+    out = capsys.readouterr().out
+    assert f"other CPU numerics (cpu_threads {n + 1} then, {n} now)" in out
+    assert f"trainer.threads={n + 1} gives the threads back" in out
+    ckpt["extra"]["cpu_threads"], ckpt["extra"]["cpu_capability"] = n, "NOT" + isa
+    torch.save(ckpt, other)
+    t.resume(other)
+    out = capsys.readouterr().out
+    assert f"(cpu_capability NOT{isa} then, {isa} now)" in out and "trainer.threads" not in out
+    t.resume(straight_run / "checkpoints" / "last.pt")  # the same numerics: no note
+    assert "CPU numerics" not in capsys.readouterr().out
+
+
 def test_resume_with_a_trainer(tmp_path):
     """The Trainer alone: 2 steps, save, a new Trainer resumes to 4 = 4 steps at once."""
     batches = [_frames(T=3, seed=s) for s in range(8)]

@@ -98,6 +98,29 @@ def lr_at(step: int, cfg: OptimConfig) -> float:
     return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def cpu_numerics() -> dict:
+    """What sets the last digits of a CPU run besides the seed: the thread count (it splits the
+    reductions) and the instruction set the kernels were chosen for (AVX2, AVX512, ...).
+    Training is chaotic enough that such digits grow into different figures (README, Encoder),
+    so every checkpoint records both."""
+    return {"cpu_threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
+def _say_numerics_differ(path, before: dict, now: dict) -> None:
+    """A note when a CPU run resumes with another thread count or instruction set than it had."""
+    differ = {k: (before[k], now[k]) for k in cpu_numerics() if k in before and before[k] != now[k]}
+    if not differ:
+        return
+    what = ", ".join(f"{k} {a} then, {b} now" for k, (a, b) in differ.items())
+    hint = ""
+    if "cpu_threads" in differ:
+        hint = f" (trainer.threads={before['cpu_threads']} gives the threads back)"
+    print(
+        f"note: {path} was trained with other CPU numerics ({what}): the run continues, but not "
+        f"to the numbers of an uninterrupted run{hint}"
+    )
+
+
 class NonFiniteLossError(FloatingPointError):
     """The training loss or the gradient norm is nan or inf."""
 
@@ -270,7 +293,8 @@ class Trainer:
             self.forward = torch.compile(self.forward)
         self.optim, self.trainer = optim, trainer
         self.run_dir = Path(run_dir)
-        self.kind, self.model_config, self.extra = kind, model_config, extra or {}
+        self.kind, self.model_config = kind, model_config
+        self.extra = {**(extra or {}), **cpu_numerics()}
         decay = [p for p in model.parameters() if p.ndim >= 2]
         rest = [p for p in model.parameters() if p.ndim < 2]
         self.optimizer = torch.optim.AdamW(
@@ -318,6 +342,8 @@ class Trainer:
         self.last_val = dict(ckpt["extra"].get("last_val", {}))
         if self.dist.is_main:
             print(f"resumed from {path} at step {self.step}")
+            if self.device.type == "cpu":
+                _say_numerics_differ(path, ckpt["extra"], self.extra)
 
     def export(self, name: str) -> Path:
         """The trained weights as <run_dir>/<name> (what later commands load: config, weights,

@@ -162,9 +162,10 @@ def show_slots(model, store_path: str | os.PathLike, video: int, out: str | os.P
     with VideoStore(store_path) as store:
         frames = torch.from_numpy(store.read("frames", video))[None]  # (1, T, H, W, 3)
         vid, T = store.video_ids[video], store.num_frames
-    init = model.corrector.init_slots(1, model.cfg.num_slots, torch.Generator().manual_seed(seed))
+    gen = torch.Generator().manual_seed(seed)  # the initial slots, then any redrawn ones
+    init = model.corrector.init_slots(1, model.cfg.num_slots, gen)
     with torch.no_grad():
-        o = model.eval()(frames, initial_slots=init)
+        o = model.eval()(frames, initial_slots=init, generator=gen)
     ts = np.unique(np.linspace(0, T - 1, min(num_frames, T)).round().astype(int))
 
     def to_img(x):  # (..., 3, R, R) in [-1, 1] -> (..., R, R, 3) uint8

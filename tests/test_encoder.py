@@ -193,15 +193,20 @@ def test_slot_predictor_is_permutation_equivariant():
         {"alpha_prior": "attention_gaussian", "locality": 1.0},
         {"update_mass": 8.0},
         {"update_norm": "sum"},
+        {"refresh_mass": 84.0, "locality": 1.0},
     ],
 )
 def test_savi_is_permutation_equivariant(change):
     model = _model(cfg=replace(CFG, **change))
     frames = _frames(T=3)  # T > 1: the predictor carries slots from frame to frame
     init = _init(model)
+    noise = torch.randn(2, 3, 3, 16, generator=torch.Generator().manual_seed(5))  # (B, T, K, D)
     with torch.no_grad():
-        out = model(frames, initial_slots=init)
-        out_p = model(frames, initial_slots=init[:, PERM])
+        out = model(frames, initial_slots=init, refresh_noise=noise)
+        out_p = model(frames, initial_slots=init[:, PERM], refresh_noise=noise[:, :, PERM])
+    if model.cfg.refresh_mass:  # some slots, not all, are redrawn: the test covers the redraw
+        redrawn = out.attn[:, :-1].sum(-1) < model.cfg.refresh_mass  # (B, T - 1, K)
+        assert redrawn.any() and not redrawn.all(), out.attn[:, :-1].sum(-1)
     tol = {"atol": 1e-5, "rtol": 0}
     for t in range(3):
         torch.testing.assert_close(out_p.slots[:, t], out.slots[:, t, PERM], **tol)
@@ -392,9 +397,47 @@ def test_locality_bias_has_a_floor():
     assert bias[0, 0, 0] > 2.0 * math.log(16 * 16 / (2 * math.pi)) - 1e-3  # the peak density
 
 
+def test_near_empty_slots_are_redrawn_with_a_uniform_locality():
+    """A slot whose attention on the frame before held less than refresh_mass pixels starts the
+    frame from the shared Gaussian (the given noise) with a flat locality bias; the others start
+    from the predictor's slots with their own bias."""
+    cfg = replace(CFG, locality=2.0, locality_floor=0.05, refresh_mass=3.0)
+    model = _model(cfg=cfg)
+    seen = []
+    corrector = model.corrector.forward
+
+    def spy(inputs, slots, iters=None, bias=None, locality=None):
+        seen.append((slots.clone(), None if bias is None else bias.clone()))
+        return corrector(inputs, slots, iters=iters, bias=bias, locality=locality)
+
+    model.corrector.forward = spy
+    g = torch.Generator().manual_seed(0)
+    state = torch.randn(1, 3, 16, generator=g)
+    prev = torch.zeros(1, 3, 16 * 16)
+    prev[0, 0, :10] = 0.2  # slot 0 held 2 pixels' worth: below 3, redrawn
+    prev[0, 1, :128], prev[0, 2, 128:] = 1.0, 1.0  # (the rest of pixels 0-9 stays unclaimed)
+    noise = torch.randn(1, 1, 3, 16, generator=g)
+    with torch.no_grad():
+        model(_frames(B=1, T=1), state=(state, prev), refresh_noise=noise)
+        predicted = model.predictor(state)
+        fresh = model.corrector.slots_from_noise(noise[:, 0])
+    slots, bias = seen[0]
+    torch.testing.assert_close(slots[0, 0], fresh[0, 0])
+    torch.testing.assert_close(slots[0, 1:], predicted[0, 1:])
+    torch.testing.assert_close(bias[0, 0], torch.full((16 * 16,), 2.0 * math.log(1.05)))
+    assert bias[0, 1, :128].mean() > bias[0, 1, 128:].mean() + 1  # its own Gaussian
+    # without the option, nobody is redrawn
+    model.cfg = replace(cfg, refresh_mass=0.0)
+    seen.clear()
+    with torch.no_grad():
+        model(_frames(B=1, T=1), state=(state, prev), refresh_noise=noise)
+    torch.testing.assert_close(seen[0][0], predicted)
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
+        ({"refresh_mass": -1.0}, "encoder.refresh_mass must be >= 0, got -1.0"),
         (
             {"alpha_prior": "gauss"},
             "encoder.alpha_prior must be one of ['attention', 'gaussian', 'attention_gaussian'], got 'gauss'",
@@ -803,6 +846,16 @@ def test_train_encoder_is_deterministic(data_root, straight_run, tmp_path):
     want = load_checkpoint(straight_run / "encoder.pt", "encoder")["model"]
     assert _state_dicts_equal(load_checkpoint(again, "encoder")["model"], want)
     assert _losses(tmp_path / "again") == _losses(straight_run)
+
+
+def test_training_with_redrawn_slots_is_deterministic(data_root, straight_run, tmp_path):
+    """Redrawn slots take their noise from the batch, drawn by the checkpointed generator."""
+    cfg = replace(CFG, refresh_mass=100.0)  # about half of 256 pixels over 3 slots: redraws happen
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for run in runs:
+        train_encoder(data_root, cfg, SMOKE_OPTIM, FP32, SMOKE_CLIPS, run, seed=0)
+    assert _losses(runs[0]) == _losses(runs[1])
+    assert _losses(runs[0])[1] != _losses(straight_run)[1]  # the redraws changed the first step
 
 
 def _crash_at(monkeypatch, call: int, exc: BaseException) -> None:

@@ -150,16 +150,21 @@ class SlotStore(H5Reader):
 
 
 @torch.no_grad()
-def _encode(model, read, init: torch.Tensor, T: int, chunk: int, device, precision: str) -> torch.Tensor:
+def _encode(
+    model, read, init: torch.Tensor, refresh: torch.Tensor | None, T: int, chunk: int, device, precision: str
+) -> torch.Tensor:
     """Slots (B, T, K, D) of B whole videos, ``read(t0, t1)`` -> uint8 (B, t1 - t0, H, W, 3),
-    encoded ``chunk`` frames at a time from ``init`` (B, K, D), carrying the slots across chunks."""
+    encoded ``chunk`` frames at a time from ``init`` (B, K, D), carrying the slots across chunks;
+    ``refresh``: the noise of redrawn slots (B, T, K, D), or None."""
     from ..training.loop import autocast
 
     state, out = None, []
     for t0 in range(0, T, chunk):
-        frames = torch.from_numpy(read(t0, min(T, t0 + chunk)))
+        t1 = min(T, t0 + chunk)
+        frames = torch.from_numpy(read(t0, t1))
+        noise = None if refresh is None else refresh[:, t0:t1].to(device)
         with autocast(device, precision):
-            o = model(frames.to(device), state=state, initial_slots=init.to(device))
+            o = model(frames.to(device), state=state, initial_slots=init.to(device), refresh_noise=noise)
         state = o.carry
         out.append(o.slots.float().cpu())
     return torch.cat(out, dim=1)
@@ -239,13 +244,18 @@ def extract_slots(
         for v0 in range(0, N, batch_size):
             vids = list(range(v0, min(N, v0 + batch_size)))
             init = model.corrector.init_slots(len(vids), K, gen)  # (B, K, D)
+            # the noise of slots redrawn mid-video (refresh_mass), the same for a video's cf worlds
+            refresh = torch.randn(len(vids), T, K, D, generator=gen) if cfg.refresh_mass > 0 else None
             state = None
             seg_all, mask_all = [], []
             for t0 in range(0, T, chunk):
                 t1 = min(T, t0 + chunk)
                 frames = torch.stack([torch.from_numpy(vs.read("frames", i, t0, t1)) for i in vids])
+                noise = None if refresh is None else refresh[:, t0:t1].to(device)
                 with autocast(device, precision):
-                    o = model(frames.to(device), state=state, initial_slots=init.to(device))
+                    o = model(
+                        frames.to(device), state=state, initial_slots=init.to(device), refresh_noise=noise
+                    )
                 state = o.carry
                 f["slots"][v0 : v0 + len(vids), t0:t1] = o.slots.float().cpu().numpy()
                 f["segments"][v0 : v0 + len(vids), t0:t1] = (
@@ -264,7 +274,9 @@ def extract_slots(
                 for b, i in enumerate(vids):
                     cf_slots[i] = _encode(
                         model, lambda t0, t1, i=i: vs.read("cf_frames", i, t0, t1),
-                        init[b : b + 1].expand(O, -1, -1), T, chunk, device, precision,
+                        init[b : b + 1].expand(O, -1, -1),
+                        None if refresh is None else refresh[b : b + 1].expand(O, -1, -1, -1),
+                        T, chunk, device, precision,
                     ).numpy()  # fmt: skip
                     bar.update(O * T)
             if has_masks:

@@ -74,6 +74,12 @@ class EncoderConfig:
     # > 0 (with update_norm "mean"): a slot's update is divided by its attention mass plus this
     # many feature pixels, so a slot that holds almost nothing is almost not updated
     update_mass: float = 0.0
+    # > 0: before a frame's correction, a slot whose attention on the frame before held less
+    # than this many feature pixels is drawn afresh from the shared Gaussian. Near-empty slots
+    # otherwise converge to one and the same vector (identical queries get identical attention,
+    # a fixed point nothing equivariant can leave), and an entering object is then split evenly
+    # between the copies or taken by an occupied slot (README, Encoder)
+    refresh_mass: float = 0.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -112,6 +118,8 @@ class EncoderConfig:
         if not self.mixture_loss_weight >= 0:
             raise ValueError(f"encoder.mixture_loss_weight must be >= 0, got {self.mixture_loss_weight}")
         check_update(self.update_norm, self.update_mass, "encoder.")
+        if not self.refresh_mass >= 0:
+            raise ValueError(f"encoder.refresh_mass must be >= 0, got {self.refresh_mass}")
         if not self.alpha_entropy_weight >= 0:
             raise ValueError(f"encoder.alpha_entropy_weight must be >= 0, got {self.alpha_entropy_weight}")
         if self.decoder_layers < 2:
@@ -376,6 +384,7 @@ class SAVi(nn.Module):
         generator: torch.Generator | None = None,
         initial_slots: torch.Tensor | None = None,
         mixture: bool = False,
+        refresh_noise: torch.Tensor | None = None,
     ) -> VideoOutput:
         """Encode and reconstruct a clip.
 
@@ -385,6 +394,9 @@ class SAVi(nn.Module):
         from ``initial_slots`` (B, K, D) or, by default, fresh draws from the shared Gaussian
         (``generator`` makes them reproducible) and gets ``iters_first`` iterations.
         ``mixture``: also reconstruct under the Gaussian-mixture prior (``mixture_recon``).
+        With ``refresh_mass`` > 0, the slots redrawn at frame t come from ``refresh_noise[:, t]``
+        (B, T, K, D) standard normal, or, without it, from a draw of (B, K, D) per frame from
+        ``generator`` (the global generator when None), whether or not a slot is redrawn.
         """
         cfg = self.cfg
         x = frames_to_input(frames, cfg.resolution)  # (B, T, 3, R, R)
@@ -421,6 +433,9 @@ class SAVi(nn.Module):
                 if locality is not None:
                     with torch.no_grad():
                         bias = locality(prev.detach())
+                if cfg.refresh_mass > 0:
+                    noise = refresh_noise[:, t] if refresh_noise is not None else None
+                    slots, bias = self._refresh(slots, prev, bias, noise, generator)
             slots, attn = self.corrector(feats[:, t], slots, iters=iters, bias=bias, locality=locality)
             slots_t.append(slots)
             attn_t.append(attn)
@@ -441,6 +456,30 @@ class SAVi(nn.Module):
             mixture_recon=None if mix is None else mix.unflatten(0, (B, T)),
         )
 
+    def _refresh(
+        self,
+        slots: torch.Tensor,
+        prev: torch.Tensor,
+        bias: torch.Tensor | None,
+        noise: torch.Tensor | None,
+        generator: torch.Generator | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Near-empty slots drawn afresh: slots (B, K, D), the previous frame's attention prev
+        (B, K, N), its locality bias (B, K, N) or None, noise (B, K, D) or None (then drawn from
+        ``generator``) -> slots, bias. A redrawn slot has no place yet: its bias row is that of a
+        uniform density, as for a slot spread over the whole frame."""
+        cfg = self.cfg
+        if noise is None:
+            where = slots.device if generator is None else generator.device
+            noise = torch.randn(slots.shape, generator=generator, device=where)
+        empty = prev.detach().float().sum(-1) < cfg.refresh_mass  # (B, K)
+        fresh = self.corrector.slots_from_noise(noise.to(slots.device))  # (B, K, D)
+        slots = torch.where(empty[..., None], fresh.to(slots.dtype), slots)
+        if bias is not None:
+            uniform = cfg.locality * math.log1p(cfg.locality_floor)  # locality * log(1 + floor)
+            bias = torch.where(empty[..., None], torch.full_like(bias, uniform), bias)
+        return slots, bias
+
     @staticmethod
     def loss(out: VideoOutput) -> torch.Tensor:
         """Mean squared reconstruction error over pixels and channels."""
@@ -448,16 +487,18 @@ class SAVi(nn.Module):
 
     def training_loss(self, batch: torch.Tensor | dict) -> tuple[torch.Tensor, dict[str, float]]:
         """The trainer's interface -> (loss, metrics). ``batch``: clips (B, T, H, W, 3) uint8, or
-        {"frames": clips, "slot_noise": (B, K, D) standard normal noise of the initial slots}
-        (what the encoder's training draws, per item, from its checkpointed generator)."""
+        {"frames": clips, "slot_noise": (B, K, D) standard normal noise of the initial slots,
+        optionally "refresh_noise": (B, T, K, D) that of redrawn slots} (what the encoder's
+        training draws, per item, from its checkpointed generator)."""
         device = self.encoder.pos.weight.device
         if isinstance(batch, dict):
             frames = batch["frames"].to(device, non_blocking=True)
             initial = self.corrector.slots_from_noise(batch["slot_noise"].to(device, non_blocking=True))
+            refresh = batch.get("refresh_noise")
         else:
-            frames, initial = batch.to(device, non_blocking=True), None
+            frames, initial, refresh = batch.to(device, non_blocking=True), None, None
         cfg = self.cfg
-        out = self(frames, initial_slots=initial, mixture=cfg.mixture_loss_weight > 0)
+        out = self(frames, initial_slots=initial, mixture=cfg.mixture_loss_weight > 0, refresh_noise=refresh)
         mse = self.loss(out)
         loss, metrics = mse, {"mse": float(mse.detach())}
         if cfg.mixture_loss_weight > 0:

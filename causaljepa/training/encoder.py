@@ -98,7 +98,7 @@ class Validator:
         s = model.encoder.size
         for i in range(0, len(self.frames), self.batch_size):
             sl = slice(i, i + self.batch_size)
-            out = model(self.frames[sl].to(device), initial_slots=init[sl].to(device))
+            out = model(self.frames[sl].to(device), initial_slots=init[sl].to(device), generator=gen)
             alphas.append(out.alpha.float().cpu())
             attns.append(out.attn.float().cpu().unflatten(-1, (s, s)))
             losses.append(SAVi.loss(out) * len(out.alpha))
@@ -151,11 +151,14 @@ def train_encoder(
     def next_batch(step: int, gen: torch.Generator) -> dict:
         # the initial slots' noise is drawn for the whole global batch from the generator every
         # process holds, and each takes its items' rows: N processes train what one would
-        noise = torch.randn(optim.batch_size, encoder.num_slots, encoder.slot_dim, generator=gen)
-        return {
-            "frames": sampler.clips(stream.items(step))[0],
-            "slot_noise": noise[stream.global_positions()],
-        }
+        shape = (optim.batch_size, encoder.num_slots, encoder.slot_dim)
+        noise = torch.randn(shape, generator=gen)
+        rows = stream.global_positions()
+        batch = {"frames": sampler.clips(stream.items(step))[0], "slot_noise": noise[rows]}
+        if encoder.refresh_mass > 0:  # the noise of slots redrawn mid-clip, drawn the same way
+            refresh = torch.randn(shape[0], clips.length, *shape[1:], generator=gen)  # (B, T, K, D)
+            batch["refresh_noise"] = refresh[rows]
+        return batch
 
     try:
         return t.train(next_batch, validate, "encoder.pt", resume)

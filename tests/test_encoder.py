@@ -194,6 +194,7 @@ def test_slot_predictor_is_permutation_equivariant():
         {"update_mass": 8.0},
         {"update_norm": "sum"},
         {"refresh_mass": 84.0, "locality": 1.0},
+        {"gate_mass": 24.0, "update_mass": 24.0},
     ],
 )
 def test_savi_is_permutation_equivariant(change):
@@ -397,10 +398,32 @@ def test_locality_bias_has_a_floor():
     assert bias[0, 0, 0] > 2.0 * math.log(16 * 16 / (2 * math.pi)) - 1e-3  # the peak density
 
 
-def test_near_empty_slots_are_redrawn_with_a_uniform_locality():
+def test_gate_mass_moves_a_slot_by_its_mass_share_of_the_step():
+    """slot + mass / (mass + g) * (the ungated step's slot - slot), mass = the slot's attention."""
+    torch.manual_seed(0)
+    gated = SlotAttention(16, 8, iters=1, mlp_hidden=16, gate_mass=50.0).double()
+    plain = SlotAttention(16, 8, iters=1, mlp_hidden=16).double()
+    plain.load_state_dict(gated.state_dict())
+    g = torch.Generator().manual_seed(1)
+    inputs = torch.randn(2, 20, 8, generator=g, dtype=torch.float64)
+    slots = torch.randn(2, 3, 16, generator=g, dtype=torch.float64)
+    bias = torch.zeros(2, 3, 20, dtype=torch.float64)
+    bias[:, 0] = -30.0  # slot 0 wins almost nothing: it almost does not move
+    with torch.no_grad():
+        new, attn = plain(inputs, slots, bias=bias)
+        out, attn_g = gated(inputs, slots, bias=bias)
+    mass = attn.sum(-1, keepdim=True)
+    torch.testing.assert_close(attn_g, attn)
+    torch.testing.assert_close(out, slots + mass / (mass + 50.0) * (new - slots))
+    assert (out[:, 0] - slots[:, 0]).abs().max() < 1e-9
+    with pytest.raises(ValueError, match=re.escape("SlotAttention: gate_mass must be >= 0, got -1")):
+        SlotAttention(16, 8, gate_mass=-1)
+
+
+def test_near_empty_slots_are_redrawn_with_the_floor_as_locality():
     """A slot whose attention on the frame before held less than refresh_mass pixels starts the
-    frame from the shared Gaussian (the given noise) with a flat locality bias; the others start
-    from the predictor's slots with their own bias."""
+    frame from the shared Gaussian (the given noise) with the locality floor as its bias at every
+    pixel; the others start from the predictor's slots with their own bias."""
     cfg = replace(CFG, locality=2.0, locality_floor=0.05, refresh_mass=3.0)
     model = _model(cfg=cfg)
     seen = []
@@ -424,7 +447,7 @@ def test_near_empty_slots_are_redrawn_with_a_uniform_locality():
     slots, bias = seen[0]
     torch.testing.assert_close(slots[0, 0], fresh[0, 0])
     torch.testing.assert_close(slots[0, 1:], predicted[0, 1:])
-    torch.testing.assert_close(bias[0, 0], torch.full((16 * 16,), 2.0 * math.log(1.05)))
+    torch.testing.assert_close(bias[0, 0], torch.full((16 * 16,), 2.0 * math.log(0.05)))
     assert bias[0, 1, :128].mean() > bias[0, 1, 128:].mean() + 1  # its own Gaussian
     # without the option, nobody is redrawn
     model.cfg = replace(cfg, refresh_mass=0.0)
@@ -438,6 +461,7 @@ def test_near_empty_slots_are_redrawn_with_a_uniform_locality():
     "change, message",
     [
         ({"refresh_mass": -1.0}, "encoder.refresh_mass must be >= 0, got -1.0"),
+        ({"gate_mass": -1.0}, "encoder.gate_mass must be >= 0, got -1.0"),
         (
             {"alpha_prior": "gauss"},
             "encoder.alpha_prior must be one of ['attention', 'gaussian', 'attention_gaussian'], got 'gauss'",

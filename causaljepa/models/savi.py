@@ -78,8 +78,15 @@ class EncoderConfig:
     # than this many feature pixels is drawn afresh from the shared Gaussian. Near-empty slots
     # otherwise converge to one and the same vector (identical queries get identical attention,
     # a fixed point nothing equivariant can leave), and an entering object is then split evenly
-    # between the copies or taken by an occupied slot (README, Encoder)
+    # between the copies or taken by an occupied slot. Off in the configs: it raised frame
+    # FG-ARI over whole videos and cost tracking, as redrawn slots took halves of objects
+    # (README, Encoder)
     refresh_mass: float = 0.0
+    # > 0: a slot moves by mass / (mass + gate_mass) of the change slot attention's GRU and MLP
+    # make (mass: its attention, in feature pixels), so near-empty slots keep their differences
+    # instead of converging to one vector (see SlotAttention). Off in the configs: at 4 and 24
+    # it slowed every slot's binding and FG-ARI fell (README, Encoder)
+    gate_mass: float = 0.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -118,6 +125,8 @@ class EncoderConfig:
         if not self.mixture_loss_weight >= 0:
             raise ValueError(f"encoder.mixture_loss_weight must be >= 0, got {self.mixture_loss_weight}")
         check_update(self.update_norm, self.update_mass, "encoder.")
+        if not self.gate_mass >= 0:
+            raise ValueError(f"encoder.gate_mass must be >= 0, got {self.gate_mass}")
         if not self.refresh_mass >= 0:
             raise ValueError(f"encoder.refresh_mass must be >= 0, got {self.refresh_mass}")
         if not self.alpha_entropy_weight >= 0:
@@ -373,6 +382,7 @@ class SAVi(nn.Module):
             implicit=cfg.implicit,
             update_norm=cfg.update_norm,
             update_mass=cfg.update_mass,
+            gate_mass=cfg.gate_mass,
         )
         self.predictor = SlotPredictor(cfg.slot_dim, cfg.predictor_heads, cfg.predictor_hidden)
         self.decoder = BroadcastDecoder(cfg)
@@ -466,8 +476,10 @@ class SAVi(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Near-empty slots drawn afresh: slots (B, K, D), the previous frame's attention prev
         (B, K, N), its locality bias (B, K, N) or None, noise (B, K, D) or None (then drawn from
-        ``generator``) -> slots, bias. A redrawn slot has no place yet: its bias row is that of a
-        uniform density, as for a slot spread over the whole frame."""
+        ``generator``) -> slots, bias. A redrawn slot has no place yet: its bias is the locality floor
+        at every pixel, as far from it as any pixel can be, so it wins pixels on content alone (with
+        the bias of a uniform density instead, redrawn slots took the frame's edges from the
+        background slot and split the background four ways: README, Encoder)."""
         cfg = self.cfg
         if noise is None:
             where = slots.device if generator is None else generator.device
@@ -476,8 +488,8 @@ class SAVi(nn.Module):
         fresh = self.corrector.slots_from_noise(noise.to(slots.device))  # (B, K, D)
         slots = torch.where(empty[..., None], fresh.to(slots.dtype), slots)
         if bias is not None:
-            uniform = cfg.locality * math.log1p(cfg.locality_floor)  # locality * log(1 + floor)
-            bias = torch.where(empty[..., None], torch.full_like(bias, uniform), bias)
+            floor = cfg.locality * math.log(cfg.locality_floor)
+            bias = torch.where(empty[..., None], torch.full_like(bias, floor), bias)
         return slots, bias
 
     @staticmethod

@@ -51,6 +51,12 @@ class SlotAttention(nn.Module):
     ``update_mass`` m > 0 (with ``"mean"``) divides by the slot's mass plus m inputs' worth
     instead: a slot holding an object of many more than m inputs gets almost the weighted
     mean, a slot holding less than m inputs gets a damped update, mass / (mass + m) of it.
+
+    ``gate_mass`` g > 0 damps the step itself: a slot moves by mass / (mass + g) of the change
+    the GRU and the MLP make. ``update_mass`` damps only what the GRU is fed, and a GRU fed
+    nothing still maps every state toward one fixed point: near-empty slots became one and the
+    same vector within a few frames (README, Encoder). Gated, they converge more slowly (the
+    slot predictor between frames still draws them together).
     """
 
     def __init__(
@@ -63,13 +69,16 @@ class SlotAttention(nn.Module):
         eps: float = 1e-8,
         update_norm: str = "mean",
         update_mass: float = 0.0,
+        gate_mass: float = 0.0,
     ):
         super().__init__()
         if iters < 1:
             raise ValueError(f"SlotAttention: iters must be >= 1, got {iters}")
         check_update(update_norm, update_mass, "SlotAttention: ")
         self.dim, self.iters, self.implicit, self.eps = dim, iters, implicit, eps
-        self.update_norm, self.update_mass = update_norm, update_mass
+        if not gate_mass >= 0:
+            raise ValueError(f"SlotAttention: gate_mass must be >= 0, got {gate_mass}")
+        self.update_norm, self.update_mass, self.gate_mass = update_norm, update_mass, gate_mass
         self.scale = dim**-0.5
         self.norm_inputs = nn.LayerNorm(input_dim)
         self.norm_slots = nn.LayerNorm(dim)
@@ -118,9 +127,12 @@ class SlotAttention(nn.Module):
         else:
             weights = attn * (K / attn.shape[-1])  # weighted sum, one scale for all slots
         updates = torch.einsum("bkn,bnd->bkd", weights, v)  # (B, K, D)
-        slots = self.gru(updates.reshape(B * K, D), slots.reshape(B * K, D)).reshape(B, K, D)
-        slots = slots + self.mlp(self.norm_mlp(slots))
-        return slots, attn
+        new = self.gru(updates.reshape(B * K, D), slots.reshape(B * K, D)).reshape(B, K, D)
+        new = new + self.mlp(self.norm_mlp(new))
+        if self.gate_mass > 0:
+            mass = attn.sum(dim=-1, keepdim=True).to(new.dtype)  # (B, K, 1)
+            return slots + mass / (mass + self.gate_mass) * (new - slots), attn
+        return new, attn
 
     def forward(
         self,

@@ -423,7 +423,19 @@ def test_extraction_chunks_and_batches_do_not_change_the_slots(smoke, tmp_path):
     )
     with h5py.File(tmp_path / "whole.h5") as fw, h5py.File(tmp_path / "parts.h5") as fp:
         np.testing.assert_allclose(fp["slots"][:], fw["slots"][:], atol=1e-5, rtol=0)
-        assert (fp["segments"][:] == fw["segments"][:]).mean() > 0.999
+        same = fp["segments"][:] == fw["segments"][:]
+    # A segment is the argmax of the alpha masks, and a smoke-trained encoder has near-empty
+    # slots that are copies of one another (README, Encoder): between them the argmax is a tie
+    # that the last bits of the products break, and those differ with the batch's size. Where
+    # the argmax is decided, chunks and batches must not change it.
+    with VideoStore(store) as vs:
+        frames = torch.stack([torch.from_numpy(vs.read("frames", i)) for i in range(vs.num_videos)])
+    init = model.corrector.init_slots(len(frames), model.cfg.num_slots, torch.Generator().manual_seed(1234))
+    with torch.no_grad():
+        top = model(frames, initial_slots=init).alpha.float().topk(2, dim=2).values  # (B, T, 2, R, R)
+    decided = (top[:, :, 0] - top[:, :, 1] > 1e-4).numpy()
+    assert decided.mean() > 0.3, decided.mean()  # enough pixels for the test to mean something
+    assert same[decided].mean() > 0.999, same[decided].mean()
     for name in ("fg_ari", "mbo", "temporal_consistency"):
         assert parts[name] == pytest.approx(whole[name], abs=0.01)
 

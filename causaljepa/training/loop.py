@@ -101,8 +101,8 @@ def lr_at(step: int, cfg: OptimConfig) -> float:
 def cpu_numerics() -> dict:
     """What sets the last digits of a CPU run besides the seed: the thread count (it splits the
     reductions) and the instruction set the kernels were chosen for (AVX2, AVX512, ...).
-    Training is chaotic enough that such digits grow into different figures (README, Encoder),
-    so every checkpoint records both."""
+    Training is chaotic enough that such digits grow into different figures, so every
+    checkpoint records both (README, "Same seed, same numbers")."""
     return {"cpu_threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 

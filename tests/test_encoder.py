@@ -194,6 +194,7 @@ def test_slot_predictor_is_permutation_equivariant():
         {"update_mass": 8.0},
         {"update_norm": "sum"},
         {"refresh_mass": 84.0, "locality": 1.0},
+        {"refresh_mass": 84.0, "refresh_distance": 100.0, "locality": 1.0},
         {"gate_mass": 24.0, "update_mass": 24.0},
     ],
 )
@@ -455,6 +456,32 @@ def test_near_empty_slots_are_redrawn_with_the_floor_as_locality():
     with torch.no_grad():
         model(_frames(B=1, T=1), state=(state, prev), refresh_noise=noise)
     torch.testing.assert_close(seen[0][0], predicted)
+
+
+def test_refresh_distance_redraws_only_copies_of_empty_slots():
+    cfg = replace(CFG, locality=1.0, refresh_mass=3.0, refresh_distance=0.5)
+    model = _model(cfg=cfg)
+    seen = []
+    corrector = model.corrector.forward
+
+    def spy(inputs, slots, iters=None, bias=None, locality=None):
+        seen.append(slots.clone())
+        return corrector(inputs, slots, iters=iters, bias=bias, locality=locality)
+
+    model.corrector.forward = spy
+    g = torch.Generator().manual_seed(0)
+    state = torch.randn(1, 3, 16, generator=g)
+    state[0, 1] = state[0, 0]  # slots 0 and 1 are one vector; slot 2 is another
+    prev = torch.full((1, 3, 16 * 16), 1.0 / 256)  # every slot held one pixel's worth: all empty
+    noise = torch.randn(1, 1, 3, 16, generator=g)
+    with torch.no_grad():
+        model(_frames(B=1, T=1), state=(state, prev), refresh_noise=noise)
+        predicted = model.predictor(state)
+        fresh = model.corrector.slots_from_noise(noise[:, 0])
+    torch.testing.assert_close(seen[0][0, :2], fresh[0, :2])  # both copies, not one of them
+    torch.testing.assert_close(seen[0][0, 2], predicted[0, 2])  # empty but unlike the others
+    with pytest.raises(ValueError, match=re.escape("encoder.refresh_distance must be >= 0, got -1")):
+        replace(CFG, refresh_distance=-1)
 
 
 @pytest.mark.parametrize(

@@ -82,6 +82,11 @@ class EncoderConfig:
     # FG-ARI over whole videos and cost tracking, as redrawn slots took halves of objects
     # (README, Encoder)
     refresh_mass: float = 0.0
+    # > 0 (with refresh_mass): only a near-empty slot closer than this (Euclidean, in slot space)
+    # to another near-empty slot is redrawn, i.e. only the copies, not every empty slot in every
+    # frame (which gives a redrawn slot a chance to take half an object in every frame). Off in
+    # the configs: one run at 1 was worse on every figure (README, Figures)
+    refresh_distance: float = 0.0
     # > 0: a slot moves by mass / (mass + gate_mass) of the change slot attention's GRU and MLP
     # make (mass: its attention, in feature pixels), so near-empty slots keep their differences
     # instead of converging to one vector (see SlotAttention). Off in the configs: at 4 and 24
@@ -129,6 +134,8 @@ class EncoderConfig:
             raise ValueError(f"encoder.gate_mass must be >= 0, got {self.gate_mass}")
         if not self.refresh_mass >= 0:
             raise ValueError(f"encoder.refresh_mass must be >= 0, got {self.refresh_mass}")
+        if not self.refresh_distance >= 0:
+            raise ValueError(f"encoder.refresh_distance must be >= 0, got {self.refresh_distance}")
         if not self.alpha_entropy_weight >= 0:
             raise ValueError(f"encoder.alpha_entropy_weight must be >= 0, got {self.alpha_entropy_weight}")
         if self.decoder_layers < 2:
@@ -488,6 +495,12 @@ class SAVi(nn.Module):
             where = slots.device if generator is None else generator.device
             noise = torch.randn(slots.shape, generator=generator, device=where)
         empty = prev.detach().float().sum(-1) < cfg.refresh_mass  # (B, K)
+        if cfg.refresh_distance > 0:  # only copies: an empty slot near another empty slot
+            s = slots.detach().float()
+            near = torch.cdist(s, s) < cfg.refresh_distance  # (B, K, K)
+            near &= empty[:, :, None] & empty[:, None, :]
+            near &= ~torch.eye(s.shape[1], dtype=torch.bool, device=s.device)
+            empty = near.any(dim=-1)  # (B, K)
         fresh = self.corrector.slots_from_noise(noise.to(slots.device))  # (B, K, D)
         slots = torch.where(empty[..., None], fresh.to(slots.dtype), slots)
         if bias is not None:

@@ -489,6 +489,7 @@ def test_refresh_distance_redraws_only_copies_of_empty_slots():
     [
         ({"refresh_mass": -1.0}, "encoder.refresh_mass must be >= 0, got -1.0"),
         ({"gate_mass": -1.0}, "encoder.gate_mass must be >= 0, got -1.0"),
+        ({"refresh_distance": 1.0}, "encoder.refresh_distance (1.0) chooses among the slots that"),
         (
             {"alpha_prior": "gauss"},
             "encoder.alpha_prior must be one of ['attention', 'gaussian', 'attention_gaussian'], got 'gauss'",

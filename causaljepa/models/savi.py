@@ -129,13 +129,16 @@ class EncoderConfig:
             raise ValueError(f"encoder.locality_floor must be > 0, got {self.locality_floor}")
         if not self.mixture_loss_weight >= 0:
             raise ValueError(f"encoder.mixture_loss_weight must be >= 0, got {self.mixture_loss_weight}")
-        check_update(self.update_norm, self.update_mass, "encoder.")
-        if not self.gate_mass >= 0:
-            raise ValueError(f"encoder.gate_mass must be >= 0, got {self.gate_mass}")
+        check_update(self.update_norm, self.update_mass, self.gate_mass, "encoder.")
         if not self.refresh_mass >= 0:
             raise ValueError(f"encoder.refresh_mass must be >= 0, got {self.refresh_mass}")
         if not self.refresh_distance >= 0:
             raise ValueError(f"encoder.refresh_distance must be >= 0, got {self.refresh_distance}")
+        if self.refresh_distance > 0 and self.refresh_mass == 0:
+            raise ValueError(
+                f"encoder.refresh_distance ({self.refresh_distance}) chooses among the slots that "
+                "refresh_mass redraws; set encoder.refresh_mass > 0 too, or refresh_distance to 0"
+            )
         if not self.alpha_entropy_weight >= 0:
             raise ValueError(f"encoder.alpha_entropy_weight must be >= 0, got {self.alpha_entropy_weight}")
         if self.decoder_layers < 2:

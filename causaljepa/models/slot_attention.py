@@ -23,15 +23,17 @@ from torch import nn
 UPDATE_NORMS = ("mean", "sum")
 
 
-def check_update(update_norm: str, update_mass: float, prefix: str) -> None:
-    """ValueError, its message starting with ``prefix``, unless ``update_norm`` and
-    ``update_mass`` are a valid pair for ``SlotAttention``."""
+def check_update(update_norm: str, update_mass: float, gate_mass: float, prefix: str) -> None:
+    """ValueError, its message starting with ``prefix``, unless ``update_norm``, ``update_mass``
+    and ``gate_mass`` are valid options of ``SlotAttention``."""
     if update_norm not in UPDATE_NORMS:
         raise ValueError(f"{prefix}update_norm must be one of {list(UPDATE_NORMS)}, got {update_norm!r}")
     if not update_mass >= 0:
         raise ValueError(f"{prefix}update_mass must be >= 0, got {update_mass}")
     if update_mass > 0 and update_norm != "mean":
         raise ValueError(f"{prefix}update_mass applies to update_norm 'mean', not {update_norm!r}")
+    if not gate_mass >= 0:
+        raise ValueError(f"{prefix}gate_mass must be >= 0, got {gate_mass}")
 
 
 class SlotAttention(nn.Module):
@@ -74,10 +76,8 @@ class SlotAttention(nn.Module):
         super().__init__()
         if iters < 1:
             raise ValueError(f"SlotAttention: iters must be >= 1, got {iters}")
-        check_update(update_norm, update_mass, "SlotAttention: ")
+        check_update(update_norm, update_mass, gate_mass, "SlotAttention: ")
         self.dim, self.iters, self.implicit, self.eps = dim, iters, implicit, eps
-        if not gate_mass >= 0:
-            raise ValueError(f"SlotAttention: gate_mass must be >= 0, got {gate_mass}")
         self.update_norm, self.update_mass, self.gate_mass = update_norm, update_mass, gate_mass
         self.scale = dim**-0.5
         self.norm_inputs = nn.LayerNorm(input_dim)

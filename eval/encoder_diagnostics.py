@@ -1,4 +1,4 @@
-"""Three diagnostics of the object-discovery figures (README, Figures, encoder).
+"""Four diagnostics of the object-discovery figures (README, Figures, encoder).
 
     python eval/encoder_diagnostics.py ceiling [--store datasets/clevrer_sim/validation.h5]
         FG-ARI and mBO of a perfect segmentation seen at 16x16, 32x32 and 64x64, on the
@@ -19,6 +19,13 @@
         slot) comes from slot attention itself or from the decoder. bf16 (the default) runs
         the model as training's validation does under trainer=cpu, so the alpha figure is the
         training's own.
+    python eval/encoder_diagnostics.py copies --checkpoint runs/enc/encoder.pt [--store VALIDATION.h5]
+        [--video 0] [--frames 48] [--distance 0.5] [--show 0 5 20]
+        slots that are copies of one another, over the first frames of one validation video
+        from the validation's initial slots: per frame shown, each slot's attention mass (in
+        feature pixels) and its distance to the nearest other slot; then the share of frames
+        with at least one pair of slots closer than --distance (README, Encoder: near-empty
+        slots become one vector, and an entering object is split between the copies).
 
 Each prints one JSON line per figure.
 """
@@ -36,6 +43,7 @@ import torch.nn.functional as F
 from causaljepa.data.store import VideoStore
 from causaljepa.evaluation.object_discovery import slot_switches
 from causaljepa.training.encoder import (
+    VAL_SEED,
     ClipConfig,
     Validator,
     discovery_metrics,
@@ -96,6 +104,34 @@ def sources(checkpoint: Path, store: Path | None, precision: str) -> None:
         print(json.dumps(row))
 
 
+@torch.no_grad()
+def copies(
+    checkpoint: Path, store: Path | None, video: int, frames: int, distance: float, show: list[int]
+) -> None:
+    model, ckpt = load_encoder(checkpoint)
+    if store is None:
+        store = Path(ckpt["extra"]["data_root"]) / "validation.h5"
+    with VideoStore(store) as vs:
+        if not 0 <= video < vs.num_videos:
+            raise SystemExit(f"--video {video}: {store} has videos 0..{vs.num_videos - 1}")
+        clip = torch.from_numpy(vs.read("frames", video, 0, min(frames, vs.num_frames)))[None]
+    gen = torch.Generator().manual_seed(VAL_SEED)  # the validation's initial slots, then any redrawn
+    init = model.corrector.init_slots(1, model.cfg.num_slots, gen)
+    out = model(clip, initial_slots=init, generator=gen)
+    slots, mass = out.slots[0].float(), out.attn[0].float().sum(-1)  # (T, K, D), (T, K)
+    d = torch.cdist(slots, slots) + torch.diag(torch.full((slots.shape[1],), float("inf")))  # (T, K, K)
+    nearest = d.min(dim=-1).values  # (T, K)
+    for t in show:
+        if 0 <= t < len(slots):
+            print(json.dumps({"diagnostic": "slot_copies", "frame": t,
+                              "mass": [round(float(m), 2) for m in mass[t]],
+                              "nearest": [round(float(x), 2) for x in nearest[t]]}))  # fmt: skip
+    with_copies = (nearest < distance).any(dim=-1)  # (T,)
+    print(json.dumps({"diagnostic": "frames_with_copies", "checkpoint": str(checkpoint), "video": video,
+                      "frames": len(slots), "distance": distance,
+                      "fraction": float(with_copies.float().mean())}))  # fmt: skip
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="what", required=True)
@@ -110,6 +146,13 @@ def main() -> None:
     o.add_argument("--checkpoint", type=Path, required=True)
     o.add_argument("--store", type=Path, default=None, help="default: the checkpoint's data root")
     o.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
+    k = sub.add_parser("copies")
+    k.add_argument("--checkpoint", type=Path, required=True)
+    k.add_argument("--store", type=Path, default=None, help="default: the checkpoint's data root")
+    k.add_argument("--video", type=int, default=0)
+    k.add_argument("--frames", type=int, default=48, help="frames from the video's start")
+    k.add_argument("--distance", type=float, default=0.5, help="slots closer than this are copies")
+    k.add_argument("--show", type=int, nargs="*", default=[0, 5, 20], help="frames to print per slot")
     a = p.parse_args()
     if a.what == "ceiling":
         torch.set_num_threads(1)
@@ -117,6 +160,8 @@ def main() -> None:
     elif a.what == "consistency":
         torch.set_num_threads(1)
         consistency(a.slots, a.store, a.min_pixels)
+    elif a.what == "copies":
+        copies(a.checkpoint, a.store, a.video, a.frames, a.distance, a.show)
     else:
         sources(a.checkpoint, a.store, a.precision)
 

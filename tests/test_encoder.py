@@ -1118,6 +1118,37 @@ def test_encoder_diagnostics_sources_scores_the_checkpoint_on_its_own_validation
         assert {k: line[k] for k in want} == pytest.approx(want, abs=1e-6)
 
 
+def test_encoder_diagnostics_copies_finds_slots_that_are_one_vector(data_root, tmp_path):
+    """Initial slots without spread (sigma e^-30) are all one vector, and an equivariant encoder
+    keeps them so in every frame: every slot's nearest other slot is at distance 0. With the
+    shared Gaussian's spread, the first frame's slots differ."""
+    import json
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "eval" / "encoder_diagnostics.py"
+
+    def run(model: SAVi, name: str, *args: str) -> subprocess.CompletedProcess:
+        path = _save(tmp_path / name, model, extra={"data_root": str(data_root)})
+        cmd = [sys.executable, str(script), "copies", "--checkpoint", str(path), "--frames", "4", *args]
+        return subprocess.run(cmd, capture_output=True, text=True)
+
+    collapsed = _model()
+    with torch.no_grad():
+        collapsed.corrector.init_log_sigma.fill_(-30.0)
+    lines = [json.loads(x) for x in run(collapsed, "one.pt", "--show", "0", "3").stdout.splitlines()]
+    assert [x["frame"] for x in lines[:2]] == [0, 3]
+    for x in lines[:2]:
+        assert x["nearest"] == [0.0] * 3
+        assert sum(x["mass"]) == pytest.approx(16 * 16, abs=0.1)  # the attention over 16x16 inputs
+    assert lines[2]["diagnostic"] == "frames_with_copies" and lines[2]["frames"] == 4
+    assert lines[2]["fraction"] == 1.0
+    spread = json.loads(run(_model(), "spread.pt", "--show", "0").stdout.splitlines()[0])
+    assert min(spread["nearest"]) > 0.05
+    bad = run(_model(), "bad.pt", "--video", "99")
+    assert bad.returncode != 0 and "--video 99:" in bad.stderr and "has videos 0..1" in bad.stderr
+
+
 def test_encoder_benchmark_prints_its_figure_and_the_profile_of_a_step():
     import json
     import subprocess

@@ -1,4 +1,4 @@
-"""Four diagnostics of the object-discovery figures (README, Figures, encoder).
+"""Five diagnostics of the object-discovery figures (README, Figures, encoder).
 
     python eval/encoder_diagnostics.py ceiling [--store datasets/clevrer_sim/validation.h5]
         FG-ARI and mBO of a perfect segmentation seen at 16x16, 32x32 and 64x64, on the
@@ -19,6 +19,12 @@
         slot) comes from slot attention itself or from the decoder. bf16 (the default) runs
         the model as training's validation does under trainer=cpu, so the alpha figure is the
         training's own.
+    python eval/encoder_diagnostics.py errors --checkpoint runs/enc/encoder.pt \
+        [--store VALIDATION.h5] [--precision bf16|fp32] [--min-pixels 10] [--share 0.2]
+        what is wrong with each object of the validation clips the encoder's training scores
+        (the alpha masks' segmentation, as the training's figure): counts of objects held by
+        two slots at once within frames, moved to another slot during the clip, sharing their
+        slot with another object, or inside the background's slot, and of whole ones.
     python eval/encoder_diagnostics.py copies --checkpoint runs/enc/encoder.pt [--store VALIDATION.h5]
         [--video 0] [--frames 48] [--distance 0.5] [--show 0 5 20]
         slots that are copies of one another, over the first frames of one validation video
@@ -41,7 +47,8 @@ import torch
 import torch.nn.functional as F
 
 from causaljepa.data.store import VideoStore
-from causaljepa.evaluation.object_discovery import slot_switches
+from causaljepa.evaluation.object_discovery import object_errors, slot_switches
+from causaljepa.models.savi import segmentation
 from causaljepa.training.encoder import (
     VAL_SEED,
     ClipConfig,
@@ -89,7 +96,11 @@ def consistency(slots: Path, store: Path, thresholds: list[int]) -> None:
                           "returning": back / total if total else float("nan")}))  # fmt: skip
 
 
-def sources(checkpoint: Path, store: Path | None, precision: str) -> None:
+def _validation_maps(
+    checkpoint: Path, store: Path | None, precision: str
+) -> tuple[Validator, torch.Tensor, torch.Tensor]:
+    """The checkpoint's validation clips (those its training scored, from its data root unless
+    ``store``), their alpha masks and slot attention, in ``precision``."""
     model, ckpt = load_encoder(checkpoint)
     if store is None:  # the validation videos of the data the encoder was trained on
         store = Path(ckpt["extra"]["data_root"]) / "validation.h5"
@@ -98,10 +109,24 @@ def sources(checkpoint: Path, store: Path | None, precision: str) -> None:
         validator = Validator(vs, clips, batch_size=8)
     with autocast(torch.device("cpu"), precision):
         alpha, attn, _ = validator.maps(model)
+    return validator, alpha, attn
+
+
+def sources(checkpoint: Path, store: Path | None, precision: str) -> None:
+    validator, alpha, attn = _validation_maps(checkpoint, store, precision)
     for name, maps in (("alpha", alpha), ("attention", attn)):
         row = {"diagnostic": "segmentation_source", "source": name, "checkpoint": str(checkpoint)}
         row.update(precision=precision, **discovery_metrics(maps, validator.masks))
         print(json.dumps(row))
+
+
+def errors(checkpoint: Path, store: Path | None, precision: str, min_pixels: int, share: float) -> None:
+    validator, alpha, _ = _validation_maps(checkpoint, store, precision)
+    seg = segmentation(alpha, tuple(validator.masks.shape[-2:]))  # (B, T, H, W)
+    counts = object_errors(validator.masks.long(), seg, min_pixels=min_pixels, share=share)
+    row = {"diagnostic": "object_errors", "checkpoint": str(checkpoint), "precision": precision,
+           "min_pixels": min_pixels, "share": share, **counts}  # fmt: skip
+    print(json.dumps(row))
 
 
 @torch.no_grad()
@@ -146,6 +171,12 @@ def main() -> None:
     o.add_argument("--checkpoint", type=Path, required=True)
     o.add_argument("--store", type=Path, default=None, help="default: the checkpoint's data root")
     o.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
+    e = sub.add_parser("errors")
+    e.add_argument("--checkpoint", type=Path, required=True)
+    e.add_argument("--store", type=Path, default=None, help="default: the checkpoint's data root")
+    e.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
+    e.add_argument("--min-pixels", type=int, default=10, help="pixels an object needs to count in a frame")
+    e.add_argument("--share", type=float, default=0.2, help="the share of an object a second slot must hold")
     k = sub.add_parser("copies")
     k.add_argument("--checkpoint", type=Path, required=True)
     k.add_argument("--store", type=Path, default=None, help="default: the checkpoint's data root")
@@ -160,6 +191,8 @@ def main() -> None:
     elif a.what == "consistency":
         torch.set_num_threads(1)
         consistency(a.slots, a.store, a.min_pixels)
+    elif a.what == "errors":
+        errors(a.checkpoint, a.store, a.precision, a.min_pixels, a.share)
     elif a.what == "copies":
         copies(a.checkpoint, a.store, a.video, a.frames, a.distance, a.show)
     else:

@@ -17,6 +17,7 @@ import torch
 from conftest import run_cli
 
 from causaljepa.data.store import StoreLayout, VideoStore, VideoStoreWriter
+from causaljepa.evaluation.object_discovery import object_errors
 from causaljepa.io import partial_path
 from causaljepa.models.savi import (
     BroadcastDecoder,
@@ -1116,6 +1117,38 @@ def test_encoder_diagnostics_sources_scores_the_checkpoint_on_its_own_validation
     for line, maps in zip(lines, (alpha, attn), strict=True):
         want = discovery_metrics(maps, validator.masks)
         assert {k: line[k] for k in want} == pytest.approx(want, abs=1e-6)
+
+
+def test_encoder_diagnostics_errors_classifies_the_objects_of_the_validation_clips(data_root, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    model = _model()
+    extra = {"clips": dataclasses.asdict(SMOKE_CLIPS), "data_root": str(data_root)}
+    path = _save(tmp_path / "encoder.pt", model, extra=extra)
+    with VideoStore(data_root / "validation.h5") as vs:
+        validator = Validator(vs, SMOKE_CLIPS, batch_size=1)
+    alpha, _, _ = validator.maps(model)
+    want = object_errors(
+        validator.masks.long(), segmentation(alpha, validator.masks.shape[-2:]), min_pixels=2
+    )
+    assert want["objects"] > 0
+    script = Path(__file__).resolve().parents[1] / "eval" / "encoder_diagnostics.py"
+    cmd = [
+        sys.executable,
+        str(script),
+        "errors",
+        "--checkpoint",
+        str(path),
+        "--precision",
+        "fp32",
+        "--min-pixels",
+        "2",
+    ]
+    line = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+    assert line["diagnostic"] == "object_errors" and line["min_pixels"] == 2
+    assert {k: line[k] for k in want} == want
 
 
 def test_encoder_diagnostics_copies_finds_slots_that_are_one_vector(data_root, tmp_path):

@@ -14,6 +14,7 @@ from causaljepa.evaluation.object_discovery import (
     adjusted_rand_index,
     fg_ari,
     mean_best_overlap,
+    object_errors,
     slot_switches,
     summarize,
     temporal_consistency,
@@ -305,3 +306,26 @@ def test_slot_switches_match_a_frame_by_frame_walk(min_pixels):
         assert (int(switches[b, o - 1]), int(returns[b, o - 1])) == (s, r), (b, o)
     c, n = temporal_consistency(true, pred, min_pixels=min_pixels)
     assert (c, n) == (int((seen & (switches == 0)).sum()), int(seen.sum()))
+
+
+def test_object_errors_hand_made():
+    """Frames of 10 pixels (one row): background in pixels 0-3, objects in the rest."""
+    T = 4
+    true = torch.zeros(2, T, 10, dtype=torch.long)
+    pred = torch.zeros(2, T, 10, dtype=torch.long)  # slot 0: the background's in both videos
+    # video 0: object 1 whole in slot 1; object 2 half in slot 2, half in slot 3, every frame
+    true[0, :, 4:6], pred[0, :, 4:6] = 1, 1
+    true[0, :, 6:10], pred[0, :, 6:8], pred[0, :, 8:10] = 2, 2, 3
+    # video 1: object 1 in slot 1 for three frames, slot 2 in the last (changed slot); object 2
+    # in slot 1 all along (shares it with object 1); object 3 painted as background
+    true[1, :, 4:6], pred[1, :3, 4:6], pred[1, 3, 4:6] = 1, 1, 2
+    true[1, :, 6:8], pred[1, :, 6:8] = 2, 1
+    true[1, :, 8:10] = 3
+    got = object_errors(true, pred, min_pixels=2, share=0.2)
+    assert got == {"objects": 5, "split_in_frames": 1, "split_over_time": 1, "merged": 2,
+                   "in_background": 1, "whole": 1}  # fmt: skip
+    # objects with fewer than min_pixels in every frame are not seen
+    assert object_errors(true, pred, min_pixels=3)["objects"] == 1  # only video 0's object 2
+    for bad, match in (({"min_pixels": 0}, "min_pixels must be >= 1"), ({"share": 1.0}, "share must be in")):
+        with pytest.raises(ValueError, match=match):
+            object_errors(true, pred, **bad)

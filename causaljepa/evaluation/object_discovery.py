@@ -41,6 +41,10 @@ Metrics
     the object held before (a flicker between two slots sharing it) rather than to a new one (a
     hand-over). Tells a tracker that loses an object once from one that flickers all video long,
     which ``temporal_consistency`` scores alike.
+``object_errors``
+    What went wrong with each object of a clip, as counts: held by two slots at once within
+    frames, moved from one slot to another over the clip, sharing its slot with another
+    object, or inside the background's slot. FG-ARI says how much is wrong; this says what.
 ``summarize``
     The nanmean of per-row values as a Python float, so NaN rows (undefined metric) are left out.
 """
@@ -55,6 +59,7 @@ __all__ = [
     "adjusted_rand_index",
     "fg_ari",
     "mean_best_overlap",
+    "object_errors",
     "summarize",
     "temporal_consistency",
 ]
@@ -283,6 +288,64 @@ def slot_switches(
     before = torch.cat([torch.zeros_like(onehot[:, :1]), onehot[:, :-1]], 1).cummax(1).values
     returned = change & (before.gather(3, slot.unsqueeze(-1)).squeeze(-1) > 0)
     return change.sum(1), returned.sum(1), present.any(1)
+
+
+def object_errors(
+    true_masks: Tensor, pred_masks: Tensor, min_pixels: int = 10, share: float = 0.2
+) -> dict[str, int]:
+    """Classify each (video, object) by how the prediction holds it.
+
+    Args:
+        true_masks: ``(B, T, ...)`` ground-truth ids per frame, 0 = background.
+        pred_masks: ``(B, T, ...)`` predicted slot ids, same shape.
+        min_pixels: a frame counts for an object when the object has at least this many pixels.
+        share: the part of an object's pixels a second slot must hold to count.
+
+    Returns:
+        counts over the objects seen (in at least one counted frame): ``objects``;
+        ``split_in_frames``, a second slot holds on average over the counted frames more than
+        ``share`` of the object's pixels of each frame (two slots share it at once);
+        ``split_over_time``, over the counted frames together a second slot holds more than
+        ``share``, but not within frames (the object changed slot); ``merged``, its best slot
+        over the video (the one holding most of its pixels) is also another seen object's and
+        is not the background's (the slot holding most background pixels); ``in_background``,
+        its best slot is the background's; ``whole``, none of these. An object can be both
+        split and merged.
+    """
+    if min_pixels < 1:
+        raise ValueError(f"min_pixels must be >= 1, got {min_pixels}")
+    if not 0 < share < 1:
+        raise ValueError(f"share must be in (0, 1), got {share}")
+    true, pred = _check_pair(true_masks, pred_masks, min_ndim=2)
+    b, t = true.shape[:2]
+    kt, kp = _num_labels(true, None, "num_true"), _num_labels(pred, None, "num_pred")
+    keys = ("objects", "split_in_frames", "split_over_time", "merged", "in_background", "whole")
+    if b * t == 0 or kt == 1:
+        return dict.fromkeys(keys, 0)
+    table = contingency(true.reshape(b * t, -1), pred.reshape(b * t, -1), kt, kp).view(b, t, kt, kp).double()
+    background = table[:, :, 0].sum(1).argmax(-1)  # (B,) the background's slot
+    obj = table[:, :, 1:]  # (B, T, O, Kp)
+    area = obj.sum(-1)  # (B, T, O)
+    counted = area >= min_pixels
+    seen = counted.any(1)  # (B, O)
+    frame_share = obj / area.clamp_min(1).unsqueeze(-1)
+    second = frame_share.topk(2, dim=-1).values[..., 1] if kp > 1 else torch.zeros_like(area)
+    n = counted.sum(1)  # (B, O)
+    second_in_frames = (second * counted).sum(1) / n.clamp_min(1)  # (B, O)
+    total = (obj * counted.unsqueeze(-1)).sum(1)  # (B, O, Kp)
+    total_share = total / total.sum(-1, keepdim=True).clamp_min(1)
+    second_over_time = total_share.topk(2, dim=-1).values[..., 1] if kp > 1 else torch.zeros_like(n)
+    best = total.argmax(-1)  # (B, O)
+    in_background = seen & (best == background[:, None])
+    # another seen object with the same best slot
+    same = (best[:, :, None] == best[:, None, :]) & seen[:, :, None] & seen[:, None, :]
+    same &= ~torch.eye(best.shape[1], dtype=torch.bool, device=best.device)
+    merged = seen & same.any(-1) & ~in_background
+    split_in = seen & (second_in_frames > share)
+    split_time = seen & (second_over_time > share) & ~split_in
+    whole = seen & ~(split_in | split_time | merged | in_background)
+    counts = (seen, split_in, split_time, merged, in_background, whole)
+    return {k: int(v.sum()) for k, v in zip(keys, counts, strict=True)}
 
 
 def summarize(values: Tensor) -> float:

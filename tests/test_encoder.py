@@ -197,6 +197,9 @@ def test_slot_predictor_is_permutation_equivariant():
         {"refresh_mass": 84.0, "locality": 1.0},
         {"refresh_mass": 84.0, "refresh_distance": 100.0, "locality": 1.0},
         {"gate_mass": 24.0, "update_mass": 24.0},
+        {"slot_noise": 0.1, "locality": 1.0},
+        {"init_spread": 0.15, "locality": 1.0},
+        {"cosine_scale": 5.0, "locality": 1.0},
     ],
 )
 def test_savi_is_permutation_equivariant(change):
@@ -422,6 +425,33 @@ def test_gate_mass_moves_a_slot_by_its_mass_share_of_the_step():
         SlotAttention(16, 8, gate_mass=-1)
 
 
+def test_cosine_scale_fixes_the_range_of_the_attention_logits():
+    """With cosine_scale, scaling the query and key weights (what training can do to the dot
+    product without bound) changes nothing; the logits are c times a cosine, within [-c, c]."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    inputs = torch.randn(2, 20, 8, generator=g, dtype=torch.float64)
+    slots = torch.randn(2, 3, 16, generator=g, dtype=torch.float64)
+    for scale, invariant in ((4.0, True), (0.0, False)):
+        sa = SlotAttention(16, 8, iters=1, mlp_hidden=16, cosine_scale=scale).double()
+        with torch.no_grad():
+            _, attn = sa(inputs, slots)
+            sa.to_q.weight.mul_(30.0)
+            sa.to_k.weight.mul_(30.0)
+            _, grown = sa(inputs, slots)
+        assert torch.allclose(grown, attn) == invariant
+    sa = SlotAttention(16, 8, iters=1, mlp_hidden=16, cosine_scale=4.0).double()
+    with torch.no_grad():
+        sa.to_q.weight.mul_(1e3)
+        sa.to_k.weight.mul_(1e3)
+        _, attn = sa(inputs, slots)
+    # softmax over 3 slots of logits within [-4, 4]: no share below e^-8 / (1 + 2) (the update's
+    # eps aside), however large the weights
+    assert attn.min() >= math.exp(-8) / 3 * 0.99
+    with pytest.raises(ValueError, match=re.escape("SlotAttention: cosine_scale must be >= 0, got -1")):
+        SlotAttention(16, 8, cosine_scale=-1)
+
+
 def test_near_empty_slots_are_redrawn_with_the_floor_as_locality():
     """A slot whose attention on the frame before held less than refresh_mass pixels starts the
     frame from the shared Gaussian (the given noise) with the locality floor as its bias at every
@@ -485,10 +515,84 @@ def test_refresh_distance_redraws_only_copies_of_empty_slots():
         replace(CFG, refresh_distance=-1)
 
 
+def test_slot_noise_separates_copies_that_the_model_alone_keeps_identical():
+    """Two slots that are one vector stay one vector through any number of frames without the
+    option (the equivariant fixed point); with it, each later frame's slots start from the
+    predictor's plus slot_noise x the shared Gaussian's spread x the frame's noise."""
+    g = torch.Generator().manual_seed(0)
+    state = torch.randn(1, 3, 16, generator=g)
+    state[0, 1] = state[0, 0]
+    prev = torch.full((1, 3, 16 * 16), 1.0 / 3)
+    noise = torch.randn(1, 3, 3, 16, generator=g)
+    frames = _frames(B=1, T=3)
+    plain = _model(cfg=replace(CFG, locality=1.0))
+    with torch.no_grad():
+        out = plain(frames, state=(state, prev), refresh_noise=noise)
+    torch.testing.assert_close(out.slots[0, :, 0], out.slots[0, :, 1], rtol=0, atol=0)
+    noisy = _model(cfg=replace(CFG, locality=1.0, slot_noise=0.2))
+    noisy.load_state_dict(plain.state_dict())
+    seen = []
+    corrector = noisy.corrector.forward
+
+    def spy(inputs, slots, iters=None, bias=None, locality=None):
+        seen.append(slots.clone())
+        return corrector(inputs, slots, iters=iters, bias=bias, locality=locality)
+
+    noisy.corrector.forward = spy
+    with torch.no_grad():
+        out = noisy(frames, state=(state, prev), refresh_noise=noise)
+        spread = noisy.corrector.init_log_sigma.exp()
+        torch.testing.assert_close(seen[0], noisy.predictor(state) + 0.2 * spread * noise[:, 0])
+        torch.testing.assert_close(seen[1], noisy.predictor(out.slots[:, 0]) + 0.2 * spread * noise[:, 1])
+    assert (out.slots[0, :, 0] - out.slots[0, :, 1]).norm(dim=-1).min() > 0.05
+    # without given noise, the generator draws it: the same draws give the same slots
+    a = noisy(frames, state=(state, prev), generator=torch.Generator().manual_seed(3)).slots
+    b = noisy(frames, state=(state, prev), generator=torch.Generator().manual_seed(3)).slots
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_init_spread_gives_each_first_slot_a_place_of_its_own():
+    """On the first frame, the first iteration's bias is locality * log(N(p; place_k, s^2) +
+    floor) around each slot's place, the normal CDF of its standardised draw's first two
+    coordinates; later frames, and runs without the option, start without it."""
+    cfg = replace(CFG, locality=2.0, locality_floor=0.05, init_spread=0.1)
+    model = _model(cfg=cfg)
+    seen = []
+    corrector = model.corrector.forward
+
+    def spy(inputs, slots, iters=None, bias=None, locality=None):
+        seen.append(None if bias is None else bias.clone())
+        return corrector(inputs, slots, iters=iters, bias=bias, locality=locality)
+
+    model.corrector.forward = spy
+    c = model.corrector
+    z = torch.tensor([[-3.0, -3.0], [0.0, 0.0], [3.0, 0.0]])  # places near (0, 0), (0.5, 0.5), (1, 0.5)
+    noise = torch.cat([z, torch.randn(3, 14, generator=torch.Generator().manual_seed(0))], dim=1)[None]
+    with torch.no_grad():
+        model(_frames(B=1, T=2), initial_slots=c.slots_from_noise(noise))
+    places = torch.distributions.Normal(0.0, 1.0).cdf(z)
+    pixels = position_grid(16)[:, :2]  # (256, 2)
+    d2 = ((pixels[None] - places[:, None]) ** 2).sum(-1)  # (3, 256)
+    density = torch.exp(-d2 / (2 * 0.01)) / (2 * math.pi * 0.01)
+    torch.testing.assert_close(seen[0][0], 2.0 * torch.log(density + 0.05), atol=1e-4, rtol=1e-4)
+    for k in range(3):  # each slot's bias peaks at the pixel nearest its place
+        assert int(seen[0][0, k].argmax()) == int(d2[k].argmin())
+    assert seen[1] is not None and not torch.allclose(seen[1], seen[0])  # frame 1: the attention's Gaussians
+    model.cfg = replace(cfg, init_spread=0.0)
+    seen.clear()
+    with torch.no_grad():
+        model(_frames(B=1, T=1), initial_slots=c.slots_from_noise(noise))
+    assert seen == [None]
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
         ({"refresh_mass": -1.0}, "encoder.refresh_mass must be >= 0, got -1.0"),
+        ({"slot_noise": -0.1}, "encoder.slot_noise must be >= 0, got -0.1"),
+        ({"cosine_scale": -1.0}, "encoder.cosine_scale must be >= 0, got -1.0"),
+        ({"init_spread": -0.1, "locality": 1.0}, "encoder.init_spread must be >= 0, got -0.1"),
+        ({"init_spread": 0.1}, "encoder.init_spread (0.1) is a locality bias; set encoder.locality > 0"),
         ({"gate_mass": -1.0}, "encoder.gate_mass must be >= 0, got -1.0"),
         ({"refresh_distance": 1.0}, "encoder.refresh_distance (1.0) chooses among the slots that"),
         (
@@ -901,14 +1005,21 @@ def test_train_encoder_is_deterministic(data_root, straight_run, tmp_path):
     assert _losses(tmp_path / "again") == _losses(straight_run)
 
 
-def test_training_with_redrawn_slots_is_deterministic(data_root, straight_run, tmp_path):
-    """Redrawn slots take their noise from the batch, drawn by the checkpointed generator."""
-    cfg = replace(CFG, refresh_mass=100.0)  # about half of 256 pixels over 3 slots: redraws happen
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"refresh_mass": 100.0},  # about half of 256 pixels over 3 slots: redraws happen
+        {"slot_noise": 0.1},
+    ],
+)
+def test_training_with_frame_noise_is_deterministic(data_root, straight_run, tmp_path, change):
+    """Redrawn and pushed slots take their noise from the batch, drawn by the checkpointed generator."""
+    cfg = replace(CFG, **change)
     runs = [tmp_path / "a", tmp_path / "b"]
     for run in runs:
         train_encoder(data_root, cfg, SMOKE_OPTIM, FP32, SMOKE_CLIPS, run, seed=0)
     assert _losses(runs[0]) == _losses(runs[1])
-    assert _losses(runs[0])[1] != _losses(straight_run)[1]  # the redraws changed the first step
+    assert _losses(runs[0])[1] != _losses(straight_run)[1]  # the noise changed the first step
 
 
 def _crash_at(monkeypatch, call: int, exc: BaseException) -> None:

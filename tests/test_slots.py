@@ -9,6 +9,7 @@ import math
 import re
 import shutil
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
@@ -29,7 +30,7 @@ from causaljepa.config import (
     to_object,
 )
 from causaljepa.data.clips import ClipSampler
-from causaljepa.data.slot_store import SlotStore, extract_slots, match_slots_to_objects
+from causaljepa.data.slot_store import SlotStore, _frame_noise, extract_slots, match_slots_to_objects
 from causaljepa.data.store import StoreError, StoreLayout, VideoStore, VideoStoreWriter
 from causaljepa.models.savi import EncoderConfig, SAVi
 from causaljepa.training.checkpoint import load_checkpoint
@@ -414,8 +415,11 @@ def test_extraction_is_deterministic(smoke, tmp_path):
     assert set(other) == set(a)
 
 
-def test_extraction_chunks_and_batches_do_not_change_the_slots(smoke, tmp_path):
+@pytest.mark.parametrize("slot_noise", [0.0, 0.1])
+def test_extraction_chunks_and_batches_do_not_change_the_slots(smoke, tmp_path, slot_noise):
+    """With slot_noise, the frames' noise too is the same whatever the batch and the chunks."""
     model, _ = load_encoder(smoke["encoder"])
+    model.cfg = replace(model.cfg, slot_noise=slot_noise)
     store = smoke["root"] / "validation.h5"
     whole = extract_slots(model, store, tmp_path / "whole.h5", encoder_hash="h", progress=False)
     parts = extract_slots(
@@ -432,7 +436,9 @@ def test_extraction_chunks_and_batches_do_not_change_the_slots(smoke, tmp_path):
         frames = torch.stack([torch.from_numpy(vs.read("frames", i)) for i in range(vs.num_videos)])
     init = model.corrector.init_slots(len(frames), model.cfg.num_slots, torch.Generator().manual_seed(1234))
     with torch.no_grad():
-        top = model(frames, initial_slots=init).alpha.float().topk(2, dim=2).values  # (B, T, 2, R, R)
+        noise = _frame_noise(1234, list(range(len(frames))), (frames.shape[1], *init.shape[1:]))
+        out = model(frames, initial_slots=init, refresh_noise=noise if slot_noise else None)
+        top = out.alpha.float().topk(2, dim=2).values  # (B, T, 2, R, R)
     decided = (top[:, :, 0] - top[:, :, 1] > 1e-4).numpy()
     assert decided.mean() > 0.3, decided.mean()  # enough pixels for the test to mean something
     assert same[decided].mean() > 0.999, same[decided].mean()

@@ -149,13 +149,21 @@ class SlotStore(H5Reader):
         return self.encoder_hash == "oracle"
 
 
+def _frame_noise(seed: int, videos: list[int], shape: tuple[int, int, int]) -> torch.Tensor:
+    """Standard normal noise (len(videos), T, K, D) of the frames after the first, each video's
+    from a generator of its own (seed, video index): the batch size does not change a video's draws."""
+    return torch.stack(
+        [torch.randn(shape, generator=torch.Generator().manual_seed((seed << 32) + 1 + i)) for i in videos]
+    )
+
+
 @torch.no_grad()
 def _encode(
     model, read, init: torch.Tensor, refresh: torch.Tensor | None, T: int, chunk: int, device, precision: str
 ) -> torch.Tensor:
     """Slots (B, T, K, D) of B whole videos, ``read(t0, t1)`` -> uint8 (B, t1 - t0, H, W, 3),
     encoded ``chunk`` frames at a time from ``init`` (B, K, D), carrying the slots across chunks;
-    ``refresh``: the noise of redrawn slots (B, T, K, D), or None."""
+    ``refresh``: the noise of the frames after the first (B, T, K, D), or None."""
     from ..training.loop import autocast
 
     state, out = None, []
@@ -244,8 +252,8 @@ def extract_slots(
         for v0 in range(0, N, batch_size):
             vids = list(range(v0, min(N, v0 + batch_size)))
             init = model.corrector.init_slots(len(vids), K, gen)  # (B, K, D)
-            # the noise of slots redrawn mid-video (refresh_mass), the same for a video's cf worlds
-            refresh = torch.randn(len(vids), T, K, D, generator=gen) if cfg.refresh_mass > 0 else None
+            # the noise of later frames (slot_noise, refresh_mass), the same for a video's cf worlds
+            refresh = _frame_noise(seed, vids, (T, K, D)) if cfg.frame_noise else None
             state = None
             seg_all, mask_all = [], []
             for t0 in range(0, T, chunk):

@@ -92,6 +92,26 @@ class EncoderConfig:
     # instead of converging to one vector (see SlotAttention). Off in the configs: at 4 and 24
     # it slowed every slot's binding and FG-ARI fell (README, Encoder)
     gate_mass: float = 0.0
+    # > 0: before each later frame's correction, every slot moves by slot_noise times the shared
+    # Gaussian's spread times a standard normal draw. Slots that are copies of one another (the
+    # near-empty ones, or two holding one object at half weight each) are a fixed point nothing
+    # equivariant can leave; a small push separates them without redrawing any slot
+    slot_noise: float = 0.0
+    # > 0 (with locality): on a video's first frame, the first iteration's locality bias is an
+    # isotropic Gaussian of this spread (in frame widths) around a place of the slot's own, read
+    # from its draw from the shared Gaussian (uniform over the frame). Without it the first
+    # iteration groups by content alone, and objects of like colour far apart start, and stay,
+    # in one slot (README, Encoder)
+    init_spread: float = 0.0
+    # > 0: slot attention's logits are this times the cosine similarity of query and key, a
+    # fixed range, instead of a dot product the model can grow until the locality bias no
+    # longer counts (README, Encoder)
+    cosine_scale: float = 0.0
+
+    @property
+    def frame_noise(self) -> bool:
+        """Whether frames after the first draw noise (for ``slot_noise`` or ``refresh_mass``)."""
+        return self.refresh_mass > 0 or self.slot_noise > 0
 
     def __post_init__(self) -> None:
         for name in (
@@ -138,6 +158,17 @@ class EncoderConfig:
             raise ValueError(
                 f"encoder.refresh_distance ({self.refresh_distance}) chooses among the slots that "
                 "refresh_mass redraws; set encoder.refresh_mass > 0 too, or refresh_distance to 0"
+            )
+        if not self.slot_noise >= 0:
+            raise ValueError(f"encoder.slot_noise must be >= 0, got {self.slot_noise}")
+        if not self.cosine_scale >= 0:
+            raise ValueError(f"encoder.cosine_scale must be >= 0, got {self.cosine_scale}")
+        if not self.init_spread >= 0:
+            raise ValueError(f"encoder.init_spread must be >= 0, got {self.init_spread}")
+        if self.init_spread > 0 and self.locality == 0:
+            raise ValueError(
+                f"encoder.init_spread ({self.init_spread}) is a locality bias; set encoder.locality > 0 "
+                "too, or init_spread to 0"
             )
         if not self.alpha_entropy_weight >= 0:
             raise ValueError(f"encoder.alpha_entropy_weight must be >= 0, got {self.alpha_entropy_weight}")
@@ -396,6 +427,7 @@ class SAVi(nn.Module):
             update_norm=cfg.update_norm,
             update_mass=cfg.update_mass,
             gate_mass=cfg.gate_mass,
+            cosine_scale=cfg.cosine_scale,
         )
         self.predictor = SlotPredictor(cfg.slot_dim, cfg.predictor_heads, cfg.predictor_hidden)
         self.decoder = BroadcastDecoder(cfg)
@@ -417,9 +449,11 @@ class SAVi(nn.Module):
         from ``initial_slots`` (B, K, D) or, by default, fresh draws from the shared Gaussian
         (``generator`` makes them reproducible) and gets ``iters_first`` iterations.
         ``mixture``: also reconstruct under the Gaussian-mixture prior (``mixture_recon``).
-        With ``refresh_mass`` > 0, the slots redrawn at frame t come from ``refresh_noise[:, t]``
-        (B, T, K, D) standard normal, or, without it, from a draw of (B, K, D) per frame from
-        ``generator`` (the global generator when None), whether or not a slot is redrawn.
+        With ``slot_noise`` or ``refresh_mass`` > 0, every frame after the first draws standard
+        normal noise (B, K, D): ``refresh_noise[:, t]`` (B, T, K, D) when given, otherwise from
+        ``generator`` (the global generator when None), whether or not a slot is redrawn. Its
+        slots are moved by ``slot_noise`` times it (scaled by the shared Gaussian's spread), and
+        redrawn slots are that Gaussian's draws from it.
         """
         cfg = self.cfg
         x = frames_to_input(frames, cfg.resolution)  # (B, T, 3, R, R)
@@ -450,15 +484,29 @@ class SAVi(nn.Module):
                     else initial_slots
                 )
                 iters = cfg.iters_first
+                if cfg.init_spread > 0:
+                    with torch.no_grad():
+                        bias = cfg.locality * torch.logaddexp(
+                            self.initial_log_density(slots, s), torch.tensor(floor)
+                        )
             else:
                 slots = self.predictor(state if t == 0 else slots)
                 iters = cfg.iters
                 if locality is not None:
                     with torch.no_grad():
                         bias = locality(prev.detach())
-                if cfg.refresh_mass > 0:
-                    noise = refresh_noise[:, t] if refresh_noise is not None else None
-                    slots, bias = self._refresh(slots, prev, bias, noise, generator)
+                if cfg.frame_noise:
+                    if refresh_noise is not None:
+                        noise = refresh_noise[:, t].to(slots.device)
+                    else:
+                        where = slots.device if generator is None else generator.device
+                        noise = torch.randn(slots.shape, generator=generator, device=where).to(slots.device)
+                    if cfg.slot_noise > 0:
+                        # the spread without gradient: the noise must not teach the initial draws to shrink
+                        spread = self.corrector.init_log_sigma.detach().exp()
+                        slots = slots + (cfg.slot_noise * spread * noise).to(slots.dtype)
+                    if cfg.refresh_mass > 0:
+                        slots, bias = self._refresh(slots, prev, bias, noise)
             slots, attn = self.corrector(feats[:, t], slots, iters=iters, bias=bias, locality=locality)
             slots_t.append(slots)
             attn_t.append(attn)
@@ -479,24 +527,35 @@ class SAVi(nn.Module):
             mixture_recon=None if mix is None else mix.unflatten(0, (B, T)),
         )
 
+    def initial_places(self, slots: torch.Tensor) -> torch.Tensor:
+        """Each initial slot's place (B, K, 2) in [0, 1]^2: the normal CDF of the first two
+        coordinates of its standardised draw, (slot - mu) / sigma of the shared Gaussian, so
+        draws from that Gaussian get places uniform over the frame, independent of each other."""
+        c = self.corrector
+        z = (slots.detach().float()[..., :2] - c.init_mu[:2].detach()) / c.init_log_sigma[:2].detach().exp()
+        return 0.5 * (1 + torch.erf(z / math.sqrt(2)))
+
+    def initial_log_density(self, slots: torch.Tensor, size: int) -> torch.Tensor:
+        """log N(p; place_k, init_spread^2 I) at the size x size feature pixels: (B, K, size^2)."""
+        var = self.cfg.init_spread**2
+        grid = position_grid(size, slots.device)[:, :2]  # (N, 2)
+        d2 = torch.cdist(self.initial_places(slots), grid[None]) ** 2  # (B, K, N)
+        return -d2 / (2 * var) - math.log(2 * math.pi * var)
+
     def _refresh(
         self,
         slots: torch.Tensor,
         prev: torch.Tensor,
         bias: torch.Tensor | None,
-        noise: torch.Tensor | None,
-        generator: torch.Generator | None,
+        noise: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Near-empty slots drawn afresh: slots (B, K, D), the previous frame's attention prev
-        (B, K, N), its locality bias (B, K, N) or None, noise (B, K, D) or None (then drawn from
-        ``generator``) -> slots, bias. A redrawn slot has no place yet: its bias is the locality floor
+        (B, K, N), its locality bias (B, K, N) or None, standard normal noise (B, K, D) -> slots,
+        bias. A redrawn slot has no place yet: its bias is the locality floor
         at every pixel, as far from it as any pixel can be, so it wins pixels on content alone (with
         the bias of a uniform density instead, redrawn slots took the frame's edges from the
         background slot and split the background four ways: README, Encoder)."""
         cfg = self.cfg
-        if noise is None:
-            where = slots.device if generator is None else generator.device
-            noise = torch.randn(slots.shape, generator=generator, device=where)
         empty = prev.detach().float().sum(-1) < cfg.refresh_mass  # (B, K)
         if cfg.refresh_distance > 0:  # only copies: an empty slot near another empty slot
             s = slots.detach().float()
@@ -504,7 +563,7 @@ class SAVi(nn.Module):
             near &= empty[:, :, None] & empty[:, None, :]
             near &= ~torch.eye(s.shape[1], dtype=torch.bool, device=s.device)
             empty = near.any(dim=-1)  # (B, K)
-        fresh = self.corrector.slots_from_noise(noise.to(slots.device))  # (B, K, D)
+        fresh = self.corrector.slots_from_noise(noise)  # (B, K, D)
         slots = torch.where(empty[..., None], fresh.to(slots.dtype), slots)
         if bias is not None:
             floor = cfg.locality * math.log(cfg.locality_floor)
@@ -519,8 +578,9 @@ class SAVi(nn.Module):
     def training_loss(self, batch: torch.Tensor | dict) -> tuple[torch.Tensor, dict[str, float]]:
         """The trainer's interface -> (loss, metrics). ``batch``: clips (B, T, H, W, 3) uint8, or
         {"frames": clips, "slot_noise": (B, K, D) standard normal noise of the initial slots,
-        optionally "refresh_noise": (B, T, K, D) that of redrawn slots} (what the encoder's
-        training draws, per item, from its checkpointed generator)."""
+        optionally "refresh_noise": (B, T, K, D) that of later frames (for the options slot_noise
+        and refresh_mass)} (what the encoder's training draws, per item, from its checkpointed
+        generator)."""
         device = self.encoder.pos.weight.device
         if isinstance(batch, dict):
             frames = batch["frames"].to(device, non_blocking=True)

@@ -59,6 +59,11 @@ class SlotAttention(nn.Module):
     nothing still maps every state toward one fixed point: near-empty slots became one and the
     same vector within a few frames (README, Encoder). Gated, they converge more slowly (the
     slot predictor between frames still draws them together).
+
+    ``cosine_scale`` c > 0: the attention logits are c times the cosine similarity of query and
+    key instead of their dot product over sqrt(D), so their range is fixed at [-c, c]. With the
+    dot product the model can grow the logits without bound as it trains, and an additive bias
+    (the encoder's locality) then weighs less and less against them.
     """
 
     def __init__(
@@ -72,14 +77,18 @@ class SlotAttention(nn.Module):
         update_norm: str = "mean",
         update_mass: float = 0.0,
         gate_mass: float = 0.0,
+        cosine_scale: float = 0.0,
     ):
         super().__init__()
         if iters < 1:
             raise ValueError(f"SlotAttention: iters must be >= 1, got {iters}")
         check_update(update_norm, update_mass, gate_mass, "SlotAttention: ")
+        if not cosine_scale >= 0:
+            raise ValueError(f"SlotAttention: cosine_scale must be >= 0, got {cosine_scale}")
         self.dim, self.iters, self.implicit, self.eps = dim, iters, implicit, eps
         self.update_norm, self.update_mass, self.gate_mass = update_norm, update_mass, gate_mass
-        self.scale = dim**-0.5
+        self.cosine = cosine_scale > 0
+        self.scale = cosine_scale if self.cosine else dim**-0.5
         self.norm_inputs = nn.LayerNorm(input_dim)
         self.norm_slots = nn.LayerNorm(dim)
         self.norm_mlp = nn.LayerNorm(dim)
@@ -116,6 +125,8 @@ class SlotAttention(nn.Module):
         (B, K, N) -> slots (B, K, D), attn (B, K, N)."""
         B, K, D = slots.shape
         q = self.to_q(self.norm_slots(slots))  # (B, K, D)
+        if self.cosine:  # k arrives normalised (forward)
+            q = F.normalize(q, dim=-1)
         logits = (torch.einsum("bkd,bnd->bkn", q, k) * self.scale).float()  # (B, K, N)
         if bias is not None:
             logits = logits + bias
@@ -150,6 +161,8 @@ class SlotAttention(nn.Module):
             raise ValueError(f"SlotAttention: iters must be >= 1, got {iters}")
         inputs = self.norm_inputs(inputs)
         k, v = self.to_k(inputs), self.to_v(inputs)  # (B, N, D)
+        if self.cosine:
+            k = F.normalize(k, dim=-1)
 
         def next_bias(attn: torch.Tensor) -> torch.Tensor | None:
             if locality is None:

@@ -155,7 +155,7 @@ def train_encoder(
         noise = torch.randn(shape, generator=gen)
         rows = stream.global_positions()
         batch = {"frames": sampler.clips(stream.items(step))[0], "slot_noise": noise[rows]}
-        if encoder.refresh_mass > 0:  # the noise of slots redrawn mid-clip, drawn the same way
+        if encoder.frame_noise:  # the noise of later frames (slot_noise, refresh_mass), drawn the same way
             refresh = torch.randn(shape[0], clips.length, *shape[1:], generator=gen)  # (B, T, K, D)
             batch["refresh_noise"] = refresh[rows]
         return batch

@@ -19,12 +19,14 @@
         slot) comes from slot attention itself or from the decoder. bf16 (the default) runs
         the model as training's validation does under trainer=cpu, so the alpha figure is the
         training's own.
-    python eval/encoder_diagnostics.py errors --checkpoint runs/enc/encoder.pt \
-        [--store VALIDATION.h5] [--precision bf16|fp32] [--min-pixels 10] [--share 0.2]
+    python eval/encoder_diagnostics.py errors (--checkpoint runs/enc/encoder.pt | --slots
+        runs/enc/slots/validation.h5) [--store VALIDATION.h5] [--precision bf16|fp32]
+        [--min-pixels 10] [--share 0.2]
         what is wrong with each object of the validation clips the encoder's training scores
-        (the alpha masks' segmentation, as the training's figure): counts of objects held by
-        two slots at once within frames, moved to another slot during the clip, sharing their
-        slot with another object, or inside the background's slot, and of whole ones.
+        (the alpha masks' segmentation, as the training's figure), or of a slot store's whole
+        videos: counts of objects held by two slots at once within frames, moved to another
+        slot, sharing their slot with another object (over a whole video, also one slot taking
+        two objects in turn), or inside the background's slot, and of whole ones.
     python eval/encoder_diagnostics.py copies --checkpoint runs/enc/encoder.pt [--store VALIDATION.h5]
         [--video 0] [--frames 48] [--distance 0.5] [--show 0 5 20]
         slots that are copies of one another, over the first frames of one validation video
@@ -70,7 +72,8 @@ def ceiling(store: Path, resolutions: list[int]) -> None:
                           "frames": clips.val_frames, **resolution_ceiling(masks, r)}))  # fmt: skip
 
 
-def consistency(slots: Path, store: Path, thresholds: list[int]) -> None:
+def _store_segments(slots: Path, store: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """A slot store's segments, upsampled to its video store's masks, and the masks: (B, T, H, W) each."""
     with h5py.File(slots, "r") as f:
         seg = torch.from_numpy(f["segments"][:]).long()  # (B, T, R, R) slot ids at the model's resolution
         made_from = f.attrs.get("video_store")
@@ -83,7 +86,11 @@ def consistency(slots: Path, store: Path, thresholds: list[int]) -> None:
         raise SystemExit(
             f"--slots {slots}: {tuple(seg.shape[:2])} videos x frames, --store {store}: {(n, t)}"
         )
-    seg = F.interpolate(seg.float(), size=masks.shape[-2:], mode="nearest").long()
+    return F.interpolate(seg.float(), size=masks.shape[-2:], mode="nearest").long(), masks.long()
+
+
+def consistency(slots: Path, store: Path, thresholds: list[int]) -> None:
+    seg, masks = _store_segments(slots, store)
     for t in thresholds:
         # an object is consistent (temporal_consistency) exactly when its best slot never changes
         switches, returns, seen = slot_switches(masks.long(), seg, min_pixels=t)
@@ -120,13 +127,29 @@ def sources(checkpoint: Path, store: Path | None, precision: str) -> None:
         print(json.dumps(row))
 
 
-def errors(checkpoint: Path, store: Path | None, precision: str, min_pixels: int, share: float) -> None:
-    validator, alpha, _ = _validation_maps(checkpoint, store, precision)
-    seg = segmentation(alpha, tuple(validator.masks.shape[-2:]))  # (B, T, H, W)
-    counts = object_errors(validator.masks.long(), seg, min_pixels=min_pixels, share=share)
-    row = {"diagnostic": "object_errors", "checkpoint": str(checkpoint), "precision": precision,
-           "min_pixels": min_pixels, "share": share, **counts}  # fmt: skip
-    print(json.dumps(row))
+def errors(
+    checkpoint: Path | None,
+    slots: Path | None,
+    store: Path | None,
+    precision: str,
+    min_pixels: int,
+    share: float,
+) -> None:
+    if slots is not None:  # whole videos: the slot store's segments
+        store = store or Path("datasets/clevrer_sim/validation.h5")
+        seg, masks = _store_segments(slots, store)
+        source = {"slots": str(slots)}
+    else:
+        validator, alpha, _ = _validation_maps(checkpoint, store, precision)
+        masks = validator.masks.long()
+        seg = segmentation(alpha, tuple(masks.shape[-2:]))  # (B, T, H, W)
+        source = {"checkpoint": str(checkpoint), "precision": precision}
+    counts = object_errors(masks, seg, min_pixels=min_pixels, share=share)
+    print(
+        json.dumps(
+            {"diagnostic": "object_errors", **source, "min_pixels": min_pixels, "share": share, **counts}
+        )
+    )
 
 
 @torch.no_grad()
@@ -172,8 +195,13 @@ def main() -> None:
     o.add_argument("--store", type=Path, default=None, help="default: the checkpoint's data root")
     o.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     e = sub.add_parser("errors")
-    e.add_argument("--checkpoint", type=Path, required=True)
-    e.add_argument("--store", type=Path, default=None, help="default: the checkpoint's data root")
+    which = e.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint", type=Path, help="the validation clips its training scored")
+    which.add_argument("--slots", type=Path, help="a slot store's whole videos")
+    e.add_argument(
+        "--store", type=Path, default=None,
+        help="default: the checkpoint's data root, or datasets/clevrer_sim/validation.h5 with --slots",
+    )  # fmt: skip
     e.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     e.add_argument("--min-pixels", type=int, default=10, help="pixels an object needs to count in a frame")
     e.add_argument("--share", type=float, default=0.2, help="the share of an object a second slot must hold")
@@ -192,7 +220,7 @@ def main() -> None:
         torch.set_num_threads(1)
         consistency(a.slots, a.store, a.min_pixels)
     elif a.what == "errors":
-        errors(a.checkpoint, a.store, a.precision, a.min_pixels, a.share)
+        errors(a.checkpoint, a.slots, a.store, a.precision, a.min_pixels, a.share)
     elif a.what == "copies":
         copies(a.checkpoint, a.store, a.video, a.frames, a.distance, a.show)
     else:

@@ -300,6 +300,25 @@ def test_consistency_diagnostic_counts_the_stores_slot_changes(smoke):
             assert sw["returning"] == pytest.approx(int(returns.sum()) / int(switches.sum()))
         else:
             assert math.isnan(sw["returning"])
+    # errors --slots: object_errors of the same segments
+    from causaljepa.evaluation.object_discovery import object_errors
+
+    cmd = [
+        sys.executable,
+        str(script),
+        "errors",
+        "--slots",
+        str(slots),
+        "--store",
+        str(store),
+        "--min-pixels",
+        "2",
+    ]
+    line = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+    want = object_errors(masks.long(), seg, min_pixels=2)
+    assert want["objects"] > 0 and {k: line[k] for k in want} == want
+    bad = subprocess.run([sys.executable, str(script), "errors"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "one of the arguments --checkpoint --slots is required" in bad.stderr
 
 
 def test_extracted_slots_are_the_encoders(smoke):

@@ -382,22 +382,29 @@ def test_locality_keeps_a_slot_on_its_own_object_of_two_alike():
             assert attn[1, second].mean() > 2 * attn[1, first].mean()
 
 
-def test_locality_bias_has_a_floor():
-    model = _model(cfg=replace(CFG, locality=2.0, locality_floor=0.05))
-    calls = []
-    corrector = model.corrector.forward
+def _spy_corrector(model: SAVi) -> list[dict]:
+    """Record what every call of the model's corrector starts from: slots, bias, locality."""
+    seen, corrector = [], model.corrector.forward
 
     def spy(inputs, slots, iters=None, bias=None, locality=None):
-        calls.append(locality)
+        seen.append(
+            {"slots": slots.clone(), "bias": None if bias is None else bias.clone(), "locality": locality}
+        )
         return corrector(inputs, slots, iters=iters, bias=bias, locality=locality)
 
     model.corrector.forward = spy
+    return seen
+
+
+def test_locality_bias_has_a_floor():
+    model = _model(cfg=replace(CFG, locality=2.0, locality_floor=0.05))
+    calls = _spy_corrector(model)
     with torch.no_grad():
         model(_frames(T=1))
     attn = torch.zeros(1, 3, 16 * 16)
     attn[0, 0, 0] = 1.0  # a point mass in a corner: a one-pixel Gaussian
     attn[0, 1:, 1:] = 0.5
-    bias = calls[0](attn)
+    bias = calls[0]["locality"](attn)
     assert bias.shape == (1, 3, 16 * 16)
     assert bias.min() >= 2.0 * math.log(0.05) - 1e-4  # far from the corner: the floor, not -inf
     assert bias[0, 0, 0] > 2.0 * math.log(16 * 16 / (2 * math.pi)) - 1e-3  # the peak density
@@ -458,14 +465,7 @@ def test_near_empty_slots_are_redrawn_with_the_floor_as_locality():
     pixel; the others start from the predictor's slots with their own bias."""
     cfg = replace(CFG, locality=2.0, locality_floor=0.05, refresh_mass=3.0)
     model = _model(cfg=cfg)
-    seen = []
-    corrector = model.corrector.forward
-
-    def spy(inputs, slots, iters=None, bias=None, locality=None):
-        seen.append((slots.clone(), None if bias is None else bias.clone()))
-        return corrector(inputs, slots, iters=iters, bias=bias, locality=locality)
-
-    model.corrector.forward = spy
+    seen = _spy_corrector(model)
     g = torch.Generator().manual_seed(0)
     state = torch.randn(1, 3, 16, generator=g)
     prev = torch.zeros(1, 3, 16 * 16)
@@ -476,7 +476,7 @@ def test_near_empty_slots_are_redrawn_with_the_floor_as_locality():
         model(_frames(B=1, T=1), state=(state, prev), refresh_noise=noise)
         predicted = model.predictor(state)
         fresh = model.corrector.slots_from_noise(noise[:, 0])
-    slots, bias = seen[0]
+    slots, bias = seen[0]["slots"], seen[0]["bias"]
     torch.testing.assert_close(slots[0, 0], fresh[0, 0])
     torch.testing.assert_close(slots[0, 1:], predicted[0, 1:])
     torch.testing.assert_close(bias[0, 0], torch.full((16 * 16,), 2.0 * math.log(0.05)))
@@ -486,20 +486,13 @@ def test_near_empty_slots_are_redrawn_with_the_floor_as_locality():
     seen.clear()
     with torch.no_grad():
         model(_frames(B=1, T=1), state=(state, prev), refresh_noise=noise)
-    torch.testing.assert_close(seen[0][0], predicted)
+    torch.testing.assert_close(seen[0]["slots"], predicted)
 
 
 def test_refresh_distance_redraws_only_copies_of_empty_slots():
     cfg = replace(CFG, locality=1.0, refresh_mass=3.0, refresh_distance=0.5)
     model = _model(cfg=cfg)
-    seen = []
-    corrector = model.corrector.forward
-
-    def spy(inputs, slots, iters=None, bias=None, locality=None):
-        seen.append(slots.clone())
-        return corrector(inputs, slots, iters=iters, bias=bias, locality=locality)
-
-    model.corrector.forward = spy
+    seen = _spy_corrector(model)
     g = torch.Generator().manual_seed(0)
     state = torch.randn(1, 3, 16, generator=g)
     state[0, 1] = state[0, 0]  # slots 0 and 1 are one vector; slot 2 is another
@@ -509,8 +502,8 @@ def test_refresh_distance_redraws_only_copies_of_empty_slots():
         model(_frames(B=1, T=1), state=(state, prev), refresh_noise=noise)
         predicted = model.predictor(state)
         fresh = model.corrector.slots_from_noise(noise[:, 0])
-    torch.testing.assert_close(seen[0][0, :2], fresh[0, :2])  # both copies, not one of them
-    torch.testing.assert_close(seen[0][0, 2], predicted[0, 2])  # empty but unlike the others
+    torch.testing.assert_close(seen[0]["slots"][0, :2], fresh[0, :2])  # both copies, not one of them
+    torch.testing.assert_close(seen[0]["slots"][0, 2], predicted[0, 2])  # empty but unlike the others
     with pytest.raises(ValueError, match=re.escape("encoder.refresh_distance must be >= 0, got -1")):
         replace(CFG, refresh_distance=-1)
 
@@ -531,19 +524,13 @@ def test_slot_noise_separates_copies_that_the_model_alone_keeps_identical():
     torch.testing.assert_close(out.slots[0, :, 0], out.slots[0, :, 1], rtol=0, atol=0)
     noisy = _model(cfg=replace(CFG, locality=1.0, slot_noise=0.2))
     noisy.load_state_dict(plain.state_dict())
-    seen = []
-    corrector = noisy.corrector.forward
-
-    def spy(inputs, slots, iters=None, bias=None, locality=None):
-        seen.append(slots.clone())
-        return corrector(inputs, slots, iters=iters, bias=bias, locality=locality)
-
-    noisy.corrector.forward = spy
+    seen = _spy_corrector(noisy)
     with torch.no_grad():
         out = noisy(frames, state=(state, prev), refresh_noise=noise)
         spread = noisy.corrector.init_log_sigma.exp()
-        torch.testing.assert_close(seen[0], noisy.predictor(state) + 0.2 * spread * noise[:, 0])
-        torch.testing.assert_close(seen[1], noisy.predictor(out.slots[:, 0]) + 0.2 * spread * noise[:, 1])
+        torch.testing.assert_close(seen[0]["slots"], noisy.predictor(state) + 0.2 * spread * noise[:, 0])
+        pushed = noisy.predictor(out.slots[:, 0]) + 0.2 * spread * noise[:, 1]
+        torch.testing.assert_close(seen[1]["slots"], pushed)
     assert (out.slots[0, :, 0] - out.slots[0, :, 1]).norm(dim=-1).min() > 0.05
     # without given noise, the generator draws it: the same draws give the same slots
     a = noisy(frames, state=(state, prev), generator=torch.Generator().manual_seed(3)).slots
@@ -557,14 +544,7 @@ def test_init_spread_gives_each_first_slot_a_place_of_its_own():
     coordinates; later frames, and runs without the option, start without it."""
     cfg = replace(CFG, locality=2.0, locality_floor=0.05, init_spread=0.1)
     model = _model(cfg=cfg)
-    seen = []
-    corrector = model.corrector.forward
-
-    def spy(inputs, slots, iters=None, bias=None, locality=None):
-        seen.append(None if bias is None else bias.clone())
-        return corrector(inputs, slots, iters=iters, bias=bias, locality=locality)
-
-    model.corrector.forward = spy
+    calls = _spy_corrector(model)
     c = model.corrector
     z = torch.tensor([[-3.0, -3.0], [0.0, 0.0], [3.0, 0.0]])  # places near (0, 0), (0.5, 0.5), (1, 0.5)
     noise = torch.cat([z, torch.randn(3, 14, generator=torch.Generator().manual_seed(0))], dim=1)[None]
@@ -574,15 +554,16 @@ def test_init_spread_gives_each_first_slot_a_place_of_its_own():
     pixels = position_grid(16)[:, :2]  # (256, 2)
     d2 = ((pixels[None] - places[:, None]) ** 2).sum(-1)  # (3, 256)
     density = torch.exp(-d2 / (2 * 0.01)) / (2 * math.pi * 0.01)
+    seen = [x["bias"] for x in calls]
     torch.testing.assert_close(seen[0][0], 2.0 * torch.log(density + 0.05), atol=1e-4, rtol=1e-4)
     for k in range(3):  # each slot's bias peaks at the pixel nearest its place
         assert int(seen[0][0, k].argmax()) == int(d2[k].argmin())
     assert seen[1] is not None and not torch.allclose(seen[1], seen[0])  # frame 1: the attention's Gaussians
     model.cfg = replace(cfg, init_spread=0.0)
-    seen.clear()
+    calls.clear()
     with torch.no_grad():
         model(_frames(B=1, T=1), initial_slots=c.slots_from_noise(noise))
-    assert seen == [None]
+    assert [x["bias"] for x in calls] == [None]
 
 
 @pytest.mark.parametrize(
@@ -1207,7 +1188,9 @@ def test_validator_maps_give_the_scored_alpha_and_the_attention_on_the_feature_g
     assert not model.training
 
 
-def test_encoder_diagnostics_sources_scores_the_checkpoint_on_its_own_validation_clips(data_root, tmp_path):
+def test_encoder_diagnostics_sources_and_errors_read_the_checkpoints_own_validation_clips(
+    data_root, tmp_path
+):
     import json
     import subprocess
     import sys
@@ -1228,24 +1211,11 @@ def test_encoder_diagnostics_sources_scores_the_checkpoint_on_its_own_validation
     for line, maps in zip(lines, (alpha, attn), strict=True):
         want = discovery_metrics(maps, validator.masks)
         assert {k: line[k] for k in want} == pytest.approx(want, abs=1e-6)
-
-
-def test_encoder_diagnostics_errors_classifies_the_objects_of_the_validation_clips(data_root, tmp_path):
-    import json
-    import subprocess
-    import sys
-
-    model = _model()
-    extra = {"clips": dataclasses.asdict(SMOKE_CLIPS), "data_root": str(data_root)}
-    path = _save(tmp_path / "encoder.pt", model, extra=extra)
-    with VideoStore(data_root / "validation.h5") as vs:
-        validator = Validator(vs, SMOKE_CLIPS, batch_size=1)
-    alpha, _, _ = validator.maps(model)
+    # errors: the objects of the same clips, from the alpha masks' segmentation
     want = object_errors(
         validator.masks.long(), segmentation(alpha, validator.masks.shape[-2:]), min_pixels=2
     )
     assert want["objects"] > 0
-    script = Path(__file__).resolve().parents[1] / "eval" / "encoder_diagnostics.py"
     cmd = [
         sys.executable,
         str(script),

@@ -143,35 +143,31 @@ class EncoderConfig:
             )
         if not self.gaussian_weight > 0:
             raise ValueError(f"encoder.gaussian_weight must be > 0, got {self.gaussian_weight}")
-        if not self.locality >= 0:
-            raise ValueError(f"encoder.locality must be >= 0, got {self.locality}")
+        for name in (
+            "locality",
+            "mixture_loss_weight",
+            "refresh_mass",
+            "refresh_distance",
+            "slot_noise",
+            "init_spread",
+            "cosine_scale",
+            "alpha_entropy_weight",
+        ):
+            if not getattr(self, name) >= 0:  # NaN too
+                raise ValueError(f"encoder.{name} must be >= 0, got {getattr(self, name)}")
         if not self.locality_floor > 0:
             raise ValueError(f"encoder.locality_floor must be > 0, got {self.locality_floor}")
-        if not self.mixture_loss_weight >= 0:
-            raise ValueError(f"encoder.mixture_loss_weight must be >= 0, got {self.mixture_loss_weight}")
         check_update(self.update_norm, self.update_mass, self.gate_mass, "encoder.")
-        if not self.refresh_mass >= 0:
-            raise ValueError(f"encoder.refresh_mass must be >= 0, got {self.refresh_mass}")
-        if not self.refresh_distance >= 0:
-            raise ValueError(f"encoder.refresh_distance must be >= 0, got {self.refresh_distance}")
         if self.refresh_distance > 0 and self.refresh_mass == 0:
             raise ValueError(
                 f"encoder.refresh_distance ({self.refresh_distance}) chooses among the slots that "
                 "refresh_mass redraws; set encoder.refresh_mass > 0 too, or refresh_distance to 0"
             )
-        if not self.slot_noise >= 0:
-            raise ValueError(f"encoder.slot_noise must be >= 0, got {self.slot_noise}")
-        if not self.cosine_scale >= 0:
-            raise ValueError(f"encoder.cosine_scale must be >= 0, got {self.cosine_scale}")
-        if not self.init_spread >= 0:
-            raise ValueError(f"encoder.init_spread must be >= 0, got {self.init_spread}")
         if self.init_spread > 0 and self.locality == 0:
             raise ValueError(
                 f"encoder.init_spread ({self.init_spread}) is a locality bias; set encoder.locality > 0 "
                 "too, or init_spread to 0"
             )
-        if not self.alpha_entropy_weight >= 0:
-            raise ValueError(f"encoder.alpha_entropy_weight must be >= 0, got {self.alpha_entropy_weight}")
         if self.decoder_layers < 2:
             raise ValueError(f"encoder.decoder_layers must be >= 2, got {self.decoder_layers}")
         if self.slot_dim % self.predictor_heads:

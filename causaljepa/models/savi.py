@@ -458,10 +458,9 @@ class SAVi(nn.Module):
         s = self.encoder.size
         locality = None
         if cfg.locality > 0:
-            floor = math.log(cfg.locality_floor)
 
             def locality(a: torch.Tensor) -> torch.Tensor:
-                return cfg.locality * torch.logaddexp(log_density(a, s, s), torch.tensor(floor))
+                return self.locality_bias(log_density(a, s, s))
 
         if state is not None:
             if not (isinstance(state, tuple) and len(state) == 2):
@@ -482,9 +481,7 @@ class SAVi(nn.Module):
                 iters = cfg.iters_first
                 if cfg.init_spread > 0:
                     with torch.no_grad():
-                        bias = cfg.locality * torch.logaddexp(
-                            self.initial_log_density(slots, s), torch.tensor(floor)
-                        )
+                        bias = self.locality_bias(self.initial_log_density(slots, s))
             else:
                 slots = self.predictor(state if t == 0 else slots)
                 iters = cfg.iters
@@ -522,6 +519,13 @@ class SAVi(nn.Module):
             target=x,
             mixture_recon=None if mix is None else mix.unflatten(0, (B, T)),
         )
+
+    def locality_bias(self, log_density: torch.Tensor) -> torch.Tensor:
+        """Slot attention's logit bias from a slot's log density over the inputs:
+        locality * log(N + locality_floor), finite far from the slot (the floor)."""
+        cfg = self.cfg
+        floor = torch.tensor(math.log(cfg.locality_floor), device=log_density.device)
+        return cfg.locality * torch.logaddexp(log_density, floor)
 
     def initial_places(self, slots: torch.Tensor) -> torch.Tensor:
         """Each initial slot's place (B, K, 2) in [0, 1]^2: the normal CDF of the first two

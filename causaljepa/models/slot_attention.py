@@ -118,16 +118,26 @@ class SlotAttention(nn.Module):
         mu = self.init_mu
         return mu + self.init_log_sigma.exp() * noise.to(mu)
 
+    def keys(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The keys (B, N, D) of normalised inputs (B, N, C): unit vectors under cosine_scale."""
+        k = self.to_k(inputs)
+        return F.normalize(k, dim=-1) if self.cosine else k
+
+    def logits(self, slots: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """The attention logits (B, K, N), fp32, of slots (B, K, D) against keys (B, N, D), before
+        any bias: the query-key dot product over sqrt(D), or cosine_scale times their cosine."""
+        q = self.to_q(self.norm_slots(slots))  # (B, K, D)
+        if self.cosine:
+            q = F.normalize(q, dim=-1)
+        return (torch.einsum("bkd,bnd->bkn", q, k) * self.scale).float()
+
     def step(
         self, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One iteration. slots (B, K, D), k and v (B, N, D), optional additive logit bias
         (B, K, N) -> slots (B, K, D), attn (B, K, N)."""
         B, K, D = slots.shape
-        q = self.to_q(self.norm_slots(slots))  # (B, K, D)
-        if self.cosine:  # k arrives normalised (forward)
-            q = F.normalize(q, dim=-1)
-        logits = (torch.einsum("bkd,bnd->bkn", q, k) * self.scale).float()  # (B, K, N)
+        logits = self.logits(slots, k)  # (B, K, N)
         if bias is not None:
             logits = logits + bias
         attn = logits.softmax(dim=1).to(v.dtype)  # competition between slots
@@ -160,9 +170,7 @@ class SlotAttention(nn.Module):
         if iters < 1:
             raise ValueError(f"SlotAttention: iters must be >= 1, got {iters}")
         inputs = self.norm_inputs(inputs)
-        k, v = self.to_k(inputs), self.to_v(inputs)  # (B, N, D)
-        if self.cosine:
-            k = F.normalize(k, dim=-1)
+        k, v = self.keys(inputs), self.to_v(inputs)  # (B, N, D)
 
         def next_bias(attn: torch.Tensor) -> torch.Tensor | None:
             if locality is None:

@@ -1,4 +1,4 @@
-"""Five diagnostics of the object-discovery figures (README, Figures, encoder).
+"""Six diagnostics of the object-discovery figures (README, Figures, encoder).
 
     python eval/encoder_diagnostics.py ceiling [--store datasets/clevrer_sim/validation.h5]
         FG-ARI and mBO of a perfect segmentation seen at 16x16, 32x32 and 64x64, on the
@@ -21,12 +21,19 @@
         training's own.
     python eval/encoder_diagnostics.py errors (--checkpoint runs/enc/encoder.pt | --slots
         runs/enc/slots/validation.h5) [--store VALIDATION.h5] [--precision bf16|fp32]
-        [--min-pixels 10] [--share 0.2]
+        [--min-pixels 10] [--share 0.2] [--list]
         what is wrong with each object of the validation clips the encoder's training scores
         (the alpha masks' segmentation, as the training's figure), or of a slot store's whole
         videos: counts of objects held by two slots at once within frames, moved to another
         slot, sharing their slot with another object (over a whole video, also one slot taking
         two objects in turn), or inside the background's slot, and of whole ones.
+    python eval/encoder_diagnostics.py logits --checkpoint runs/enc/encoder.pt [--store VALIDATION.h5]
+        [--video 2] [--frame 0]
+        what decides which slot takes an object: per ground-truth object of one frame of one
+        validation video (run from the validation's initial slots), the mean over its feature
+        pixels of each corrected slot's attention logit against it (query-key, before any
+        bias) and of each slot's locality bias there, with each slot's attention mass (README,
+        Encoder: colour outweighed the locality bias, and dark objects shared one slot).
     python eval/encoder_diagnostics.py copies --checkpoint runs/enc/encoder.pt [--store VALIDATION.h5]
         [--video 0] [--frames 48] [--distance 0.5] [--show 0 5 20]
         slots that are copies of one another, over the first frames of one validation video
@@ -49,8 +56,8 @@ import torch
 import torch.nn.functional as F
 
 from causaljepa.data.store import VideoStore
-from causaljepa.evaluation.object_discovery import object_errors, slot_switches
-from causaljepa.models.savi import segmentation
+from causaljepa.evaluation.object_discovery import ERROR_CLASSES, object_classes, object_errors, slot_switches
+from causaljepa.models.savi import frames_to_input, log_density, segmentation
 from causaljepa.training.encoder import (
     VAL_SEED,
     ClipConfig,
@@ -134,35 +141,93 @@ def errors(
     precision: str,
     min_pixels: int,
     share: float,
+    listing: bool,
 ) -> None:
     if slots is not None:  # whole videos: the slot store's segments
         store = store or Path("datasets/clevrer_sim/validation.h5")
         seg, masks = _store_segments(slots, store)
         source = {"slots": str(slots)}
+
+        def frame(b: int, t: int) -> torch.Tensor:
+            with VideoStore(store) as vs:
+                return torch.from_numpy(vs.read("frames", b, t, t + 1)[0])
     else:
         validator, alpha, _ = _validation_maps(checkpoint, store, precision)
         masks = validator.masks.long()
         seg = segmentation(alpha, tuple(masks.shape[-2:]))  # (B, T, H, W)
         source = {"checkpoint": str(checkpoint), "precision": precision}
+
+        def frame(b: int, t: int) -> torch.Tensor:
+            return validator.frames[b, t]
+
     counts = object_errors(masks, seg, min_pixels=min_pixels, share=share)
     print(
         json.dumps(
             {"diagnostic": "object_errors", **source, "min_pixels": min_pixels, "share": share, **counts}
         )
     )
+    if not listing or not counts["objects"]:
+        return
+    classes = object_classes(masks, seg, min_pixels=min_pixels, share=share)
+    for b, o in (classes["seen"] & ~classes["whole"]).nonzero().tolist():
+        t = int(classes["first"][b, o])
+        rgb = frame(b, t)[masks[b, t] == o + 1].float().mean(0)  # the object's mean colour there
+        print(json.dumps({"diagnostic": "object_error", "video": b, "object": o + 1, "first_frame": t,
+                          "rgb": [round(float(c)) for c in rgb], "best_slot": int(classes["best"][b, o]),
+                          "classes": [k for k in ERROR_CLASSES if classes[k][b, o]]}))  # fmt: skip
 
 
-@torch.no_grad()
-def copies(
-    checkpoint: Path, store: Path | None, video: int, frames: int, distance: float, show: list[int]
-) -> None:
+def _video_clip(checkpoint: Path, store: Path | None, video: int, frames: int):
+    """The encoder, and the first ``frames`` frames and masks of one validation video."""
     model, ckpt = load_encoder(checkpoint)
     if store is None:
         store = Path(ckpt["extra"]["data_root"]) / "validation.h5"
     with VideoStore(store) as vs:
         if not 0 <= video < vs.num_videos:
             raise SystemExit(f"--video {video}: {store} has videos 0..{vs.num_videos - 1}")
-        clip = torch.from_numpy(vs.read("frames", video, 0, min(frames, vs.num_frames)))[None]
+        n = min(frames, vs.num_frames)
+        clip = torch.from_numpy(vs.read("frames", video, 0, n))[None]
+        masks = torch.from_numpy(vs.read("masks", video, 0, n)) if vs.has("masks") else None
+    return model, clip, masks
+
+
+@torch.no_grad()
+def logits(checkpoint: Path, store: Path | None, video: int, frame: int) -> None:
+    model, clip, masks = _video_clip(checkpoint, store, video, frame + 1)
+    if masks is None:
+        raise SystemExit("logits: the store has no masks to say which pixels are which object")
+    if frame >= clip.shape[1]:
+        raise SystemExit(f"--frame {frame}: the video has frames 0..{clip.shape[1] - 1}")
+    model.eval()
+    gen = torch.Generator().manual_seed(VAL_SEED)
+    init = model.corrector.init_slots(1, model.cfg.num_slots, gen)
+    out = model(clip, initial_slots=init, generator=gen)
+    c, s = model.corrector, model.encoder.size
+    feats = model.encoder(
+        frames_to_input(clip[:, frame : frame + 1], model.cfg.resolution)[:, 0]
+    )  # (1, N, D)
+    content = c.logits(out.slots[:, frame], c.keys(c.norm_inputs(feats)))[0]  # (K, N)
+    attn = out.attn[:, frame]  # (1, K, N)
+    bias = (
+        model.locality_bias(log_density(attn, s, s))[0]
+        if model.cfg.locality > 0
+        else torch.zeros_like(content)
+    )
+    ids = F.interpolate(masks[frame][None, None].float(), size=(s, s), mode="nearest").long().flatten()
+    print(json.dumps({"diagnostic": "slot_mass", "video": video, "frame": frame,
+                      "mass": [round(float(m), 1) for m in attn[0].sum(-1)]}))  # fmt: skip
+    for o in ids.unique().tolist():
+        at = ids == o
+        print(json.dumps({"diagnostic": "slot_logits", "object": o, "pixels": int(at.sum()),
+                          "content": [round(float(x), 1) for x in content[:, at].mean(-1)],
+                          "bias": [round(float(x), 1) for x in bias[:, at].mean(-1)]}))  # fmt: skip
+
+
+@torch.no_grad()
+def copies(
+    checkpoint: Path, store: Path | None, video: int, frames: int, distance: float, show: list[int]
+) -> None:
+    model, clip, _ = _video_clip(checkpoint, store, video, frames)
     gen = torch.Generator().manual_seed(VAL_SEED)  # the validation's initial slots, then any redrawn
     init = model.corrector.init_slots(1, model.cfg.num_slots, gen)
     out = model(clip, initial_slots=init, generator=gen)
@@ -205,6 +270,12 @@ def main() -> None:
     e.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     e.add_argument("--min-pixels", type=int, default=10, help="pixels an object needs to count in a frame")
     e.add_argument("--share", type=float, default=0.2, help="the share of an object a second slot must hold")
+    e.add_argument("--list", action="store_true", help="also a line per object that is not whole")
+    g = sub.add_parser("logits")
+    g.add_argument("--checkpoint", type=Path, required=True)
+    g.add_argument("--store", type=Path, default=None, help="default: the checkpoint's data root")
+    g.add_argument("--video", type=int, default=2)
+    g.add_argument("--frame", type=int, default=0)
     k = sub.add_parser("copies")
     k.add_argument("--checkpoint", type=Path, required=True)
     k.add_argument("--store", type=Path, default=None, help="default: the checkpoint's data root")
@@ -220,7 +291,9 @@ def main() -> None:
         torch.set_num_threads(1)
         consistency(a.slots, a.store, a.min_pixels)
     elif a.what == "errors":
-        errors(a.checkpoint, a.slots, a.store, a.precision, a.min_pixels, a.share)
+        errors(a.checkpoint, a.slots, a.store, a.precision, a.min_pixels, a.share, a.list)
+    elif a.what == "logits":
+        logits(a.checkpoint, a.store, a.video, a.frame)
     elif a.what == "copies":
         copies(a.checkpoint, a.store, a.video, a.frames, a.distance, a.show)
     else:

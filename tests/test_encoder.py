@@ -43,6 +43,7 @@ from causaljepa.training.checkpoint import (
     set_rng_state,
 )
 from causaljepa.training.encoder import (
+    VAL_SEED,
     ClipConfig,
     Validator,
     discovery_metrics,
@@ -1227,9 +1228,16 @@ def test_encoder_diagnostics_sources_and_errors_read_the_checkpoints_own_validat
         "--min-pixels",
         "2",
     ]
-    line = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+    done = subprocess.run([*cmd, "--list"], capture_output=True, text=True, check=True)
+    lines = [json.loads(x) for x in done.stdout.splitlines()]
+    line = lines[0]
     assert line["diagnostic"] == "object_errors" and line["min_pixels"] == 2
     assert {k: line[k] for k in want} == want
+    listed = lines[1:]  # one line per object that is not whole, each with its classes
+    assert len(listed) == want["objects"] - want["whole"]
+    for x in listed:
+        assert x["diagnostic"] == "object_error" and x["classes"] and "whole" not in x["classes"]
+        assert len(x["rgb"]) == 3 and 0 <= x["first_frame"] < SMOKE_CLIPS.val_frames
 
 
 def test_encoder_diagnostics_copies_finds_slots_that_are_one_vector(data_root, tmp_path):
@@ -1261,6 +1269,43 @@ def test_encoder_diagnostics_copies_finds_slots_that_are_one_vector(data_root, t
     assert min(spread["nearest"]) > 0.05
     bad = run(_model(), "bad.pt", "--video", "99")
     assert bad.returncode != 0 and "--video 99:" in bad.stderr and "has videos 0..1" in bad.stderr
+
+
+def test_encoder_diagnostics_logits_are_the_correctors(data_root, tmp_path):
+    """Per object of one frame: each corrected slot's mean query-key logit over the object's
+    feature pixels, and its locality bias there, as the model's own parts compute them."""
+    import json
+    import subprocess
+    import sys
+
+    model = _model(cfg=replace(CFG, locality=1.0))
+    path = _save(
+        tmp_path / "enc.pt", model, model_config=model.cfg.to_dict(), extra={"data_root": str(data_root)}
+    )
+    script = Path(__file__).resolve().parents[1] / "eval" / "encoder_diagnostics.py"
+    cmd = [sys.executable, str(script), "logits", "--checkpoint", str(path), "--video", "1", "--frame", "2"]
+    lines = [
+        json.loads(x)
+        for x in subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()
+    ]
+    mass, rows = lines[0], lines[1:]
+    assert mass["diagnostic"] == "slot_mass" and sum(mass["mass"]) == pytest.approx(16 * 16, abs=0.5)
+    assert sum(r["pixels"] for r in rows) == 16 * 16 and len(rows) >= 2  # background and objects
+    with VideoStore(data_root / "validation.h5") as vs:
+        clip = torch.from_numpy(vs.read("frames", 1, 0, 3))[None]
+        masks = torch.from_numpy(vs.read("masks", 1, 2, 3))
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(VAL_SEED)
+        out = model(clip, initial_slots=model.corrector.init_slots(1, 3, gen), generator=gen)
+        c = model.corrector
+        feats = model.encoder(frames_to_input(clip[:, 2:3], 16)[:, 0])
+        content = c.logits(out.slots[:, 2], c.keys(c.norm_inputs(feats)))[0]
+        bias = model.locality_bias(log_density(out.attn[:, 2], 16, 16))[0]
+    ids = torch.nn.functional.interpolate(masks.float()[None], size=(16, 16), mode="nearest").long().flatten()
+    for r in rows:
+        at = ids == r["object"]
+        assert r["content"] == pytest.approx(content[:, at].mean(-1).tolist(), abs=0.051)
+        assert r["bias"] == pytest.approx(bias[:, at].mean(-1).tolist(), abs=0.051)
 
 
 def test_encoder_benchmark_prints_its_figure_and_the_profile_of_a_step():

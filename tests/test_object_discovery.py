@@ -14,6 +14,7 @@ from causaljepa.evaluation.object_discovery import (
     adjusted_rand_index,
     fg_ari,
     mean_best_overlap,
+    object_classes,
     object_errors,
     slot_switches,
     summarize,
@@ -324,6 +325,11 @@ def test_object_errors_hand_made():
     got = object_errors(true, pred, min_pixels=2, share=0.2)
     assert got == {"objects": 5, "split_in_frames": 1, "split_over_time": 1, "merged": 2,
                    "in_background": 1, "whole": 1}  # fmt: skip
+    per = object_classes(true, pred, min_pixels=2, share=0.2)  # the same, per object
+    assert per["best"].tolist() == [[1, 2, 0], [1, 1, 0]]  # video 0 has no object 3: argmax of zeros
+    assert per["first"].tolist() == [[0, 0, -1], [0, 0, 0]]
+    assert per["merged"].tolist() == [[False, False, False], [True, True, False]]
+    assert per["in_background"].tolist() == [[False, False, False], [False, False, True]]
     # objects with fewer than min_pixels in every frame are not seen
     assert object_errors(true, pred, min_pixels=3)["objects"] == 1  # only video 0's object 2
     for bad, match in (({"min_pixels": 0}, "min_pixels must be >= 1"), ({"share": 1.0}, "share must be in")):

@@ -59,6 +59,7 @@ __all__ = [
     "adjusted_rand_index",
     "fg_ari",
     "mean_best_overlap",
+    "object_classes",
     "object_errors",
     "summarize",
     "temporal_consistency",
@@ -290,28 +291,16 @@ def slot_switches(
     return change.sum(1), returned.sum(1), present.any(1)
 
 
-def object_errors(
+ERROR_CLASSES = ("split_in_frames", "split_over_time", "merged", "in_background", "whole")
+
+
+def object_classes(
     true_masks: Tensor, pred_masks: Tensor, min_pixels: int = 10, share: float = 0.2
-) -> dict[str, int]:
-    """Classify each (video, object) by how the prediction holds it.
-
-    Args:
-        true_masks: ``(B, T, ...)`` ground-truth ids per frame, 0 = background.
-        pred_masks: ``(B, T, ...)`` predicted slot ids, same shape.
-        min_pixels: a frame counts for an object when the object has at least this many pixels.
-        share: the part of an object's pixels a second slot must hold to count.
-
-    Returns:
-        counts over the objects seen (in at least one counted frame): ``objects``;
-        ``split_in_frames``, a second slot holds on average over the counted frames more than
-        ``share`` of the object's pixels of each frame (two slots share it at once);
-        ``split_over_time``, over the counted frames together a second slot holds more than
-        ``share``, but not within frames (the object changed slot); ``merged``, its best slot
-        over the video (the one holding most of its pixels) is also another seen object's and
-        is not the background's (the slot holding most background pixels); ``in_background``,
-        its best slot is the background's; ``whole``, none of these. An object can be both
-        split and merged.
-    """
+) -> dict[str, Tensor]:
+    """Per (video, object) of ids ``1..O``: ``seen``, each class of ``object_errors`` as a
+    (B, O) bool tensor, ``best`` (B, O), the slot holding most of the object's counted pixels,
+    and ``first`` (B, O), its first counted frame (-1 when never seen). Empty dict when there
+    is no frame or no object."""
     if min_pixels < 1:
         raise ValueError(f"min_pixels must be >= 1, got {min_pixels}")
     if not 0 < share < 1:
@@ -319,9 +308,8 @@ def object_errors(
     true, pred = _check_pair(true_masks, pred_masks, min_ndim=2)
     b, t = true.shape[:2]
     kt, kp = _num_labels(true, None, "num_true"), _num_labels(pred, None, "num_pred")
-    keys = ("objects", "split_in_frames", "split_over_time", "merged", "in_background", "whole")
     if b * t == 0 or kt == 1:
-        return dict.fromkeys(keys, 0)
+        return {}
     table = contingency(true.reshape(b * t, -1), pred.reshape(b * t, -1), kt, kp).view(b, t, kt, kp).double()
     background = table[:, :, 0].sum(1).argmax(-1)  # (B,) the background's slot
     obj = table[:, :, 1:]  # (B, T, O, Kp)
@@ -344,8 +332,39 @@ def object_errors(
     split_in = seen & (second_in_frames > share)
     split_time = seen & (second_over_time > share) & ~split_in
     whole = seen & ~(split_in | split_time | merged | in_background)
-    counts = (seen, split_in, split_time, merged, in_background, whole)
-    return {k: int(v.sum()) for k, v in zip(keys, counts, strict=True)}
+    frames = torch.arange(t, device=counted.device).view(1, t, 1)
+    first = torch.where(counted, frames, torch.full_like(frames, t)).amin(1)  # (B, O)
+    first = torch.where(seen, first, torch.full_like(first, -1))
+    classes = (split_in, split_time, merged, in_background, whole)
+    return {"seen": seen, **dict(zip(ERROR_CLASSES, classes, strict=True)), "best": best, "first": first}
+
+
+def object_errors(
+    true_masks: Tensor, pred_masks: Tensor, min_pixels: int = 10, share: float = 0.2
+) -> dict[str, int]:
+    """Classify each (video, object) by how the prediction holds it.
+
+    Args:
+        true_masks: ``(B, T, ...)`` ground-truth ids per frame, 0 = background.
+        pred_masks: ``(B, T, ...)`` predicted slot ids, same shape.
+        min_pixels: a frame counts for an object when the object has at least this many pixels.
+        share: the part of an object's pixels a second slot must hold to count.
+
+    Returns:
+        counts over the objects seen (in at least one counted frame): ``objects``;
+        ``split_in_frames``, a second slot holds on average over the counted frames more than
+        ``share`` of the object's pixels of each frame (two slots share it at once);
+        ``split_over_time``, over the counted frames together a second slot holds more than
+        ``share``, but not within frames (the object changed slot); ``merged``, its best slot
+        over the video (the one holding most of its pixels) is also another seen object's and
+        is not the background's (the slot holding most background pixels); ``in_background``,
+        its best slot is the background's; ``whole``, none of these. An object can be both
+        split and merged. ``object_classes`` gives the same per object.
+    """
+    classes = object_classes(true_masks, pred_masks, min_pixels, share)
+    if not classes:
+        return dict.fromkeys(("objects", *ERROR_CLASSES), 0)
+    return {"objects": int(classes["seen"].sum()), **{k: int(classes[k].sum()) for k in ERROR_CLASSES}}
 
 
 def summarize(values: Tensor) -> float:

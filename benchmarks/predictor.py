@@ -1,7 +1,7 @@
 """Speed of the C-JEPA predictor: training clips/s, achieved GFLOP/s, rollout frames/s.
 
     python benchmarks/predictor.py [--predictor cjepa_clevrer] [--slots 7] [--slot-dim 128]
-        [--batch 64] [--steps 5] [--precision fp32|bf16|both] [--device cpu|cuda]
+        [--batch 64] [--steps 5] [--precision fp32|bf16|both] [--device cpu|cuda] [--commit N]
 
 The default is the published CLEVRER configuration: 7 slots x 128, 6 history + 10 future
 frames, 6 layers, 16 heads of 8 dimensions, MLP 2048, dropout 0.1, batch 64, with object
@@ -49,6 +49,10 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=5, help="timed steps (after 2 warm-up steps)")
     p.add_argument("--rollout-steps", type=int, default=16, help="predicted frames per rollout")
+    p.add_argument(
+        "--commit", type=int, default=None,
+        help="predicted frames that join the rollout chain per pass (default: all future frames, as cjepa rollout)",
+    )  # fmt: skip
     p.add_argument("--precision", choices=["bf16", "fp32", "both"], default="both")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--compile", action="store_true", help="torch.compile the training step (trainer.compile)")
@@ -100,7 +104,7 @@ def main() -> None:
 
         def roll():
             with autocast(device, precision):  # noqa: B023
-                rollout(model, history, a.rollout_steps)  # noqa: B023
+                rollout(model, history, a.rollout_steps, commit=a.commit)  # noqa: B023
 
         roll()
         dt = timed(roll, 1, device)
@@ -110,7 +114,7 @@ def main() -> None:
                 "precision": precision,
                 "frames_per_s": round(a.batch * a.rollout_steps / dt, 1),
                 "rollout_s": round(dt, 4),
-                "config": {**config, "rollout_steps": a.rollout_steps, "commit": 1},
+                "config": {**config, "rollout_steps": a.rollout_steps, "commit": a.commit or cfg.future},
                 "machine": machine_info,
             }
         )

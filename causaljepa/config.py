@@ -184,7 +184,7 @@ class PredictorEvalCommand:
     checkpoint: str = MISSING  # predictor.pt from cjepa train
     split: str = "validation"
     slots: str | None = None  # learned | oracle | a directory; default: the one the predictor trained on
-    commit: int = 1  # predicted frames that join the rollout chain per forward pass
+    commit: int | None = None  # predicted frames that join the rollout chain per forward pass; null: all
     batch_size: int = 64
     device: str = "cpu"
     out: str | None = None  # default: next to the checkpoint
@@ -220,7 +220,7 @@ class EvalClevrerCommand:
     reader: ReaderConfig = field(default_factory=ReaderConfig)
     train: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    commit: int = 1  # rollouts: predicted frames that join the chain per forward pass
+    commit: int | None = None  # rollouts: predicted frames that join the chain per pass; null: all
     batch_size: int = 64  # rollouts
     counterfactuals: str = "rollout"  # protocol (b) reads the rollout, or (diagnostic) "truth": cf_slots
     out: str | None = None  # default: <checkpoint's run>/qa
@@ -242,7 +242,7 @@ class EvalAblationCommand:
     reader: ReaderConfig = field(default_factory=ReaderConfig)
     train: OptimConfig = field(default_factory=OptimConfig)  # the reader's
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    commit: int = 1
+    commit: int | None = None  # rollouts: as EvalClevrerCommand.commit
     batch_size: int = 64
     out: str = MISSING
 

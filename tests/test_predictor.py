@@ -320,6 +320,9 @@ def test_rollout_chain_shapes_and_first_step():
     torch.testing.assert_close(
         rollout(model, hist, 3, commit=3), model(window, _future_hidden(2, 4))[0][:, 4:]
     )
+    # by default every predicted frame joins the chain at once; one a pass is another chain
+    torch.testing.assert_close(out, rollout(model, hist, 5, commit=CFG.future))
+    assert not torch.allclose(out, rollout(model, hist, 5, commit=1))
 
 
 def test_removed_slot_has_no_influence():

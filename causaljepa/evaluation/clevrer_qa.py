@@ -148,7 +148,7 @@ def future_part(
     *,
     stride: int,
     every: int,
-    commit: int,
+    commit: int | None,
     batch_size: int,
     source: dict,
 ) -> tuple[torch.Tensor, dict]:
@@ -190,7 +190,7 @@ def counterfactual_part(
     *,
     stride: int,
     frame_stride: int,
-    commit: int,
+    commit: int | None,
     batch_size: int,
     progress: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -333,7 +333,7 @@ class QAConfig:
     optim: OptimConfig
     trainer: TrainerConfig
     protocols: tuple[str, ...] = PROTOCOLS
-    commit: int = 1
+    commit: int | None = None
     batch_size: int = 64  # rollouts
     seed: int = 0
     counterfactuals: str = "rollout"  # protocol (b) reads: "rollout" (the world model) | "truth" (diagnostic)

@@ -78,7 +78,7 @@ def rollout_store(
     stride: int,
     end: int | None = None,
     batch_size: int = 64,
-    commit: int = 1,
+    commit: int | None = None,
     use_actions: bool = True,
     progress: bool = True,
 ) -> dict:
@@ -93,6 +93,7 @@ def rollout_store(
 
     cfg = model.cfg
     H = cfg.history
+    commit = cfg.future if commit is None else commit  # written down as the number it is
     end = store.observed_frames - 1 if end is None else end
     first = end - (H - 1) * stride
     if first < 0 or end >= store.num_frames:
@@ -238,7 +239,7 @@ def intervention_errors(
     steps: int,
     onsets: np.ndarray | None = None,
     batch_size: int = 64,
-    commit: int = 1,
+    commit: int | None = None,
     progress: bool = True,
 ) -> dict:
     """Latent interventions against counterfactual truth (see the module docstring).
@@ -343,7 +344,7 @@ def _score(
     stride: int,
     steps: int,
     batch_size: int,
-    commit: int,
+    commit: int | None,
     progress: bool,
     desc: str,
 ) -> tuple[list[dict], dict[str, list[float]]]:

@@ -51,7 +51,7 @@ def main() -> None:
     p.add_argument("--rollout-steps", type=int, default=16, help="predicted frames per rollout")
     p.add_argument(
         "--commit", type=int, default=None,
-        help="predicted frames that join the rollout chain per pass (default: all future frames, as cjepa rollout)",
+        help="predicted frames that join the rollout chain per pass (default: all, as cjepa rollout)",
     )  # fmt: skip
     p.add_argument("--precision", choices=["bf16", "fp32", "both"], default="both")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -23,7 +23,7 @@ import yaml
 from causaljepa.benchmarking import device_ceilings, emit, flop_rates, timed
 from causaljepa.masking import MaskConfig, MaskSampler
 from causaljepa.models.predictor import CJEPAPredictor, PredictorConfig
-from causaljepa.rollout import rollout
+from causaljepa.rollout import commit_frames, rollout
 from causaljepa.training.allocator import keep_freed_memory
 from causaljepa.training.loop import LossModule, autocast, train_step
 
@@ -101,10 +101,11 @@ def main() -> None:
         )
         model.eval()
         history = slots[:, : cfg.history].to(device)
+        commit = commit_frames(cfg, a.commit)
 
         def roll():
             with autocast(device, precision):  # noqa: B023
-                rollout(model, history, a.rollout_steps, commit=a.commit)  # noqa: B023
+                rollout(model, history, a.rollout_steps, commit=commit)  # noqa: B023
 
         roll()
         dt = timed(roll, 1, device)
@@ -114,7 +115,7 @@ def main() -> None:
                 "precision": precision,
                 "frames_per_s": round(a.batch * a.rollout_steps / dt, 1),
                 "rollout_s": round(dt, 4),
-                "config": {**config, "rollout_steps": a.rollout_steps, "commit": a.commit or cfg.future},
+                "config": {**config, "rollout_steps": a.rollout_steps, "commit": commit},
                 "machine": machine_info,
             }
         )

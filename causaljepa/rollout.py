@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .models.predictor import CJEPAPredictor
+from .models.predictor import CJEPAPredictor, PredictorConfig
 
 
 def token_mask(absent: torch.Tensor, nodes_per_frame: int) -> torch.Tensor | None:
@@ -49,6 +49,18 @@ def _pad_time(x: torch.Tensor, length: int) -> torch.Tensor:
         return x[:, :length]
     pad = x.new_zeros(x.shape[0], length - x.shape[1], *x.shape[2:])
     return torch.cat([x, pad], dim=1)
+
+
+def commit_frames(cfg: PredictorConfig, commit: int | None) -> int:
+    """The predicted frames that join a rollout's chain per pass: ``commit``, or all of the
+    predictor's ``future`` frames when None; an error outside 1..future."""
+    Fu = cfg.future
+    commit = Fu if commit is None else commit
+    if Fu < 1:
+        raise ValueError("this predictor has future=0: it predicts no frame, so it cannot roll out")
+    if not 1 <= commit <= Fu:
+        raise ValueError(f"commit must be in [1, future={Fu}], got {commit}")
+    return commit
 
 
 @torch.no_grad()
@@ -75,13 +87,9 @@ def rollout(
     cfg = model.cfg
     H, Fu = cfg.history, cfg.future
     B, H0, K, _ = history.shape
-    commit = Fu if commit is None else commit
+    commit = commit_frames(cfg, commit)
     if H0 < H:
         raise ValueError(f"history has {H0} frames; this predictor needs at least {H}")
-    if Fu < 1 or not 1 <= commit <= Fu:
-        raise ValueError(
-            f"commit must be in [1, future={Fu}], got {commit} (a predictor with future=0 cannot roll out)"
-        )
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     device = model.out.weight.device

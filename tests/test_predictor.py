@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
@@ -30,7 +31,7 @@ from causaljepa.evaluation.dynamics import (
 )
 from causaljepa.masking import MaskConfig, MaskSampler, targets
 from causaljepa.models.predictor import CJEPAPredictor, PredictorConfig, complete_graph, graph_mask, sigreg
-from causaljepa.rollout import intervene, rollout, token_mask
+from causaljepa.rollout import commit_frames, intervene, rollout, token_mask
 from causaljepa.training.predictor import copy_last, linear_extrapolation, load_predictor
 
 # residual=False: a residual predictor starts as "copy the last visible frame" (its output layer
@@ -371,6 +372,11 @@ def test_rollout_errors():
         rollout(model, x[:, :2], 3)
     with pytest.raises(ValueError, match=r"commit must be in \[1, future=3\], got 4"):
         rollout(model, x[:, :4], 3, commit=4)
+    assert commit_frames(CFG, None) == CFG.future == 3  # the default: every predicted frame
+    with pytest.raises(ValueError, match=r"commit must be in \[1, future=3\], got 0"):
+        commit_frames(CFG, 0)
+    with pytest.raises(ValueError, match="future=0: it predicts no frame"):
+        commit_frames(replace(CFG, future=0), None)
     with pytest.raises(ValueError, match=r"slot must be an index in \[0, 4\)"):
         intervene(model, x[:, :4], 7, 3)
     with pytest.raises(ValueError, match=r"at=9 is outside the history's frames \[0, 4\)"):

@@ -44,7 +44,7 @@ from ..data.store import VideoStore
 from ..data.windows import step_actions
 from ..io import atomic_output
 from ..models.predictor import CJEPAPredictor
-from ..rollout import intervene, rollout
+from ..rollout import commit_frames, intervene, rollout
 from ..training.predictor import copy_last, horizon_mse, linear_extrapolation
 
 
@@ -93,7 +93,7 @@ def rollout_store(
 
     cfg = model.cfg
     H = cfg.history
-    commit = cfg.future if commit is None else commit  # written down as the number it is
+    commit = commit_frames(cfg, commit)  # written down as the number it is
     end = store.observed_frames - 1 if end is None else end
     first = end - (H - 1) * stride
     if first < 0 or end >= store.num_frames:

@@ -407,6 +407,18 @@ def frames_to_input(frames: torch.Tensor, resolution: int) -> torch.Tensor:
     return rearrange(x, "(b t) c h w -> b t c h w", b=B)
 
 
+def _frame_noise(
+    slots: torch.Tensor, t: int, given: torch.Tensor | None, generator: torch.Generator | None
+) -> torch.Tensor:
+    """Frame t's standard normal noise, shaped like ``slots`` (B, K, D) and on their device:
+    ``given[:, t]`` (B, T, K, D) when given, otherwise a draw from ``generator`` (the global
+    generator when None)."""
+    if given is not None:
+        return given[:, t].to(slots.device)
+    where = slots.device if generator is None else generator.device
+    return torch.randn(slots.shape, generator=generator, device=where).to(slots.device)
+
+
 class SAVi(nn.Module):
     """Slot attention for video: encoder, corrector, predictor, decoder, composed as in SAVi."""
 
@@ -489,11 +501,7 @@ class SAVi(nn.Module):
                     with torch.no_grad():
                         bias = locality(prev.detach())
                 if cfg.frame_noise:
-                    if refresh_noise is not None:
-                        noise = refresh_noise[:, t].to(slots.device)
-                    else:
-                        where = slots.device if generator is None else generator.device
-                        noise = torch.randn(slots.shape, generator=generator, device=where).to(slots.device)
+                    noise = _frame_noise(slots, t, refresh_noise, generator)
                     if cfg.slot_noise > 0:
                         # the spread without gradient: the noise must not teach the initial draws to shrink
                         spread = self.corrector.init_log_sigma.detach().exp()
@@ -566,8 +574,8 @@ class SAVi(nn.Module):
         fresh = self.corrector.slots_from_noise(noise)  # (B, K, D)
         slots = torch.where(empty[..., None], fresh.to(slots.dtype), slots)
         if bias is not None:
-            floor = cfg.locality * math.log(cfg.locality_floor)
-            bias = torch.where(empty[..., None], torch.full_like(bias, floor), bias)
+            floor = self.locality_bias(bias.new_full((), -math.inf))  # no density: the floor alone
+            bias = torch.where(empty[..., None], floor.to(bias.dtype), bias)
         return slots, bias
 
     @staticmethod

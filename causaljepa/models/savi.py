@@ -407,7 +407,7 @@ def frames_to_input(frames: torch.Tensor, resolution: int) -> torch.Tensor:
     return rearrange(x, "(b t) c h w -> b t c h w", b=B)
 
 
-def _frame_noise(
+def _noise_at(
     slots: torch.Tensor, t: int, given: torch.Tensor | None, generator: torch.Generator | None
 ) -> torch.Tensor:
     """Frame t's standard normal noise, shaped like ``slots`` (B, K, D) and on their device:
@@ -501,7 +501,7 @@ class SAVi(nn.Module):
                     with torch.no_grad():
                         bias = locality(prev.detach())
                 if cfg.frame_noise:
-                    noise = _frame_noise(slots, t, refresh_noise, generator)
+                    noise = _noise_at(slots, t, refresh_noise, generator)
                     if cfg.slot_noise > 0:
                         # the spread without gradient: the noise must not teach the initial draws to shrink
                         spread = self.corrector.init_log_sigma.detach().exp()

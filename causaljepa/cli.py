@@ -420,8 +420,12 @@ def cmd_eval_clevrer(cfg) -> None:
         cfg.data.root, slot_dir, cfg.checkpoint, out, _qa_config(cfg, cfg.seed, cfg.counterfactuals)
     )
     print((out / "results.md").read_text())
-    if "grounding" in result:
-        print(f"grounding of the removed object (validation): {result['grounding']['questions']}")
+    grounding = result.get("grounding", {})
+    if "readout_validation_accuracy" in grounding:
+        acc = ", ".join(f"{k} {v:.3f}" for k, v in grounding["readout_validation_accuracy"].items())
+        print(f"attribute readout accuracy (validation slots): {acc}")
+    if "questions" in grounding:
+        print(f"grounding of the removed object (validation): {grounding['questions']}")
     print(f"written: {out / 'results.json'}  {out / 'results.md'}")
 
 

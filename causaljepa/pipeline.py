@@ -310,8 +310,11 @@ def write_report(
             f"{100 * a['intervened_lower_fraction']:.0f} % | "
             f"{h['intervened_mse']:.4f} / {h['factual_mse']:.4f} | {at} |"
         )
-    g = qa["object"].get("grounding")
-    if g:
+    g = qa["object"].get("grounding", {})
+    if "readout_validation_accuracy" in g:
+        acc = ", ".join(f"{k} {100 * v:.1f} %" for k, v in g["readout_validation_accuracy"].items())
+        lines += ["", f"Attribute readout on validation slots (marks the named objects' slots): {acc}."]
+    if "questions" in g:
         lines += [
             "",
             f"Grounding of the removed object (validation counterfactual questions): {g['questions']}.",

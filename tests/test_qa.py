@@ -18,6 +18,7 @@ from causaljepa.evaluation.qa import (
     EXTRA_CF,
     EXTRA_FUTURE,
     EXTRA_NONE,
+    GROUND_WIDTH,
     QAReader,
     ReaderConfig,
     VisualParts,
@@ -25,8 +26,11 @@ from causaljepa.evaluation.qa import (
     accuracy_table,
     build_examples,
     markdown_table,
+    mention_weights,
+    mentions,
     named_object,
     video_index,
+    words,
 )
 
 
@@ -124,6 +128,43 @@ def test_examples_one_row_per_question_or_choice():
         build_examples(VIDEOS, [3], v, 4, counterfactual_extra=False)
 
 
+def test_mentions_name_objects_by_attributes():
+    ws = words(
+        "Which event will happen if the red rubber cube is removed? The gray object collides with the sphere"
+    )
+    got = [(" ".join(ws[a:b]), m) for a, b, m in mentions(ws)]
+    assert got == [
+        ("red rubber cube", {"color": "red", "material": "rubber", "shape": "cube"}),
+        ("gray object", {"color": "gray"}),
+        ("sphere", {"shape": "sphere"}),
+    ]
+    # plural shapes name a kind; a repeated attribute starts a new mention; bare "object" names none
+    ws = words("How many metal cylinders are there? The red blue objects; what object enters")
+    assert [m for _, _, m in mentions(ws)] == [
+        {"material": "metal", "shape": "cylinder"},
+        {"color": "red"},
+        {"color": "blue"},
+    ]
+
+
+def test_examples_mark_the_words_and_values_of_each_mention():
+    v = Vocabulary.from_questions(VIDEOS)
+    ex, _ = build_examples(VIDEOS, [0], v, 20, counterfactual_extra=False, max_mentions=3)
+    red, cube, sphere, cyl, gray = 1, 0, 1, 2, 0
+    # row 3: "... if the red cube is removed?" + "The sphere collides with the cylinder"
+    q = words("Which event will happen if the red cube is removed?")
+    assert ex.word_mention[3, : len(q)].tolist() == [0] * 6 + [1, 1] + [0] * 2
+    assert ex.word_mention[3, len(q) :].tolist()[:6] == [0, 2, 0, 0, 0, 3]
+    assert ex.named[3].tolist() == [[red, cube, -1], [-1, sphere, -1], [-1, cyl, -1]]
+    assert ex.mention_valid[3].tolist() == [True, True, True]
+    assert ex.named[4].tolist()[1] == [gray, sphere, -1]  # "The gray sphere collides with it"
+    assert ex.mention_valid[5].tolist() == [True, False, False]  # "Nothing"
+    # mentions count in reading order: the predictive question names none, its choice's cube is the first
+    assert ex.mention_valid[1].tolist() == [True, False, False] and ex.named[1, 0].tolist() == [-1, cube, -1]
+    with pytest.raises(ValueError, match=r"names 3 objects.*reader\.max_mentions=2"):
+        build_examples(VIDEOS, [0], v, 20, counterfactual_extra=False, max_mentions=2)
+
+
 def test_words_outside_the_vocabulary_are_an_error_or_unk(capsys):
     v = Vocabulary.from_questions(VIDEOS[:1])
     other = [
@@ -186,6 +227,27 @@ def test_reader_is_slot_permutation_equivariant_and_ignores_padding():
     a2, c2 = model(bp)
     torch.testing.assert_close(a1, a2, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(c1, c2, atol=1e-5, rtol=1e-5)
+    # with the readout's marks of the mentioned objects, permuted with their slots
+    g = torch.Generator().manual_seed(1)
+    logp = {f"{k}_logp": torch.randn(*getattr(parts, k).shape[:3], GROUND_WIDTH, generator=g).clamp(max=0)
+            for k in ("observed", "future", "counterfactual")}  # fmt: skip
+    marked = VisualParts(parts.observed, parts.future, parts.counterfactual, **logp)
+    bm = ex.take(torch.arange(len(ex)))
+    bm.update(marked.batch(bm))
+    assert bm["observed_ground"].shape == (len(ex), 3, 4, 4) and bm["extra_ground"].shape == (
+        len(ex),
+        3,
+        4,
+        4,
+    )
+    _, cm = model(bm)
+    assert not torch.allclose(cm, c1)  # the marks reach the answer
+    bmp = dict(bm, observed=bm["observed"][:, :, perm], extra=bm["extra"][:, :, perm])
+    bmp.update(observed_ground=bm["observed_ground"][:, :, perm], extra_ground=bm["extra_ground"][:, :, perm])
+    torch.testing.assert_close(model(bmp)[1], cm, atol=1e-5, rtol=1e-5)
+    # a mark moved to another slot changes the answer: the reader ties mentions to slots
+    moved = dict(bm, observed_ground=bm["observed_ground"].roll(1, dims=2))
+    assert not torch.allclose(model(moved)[1], cm)
     # a descriptive question reads no extra part: garbage in its padded extra slots changes nothing
     b0 = ex.take(torch.tensor([0]))
     b0.update(parts.batch(b0))
@@ -236,17 +298,32 @@ def test_grounding_finds_the_described_slot(one_thread):
     g = torch.Generator().manual_seed(1)
     props = torch.stack([torch.randint(0, n, (400,), generator=g) for n in (8, 3, 2)], dim=1)  # (M, 3)
 
-    def feats(p):  # one-hot attributes + noise, in a 16-dim slot
-        x = torch.cat([torch.nn.functional.one_hot(p[:, j], n).float() for j, n in enumerate((8, 3, 2))], 1)
+    def feats(p):  # one-hot attributes + noise, in a 16-dim slot; a row of -1 is a slot of no object
+        x = torch.cat(
+            [torch.nn.functional.one_hot(p[:, j].clamp(min=0), n).float() for j, n in enumerate((8, 3, 2))], 1
+        )
+        x = x * (p[:, :1] >= 0)
         return torch.cat([x, 0.1 * torch.randn(len(p), 3, generator=g)], 1)
 
-    readout = fit_readout(feats(props), props, steps=200)
-    assert min(readout_accuracy(readout, feats(props), props).values()) > 0.99
-    # a video of 3 slots: red cube rubber, blue sphere metal, red sphere rubber
-    objs = torch.tensor([[1, 0, 0], [2, 1, 1], [1, 1, 0]])
-    slots = feats(objs)[None, None].expand(2, 2, 3, 16)  # (B=2, T=2, K=3, D)
+    y = torch.cat([props, torch.full((100, 3), -1)])  # 100 slots cover no object
+    readout = fit_readout(feats(y), y, steps=200)
+    acc = readout_accuracy(readout, feats(y), y)
+    assert set(acc) == {"color", "shape", "material", "object"} and min(acc.values()) > 0.99, acc
+    # a video of 4 slots: red cube rubber, blue sphere metal, red sphere rubber, no object
+    objs = torch.tensor([[1, 0, 0], [2, 1, 1], [1, 1, 0], [-1, -1, -1]])
+    slots = feats(objs)[None, None].expand(2, 2, 4, 16)  # (B=2, T=2, K=4, D)
     got = ground(readout, slots, [{"color": "red", "shape": "sphere"}, {"material": "metal"}])
     assert got.tolist() == [2, 1]
+    # the reader's marks: p(object) x p(named values), per slot, for each mention
+    logp = readout.ground_logp(slots)
+    assert logp.shape == (2, 2, 4, GROUND_WIDTH)
+    named = torch.tensor([[[1, 1, -1], [-1, -1, 1]], [[-1, 0, -1], [-1, -1, -1]]])  # red sphere, metal; cube
+    w = mention_weights(logp, named, named.ge(0).any(-1))
+    assert w.shape == (2, 2, 4, 2)
+    assert w[0, 0, :, 0].argmax() == 2 and w[0, 0, 2, 0] > 0.9 and w[0, 0, [0, 1, 3], 0].max() < 0.1
+    assert w[0, 0, :, 1].argmax() == 1 and w[0, 0, 1, 1] > 0.9
+    assert w[1, 0, :, 0].argmax() == 0 and w[1, 0, 3, 0] < 0.1  # the empty slot is no cube
+    assert w[1, :, :, 1].eq(0).all()  # no second mention
 
 
 def test_ablation_summary_pairs_seeds():
@@ -417,7 +494,11 @@ def test_readout_data_labels_each_slot_with_its_objects_attributes(qa_world):
     with SlotStore(root / "oracle_slots" / "validation.h5") as st:
         x, y = readout_data(st, props, [0, 4])
         obj = st.f["slot_object"][:, [0, 4]]
-    assert len(x) == int((obj >= 0).sum()) and x.shape[1] == st.slot_dim
+    assert len(x) == obj.size and x.shape[1] == st.slot_dim  # every slot, in (video, frame, slot) order
+    covers = torch.from_numpy(obj.reshape(-1) >= 0)
+    assert torch.equal(y[:, 0] >= 0, covers) and y[~covers].eq(-1).all()
+    assert x[~covers].eq(0).all()  # an oracle slot of no object is all zeros
     # oracle slots carry the attributes one-hot after the 8 kinematic fields
-    colour, shape, material = x[:, 8:16].argmax(1), x[:, 16:19].argmax(1), x[:, 19:21].argmax(1)
-    assert torch.equal(torch.stack([colour, shape, material], 1), y)
+    xo = x[covers]
+    colour, shape, material = xo[:, 8:16].argmax(1), xo[:, 16:19].argmax(1), xo[:, 19:21].argmax(1)
+    assert torch.equal(torch.stack([colour, shape, material], 1), y[covers])

@@ -47,6 +47,8 @@ from ..training.checkpoint import file_hash, last_checkpoint
 from ..training.loop import OptimConfig, Trainer, TrainerConfig
 from .dynamics import rollout_store, window_actions
 from .qa import (
+    ATTR_SIZES,
+    GROUND_WIDTH,
     Counterfactuals,
     Examples,
     QAReader,
@@ -67,7 +69,8 @@ _VALUES = dict(PROPERTY_VOCAB)  # property -> its values
 
 
 class AttributeReadout(nn.Module):
-    """slot (D) -> colour, shape and material logits (8 + 3 + 2)."""
+    """slot (D) -> colour, shape and material logits (8 + 3 + 2) and an object logit (does the
+    slot cover an object at all)."""
 
     def __init__(self, slot_dim: int, hidden: int = 64):
         super().__init__()
@@ -75,35 +78,59 @@ class AttributeReadout(nn.Module):
             nn.LayerNorm(slot_dim),
             nn.Linear(slot_dim, hidden),
             nn.GELU(),
-            nn.Linear(hidden, sum(n for _, n in _GROUPS)),
+            nn.Linear(hidden, GROUND_WIDTH),
         )
 
     def log_probs(self, slots: torch.Tensor) -> dict[str, torch.Tensor]:
-        """(..., D) -> {attribute: (..., values) log-probabilities}."""
-        parts = self.net(slots).split([n for _, n in _GROUPS], dim=-1)
-        return {key: F.log_softmax(p, dim=-1) for (key, _), p in zip(_GROUPS, parts, strict=True)}
+        """(..., D) -> {attribute: (..., values) log-probabilities, "object": (...) log p(object)}."""
+        *parts, obj = self.net(slots).split([*ATTR_SIZES, 1], dim=-1)
+        out = {key: F.log_softmax(p, dim=-1) for (key, _), p in zip(_GROUPS, parts, strict=True)}
+        out["object"] = F.logsigmoid(obj[..., 0])
+        return out
+
+    @torch.no_grad()
+    def ground_logp(self, slots: torch.Tensor, batch: int = 65536) -> torch.Tensor:
+        """(..., D) -> (..., GROUND_WIDTH): the layout ``qa.mention_weights`` reads."""
+        flat = slots.reshape(-1, slots.shape[-1]).float()
+        out = []
+        for i in range(0, len(flat), batch):
+            lp = self.log_probs(flat[i : i + batch])
+            out.append(torch.cat([*(lp[key] for key, _ in _GROUPS), lp["object"][:, None]], dim=-1))
+        return torch.cat(out).reshape(*slots.shape[:-1], GROUND_WIDTH)
+
+
+def readout_frames(store: SlotStore, frame_stride: int, window: list[int]) -> list[int]:
+    """The frames the readout trains on: the reader's observed frames and the first history window."""
+    return sorted(set(range(0, store.observed_frames, frame_stride)) | set(window))
 
 
 def readout_data(store: SlotStore, props: np.ndarray, frames: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Slots at ``frames`` that cover an annotated object -> (X (M, D), Y (M, 3) attribute ids)."""
+    """Every slot at ``frames`` -> (X (M, D), Y (M, 3) attribute ids of the object it covers,
+    -1 where it covers none). At least one slot must cover an annotated object."""
     slots = store.f["slots"][:, frames]  # (N, F, K, D)
     obj = store.f["slot_object"][:, frames].astype(np.int64)  # (N, F, K), -1 = no object
     video = np.broadcast_to(np.arange(store.num_videos)[:, None, None], obj.shape)
     p = props[video, np.maximum(obj, 0)]  # (N, F, K, 3)
-    keep = (obj >= 0) & (p >= 0).all(axis=-1)
-    if not keep.any():
+    covers = (obj >= 0) & (p >= 0).all(axis=-1)
+    if not covers.any():
         raise ValueError(f"{store.path}: no slot covers an annotated object in frames {frames}")
-    return torch.from_numpy(slots[keep]).float(), torch.from_numpy(p[keep]).long()
+    y = np.where(covers[..., None], p, -1)
+    D = slots.shape[-1]
+    return torch.from_numpy(slots.reshape(-1, D)).float(), torch.from_numpy(y.reshape(-1, 3)).long()
 
 
 def fit_readout(x: torch.Tensor, y: torch.Tensor, *, steps: int = 400, seed: int = 0) -> AttributeReadout:
-    """Full-batch AdamW on the three cross-entropies."""
+    """Full-batch AdamW on the three attribute cross-entropies (slots that cover an object) and the
+    object / no-object cross-entropy (every slot; rows of ``y`` that are -1 cover no object)."""
     torch.manual_seed(seed)
     model = AttributeReadout(x.shape[1])
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-3)
+    covers = y[:, 0] >= 0
     for _ in range(steps):
-        lp = model.log_probs(x)
-        loss = sum(F.nll_loss(lp[key], y[:, j]) for j, (key, _) in enumerate(_GROUPS))
+        *parts, obj = model.net(x).split([*ATTR_SIZES, 1], dim=-1)
+        loss = F.binary_cross_entropy_with_logits(obj[:, 0], covers.float())
+        for j, logits in enumerate(parts):
+            loss = loss + F.cross_entropy(logits[covers], y[covers, j])
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -112,16 +139,23 @@ def fit_readout(x: torch.Tensor, y: torch.Tensor, *, steps: int = 400, seed: int
 
 @torch.no_grad()
 def readout_accuracy(model: AttributeReadout, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """Per attribute on the slots that cover an object, and object / no object on every slot."""
     lp = model.log_probs(x)
-    return {key: float((lp[key].argmax(-1) == y[:, j]).float().mean()) for j, (key, _) in enumerate(_GROUPS)}
+    covers = y[:, 0] >= 0
+    out = {
+        key: float((lp[key][covers].argmax(-1) == y[covers, j]).float().mean())
+        for j, (key, _) in enumerate(_GROUPS)
+    }
+    out["object"] = float(((lp["object"] > np.log(0.5)) == covers).float().mean())
+    return out
 
 
 @torch.no_grad()
 def ground(model: AttributeReadout, slots: torch.Tensor, attrs: list[dict[str, str]]) -> torch.Tensor:
     """slots (B, T, K, D), one attribute description per row -> (B,) the slot most likely to be
-    the described object (log-probabilities of the named values summed, best frame)."""
+    the described object (log p(object) plus the log-probabilities of the named values, best frame)."""
     lp = model.log_probs(slots.float())
-    score = slots.new_zeros(slots.shape[:3])  # (B, T, K)
+    score = lp["object"].clone()  # (B, T, K)
     for b, a in enumerate(attrs):
         for key, value in a.items():
             score[b] += lp[key][b, :, :, _VALUES[key].index(value)]
@@ -380,15 +414,17 @@ def evaluate_clevrer(
                 "choose another out= or delete that directory"
             )
     todo = [p for p in cfg.protocols if p not in results.get("protocols", {})]
+    rc = cfg.reader
+    # the attribute readout marks named objects' slots (reader.ground) and grounds protocol (b)
+    need_readout = bool(todo) and (rc.ground or ("b" in todo and cfg.counterfactuals == "rollout"))
     props = {}
-    if "b" in todo:
+    if need_readout or "b" in todo:
         props = {s: object_properties(data_root / f"{s}.h5") for s in ("train", "validation")}
     if not todo:
         _write_markdown(out, results)
         return results
     model, ckpt = load_predictor(predictor, cfg.trainer.device)
     stride = int(ckpt["extra"]["windows"]["stride"])
-    rc = cfg.reader
     questions = {s: load_questions(data_root / "questions" / f"{s}.json") for s in ("train", "validation")}
     vocab = Vocabulary.from_questions(questions["train"])
     stores = {s: SlotStore(slot_dir / f"{s}.h5") for s in ("train", "validation")}
@@ -397,11 +433,15 @@ def evaluate_clevrer(
             check_same_encoder(st, ckpt)
         if "b" in todo and cfg.counterfactuals == "rollout":  # checked before any rollout or training
             check_frame_stride(rc.frame_stride, stride)
+        if need_readout:
             for st in stores.values():
                 if not st.has("slot_object"):
+                    uses = (["reader.ground=true (set reader.ground=false)"] if rc.ground else []) + (
+                        ["protocol (b) (use protocols=[a])"] if "b" in todo else []
+                    )
                     raise ValueError(
-                        f"{st.path} has no slot_object (which object each slot covers): the grounding "
-                        "readout cannot be trained, so protocol (b) is not available here; use protocols=[a]"
+                        f"{st.path} has no slot_object (which object each slot covers): the attribute "
+                        f"readout cannot be trained, and {' and '.join(uses)} need it"
                     )
         rows = {s: video_index(stores[s].video_ids, questions[s], f"questions/{s}.json") for s in stores}
         observed = {s: observed_part(st, rc.frame_stride) for s, st in stores.items()}
@@ -418,20 +458,30 @@ def evaluate_clevrer(
         }
         grounding, readout = None, None
         frames = list(range(0, model.cfg.history * stride, stride))  # the first history window
-        if "b" in todo and cfg.counterfactuals == "rollout":
-            x, y = readout_data(stores["train"], props["train"], frames)
-            readout = fit_readout(x, y, seed=cfg.seed)
+        logp = {s: {} for s in stores}  # the readout's log-probabilities per part (reader.ground)
+        if need_readout:
+            seen = {s: readout_frames(st, rc.frame_stride, frames) for s, st in stores.items()}
+            readout = fit_readout(
+                *readout_data(stores["train"], props["train"], seen["train"]), seed=cfg.seed
+            )
             grounding = {
                 "readout_validation_accuracy": readout_accuracy(
-                    readout, *readout_data(stores["validation"], props["validation"], frames)
+                    readout, *readout_data(stores["validation"], props["validation"], seen["validation"])
                 )
             }
+            if rc.ground:
+                for s in stores:
+                    logp[s] = {
+                        "observed_logp": readout.ground_logp(observed[s]),
+                        "future_logp": readout.ground_logp(future[s]),
+                    }
         for protocol in todo:
             splits = {}
             for s, st in stores.items():
                 ex, cfs = build_examples(
                     questions[s], rows[s], vocab, rc.max_words, protocol == "b",
                     unknown_words=rc.unknown_words, source=str(data_root / "questions" / f"{s}.json"),
+                    max_mentions=rc.max_mentions,
                 )  # fmt: skip
                 cf = None
                 if protocol == "b" and cfg.counterfactuals == "truth":
@@ -443,7 +493,10 @@ def evaluate_clevrer(
                     )  # fmt: skip
                     if s == "validation":
                         grounding["questions"] = grounding_accuracy(st, props[s], cfs, chosen, frames)
-                splits[s] = Split(ex, VisualParts(observed[s], future[s], cf))
+                cf_logp = {}
+                if rc.ground and cf is not None:
+                    cf_logp = {"counterfactual_logp": readout.ground_logp(cf)}
+                splits[s] = Split(ex, VisualParts(observed[s], future[s], cf, **logp[s], **cf_logp))
             metrics = train_reader(
                 splits["train"], splits["validation"], vocab, rc, cfg.optim, cfg.trainer,
                 out / f"protocol_{protocol}", seed=cfg.seed, extra={**extra_info, "protocol": protocol},

@@ -37,6 +37,7 @@ Shapes: E examples, B batch, L words, T frames, K slots, D slot width, d reader 
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
 
@@ -466,6 +467,16 @@ class QAReader(nn.Module):
         self.frame_pos = nn.Embedding(cfg.max_frames, d)
         self.kind = nn.Embedding(T_CLS + 1, d)
         self.mention = nn.Embedding(cfg.max_mentions + 1, d, padding_idx=0)  # 0: no mention
+        # per frame, each mentioned object's slot and each pair of them (module docstring)
+        self.pairs = list(itertools.combinations(range(cfg.max_mentions), 2))
+        self.named_slot = nn.Sequential(nn.LayerNorm(slot_dim + 1), nn.Linear(slot_dim + 1, d))
+        self.pair = nn.Sequential(
+            nn.LayerNorm(3 * slot_dim + 3),
+            nn.Linear(3 * slot_dim + 3, cfg.mlp_hidden),
+            nn.GELU(),
+            nn.Linear(cfg.mlp_hidden, d),
+        )
+        self.pair_id = nn.Embedding(max(1, len(self.pairs)), d)
         self.cls = nn.Parameter(torch.zeros(d))
         self.blocks = nn.ModuleList(
             Block(d, cfg.heads, d // cfg.heads, cfg.mlp_hidden, cfg.dropout) for _ in range(cfg.layers)
@@ -473,7 +484,7 @@ class QAReader(nn.Module):
         self.norm = nn.LayerNorm(d)
         self.answer = nn.Linear(d, len(ANSWERS))
         self.choice = nn.Linear(d, 1)
-        for emb in (self.word_pos, self.frame_pos, self.kind, self.mention):
+        for emb in (self.word_pos, self.frame_pos, self.kind, self.mention, self.pair_id):
             nn.init.normal_(emb.weight, std=0.02)
 
     def _frames(self, slots: torch.Tensor, types: torch.Tensor, ground: torch.Tensor | None) -> torch.Tensor:
@@ -485,6 +496,34 @@ class QAReader(nn.Module):
         if ground is not None:
             x = x + ground @ self.mention.weight[1 : ground.shape[-1] + 1]
         return x.reshape(B, T * K, x.shape[-1])
+
+    def _named(
+        self, slots: torch.Tensor, ground: torch.Tensor, types: torch.Tensor, keep: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mention and pair tokens of one part.
+
+        slots (B, T, K, D), ground (B, T, K, R) mention weights, types (B,), keep (B, T, R)
+        -> tokens (B, T (R + P), d) and which of them exist (B, T (R + P)).
+        The slot of mention r at frame t is the ground-weighted mean of the frame's slots, with
+        how much of a slot was found (the summed weight, at most 1) as one more feature.
+        """
+        B, T = slots.shape[:2]
+        mass = ground.sum(dim=2)  # (B, T, R)
+        named = torch.einsum("btkr,btkd->btrd", ground, slots) / mass.clamp(min=1e-6)[..., None]
+        named = torch.cat([named, mass.clamp(max=1.0)[..., None]], dim=-1)  # (B, T, R, D + 1)
+        base = self.frame_pos.weight[:T][None, :, None] + self.kind(types)[:, None, None]
+        tokens = [self.named_slot(named) + self.mention.weight[1 : named.shape[2] + 1] + base]
+        exists = [keep]
+        if self.pairs:
+            a, b = (torch.tensor(i, device=slots.device) for i in zip(*self.pairs, strict=True))
+            na, nb = named[:, :, a], named[:, :, b]  # (B, T, P, D + 1)
+            tokens.append(self.pair(torch.cat([na, nb, na - nb], dim=-1)) + self.pair_id.weight + base)
+            exists.append(keep[:, :, a] & keep[:, :, b])
+        d = tokens[0].shape[-1]
+        return (
+            torch.cat([t.reshape(B, -1, d) for t in tokens], dim=1),
+            torch.cat([e.reshape(B, -1) for e in exists], dim=1),
+        )
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (answer logits (B, 21), choice logit (B,))."""
@@ -499,16 +538,25 @@ class QAReader(nn.Module):
         observed = self._frames(obs, full, batch.get("observed_ground"))
         more = self._frames(extra, batch["extra_type"].clamp(min=1), batch.get("extra_ground"))
         cls = (self.cls + self.kind.weight[T_CLS]).expand(B, 1, -1)
-        x = torch.cat([cls, text, observed, more], dim=1)  # (B, 1 + L + (To + Te) K, d)
-        keep = torch.cat(
-            [
-                torch.ones(B, 1, dtype=torch.bool, device=w.device),
-                wt > 0,
-                torch.ones(B, observed.shape[1], dtype=torch.bool, device=w.device),
-                batch["extra_valid"].repeat_interleave(K, dim=1),
-            ],
-            dim=1,
-        )  # (B, N): padding is never attended to
+        parts = [cls, text, observed, more]  # (B, 1 + L + (To + Te) K, d) and named objects' tokens
+        keep = [
+            torch.ones(B, 1, dtype=torch.bool, device=w.device),
+            wt > 0,
+            torch.ones(B, observed.shape[1], dtype=torch.bool, device=w.device),
+            batch["extra_valid"].repeat_interleave(K, dim=1),
+        ]
+        if "observed_ground" in batch:
+            named = batch["mention_valid"]  # (B, R)
+            for slots, ground, types, frames in (
+                (obs, batch["observed_ground"], full, torch.ones_like(batch["extra_valid"][:, :1])),
+                (extra, batch["extra_ground"], batch["extra_type"].clamp(min=1), batch["extra_valid"]),
+            ):
+                frames = frames.expand(B, slots.shape[1])
+                tok, ok = self._named(slots, ground, types, frames[:, :, None] & named[:, None, :])
+                parts.append(tok)
+                keep.append(ok)
+        x = torch.cat(parts, dim=1)
+        keep = torch.cat(keep, dim=1)  # (B, N): padding is never attended to
         mask = keep[:, None, :].expand(B, x.shape[1], x.shape[1])
         for blk in self.blocks:
             x, _ = blk(x, mask)

@@ -25,10 +25,12 @@ from causaljepa.evaluation.qa import (
     Vocabulary,
     accuracy_table,
     build_examples,
+    extra_groups,
     markdown_table,
     mention_weights,
     mentions,
     named_object,
+    predict,
     video_index,
     words,
 )
@@ -260,6 +262,26 @@ def test_reader_is_slot_permutation_equivariant_and_ignores_padding():
     before = model(bc)[1]
     bc["extra"] = bc["extra"] + torch.randn_like(bc["extra"])
     assert not torch.allclose(model(bc)[1], before)
+
+
+def test_predict_batches_by_extra_part_and_keeps_row_order():
+    v = Vocabulary.from_questions(VIDEOS)
+    ex, _ = build_examples(VIDEOS * 2, [0, 1], v, 20, counterfactual_extra=True)
+    groups = extra_groups(ex)
+    assert [ex.extra[g].unique().tolist() for g in groups] == [[EXTRA_NONE], [EXTRA_FUTURE], [EXTRA_CF]]
+    assert sorted(torch.cat(groups).tolist()) == list(range(len(ex)))
+    parts = _parts(M=2)
+    torch.manual_seed(0)
+    model = QAReader(ReaderConfig(dim=16, heads=2, mlp_hidden=16, max_words=20), len(v), 5).eval()
+    got = predict(model, ex, parts, batch_size=2)
+    one = []
+    for i in range(len(ex)):  # one row at a time: no padding of another row's part
+        b = ex.take(torch.tensor([i]))
+        b.update(parts.batch(b))
+        assert b["extra"].shape[1] == {EXTRA_NONE: 0, EXTRA_FUTURE: 2, EXTRA_CF: 3}[int(ex.extra[i])]
+        a, c = model(b)
+        one.append(int(c[0] > 0) if ex.is_choice[i] else int(a[0].argmax()))
+    assert got.tolist() == one
 
 
 def test_reader_learns_a_slot_dependent_answer(one_thread):

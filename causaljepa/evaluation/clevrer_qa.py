@@ -57,6 +57,7 @@ from .qa import (
     Vocabulary,
     accuracy_table,
     build_examples,
+    extra_groups,
     markdown_table,
     predict,
     video_index,
@@ -341,8 +342,14 @@ def train_reader(
     torch.manual_seed(seed)
     model = QAReader(cfg, len(vocab), slot_dim)
 
+    # each batch comes from one extra_groups group, chosen in proportion to its size: every
+    # example is as likely as with uniform draws, and a batch makes only the tokens it reads
+    groups = extra_groups(train.examples)
+    sizes = torch.tensor([len(g) for g in groups], dtype=torch.float64)
+
     def next_batch(step: int, gen: torch.Generator) -> dict:
-        idx = torch.randint(len(train.examples), (optim.batch_size,), generator=gen)
+        rows = groups[int(torch.multinomial(sizes, 1, generator=gen))]
+        idx = rows[torch.randint(len(rows), (optim.batch_size,), generator=gen)]
         b = train.examples.take(idx)
         b.update(train.parts.batch(b))
         return b

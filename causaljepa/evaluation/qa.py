@@ -377,9 +377,14 @@ class VisualParts:
         and, where there are log-probabilities and mentions, how likely each slot is each mention."""
         obs = self.observed[ex["video"]]  # (B, To, K, D)
         B, _, K, D = obs.shape
+        # as long as the longest extra part this batch reads (0 where none reads one)
         Te = max(
-            self.future.shape[1] if self.future is not None else 0,
-            self.counterfactual.shape[1] if self.counterfactual is not None else 0,
+            self.future.shape[1]
+            if self.future is not None and bool((ex["extra"] == EXTRA_FUTURE).any())
+            else 0,
+            self.counterfactual.shape[1]
+            if self.counterfactual is not None and bool((ex["extra"] == EXTRA_CF).any())
+            else 0,
         )
         grounded = self.observed_logp is not None and "named" in ex
         extra = obs.new_zeros(B, Te, K, D)
@@ -468,7 +473,8 @@ class QAReader(nn.Module):
         self.kind = nn.Embedding(T_CLS + 1, d)
         self.mention = nn.Embedding(cfg.max_mentions + 1, d, padding_idx=0)  # 0: no mention
         # per frame, each mentioned object's slot and each pair of them (module docstring)
-        self.pairs = list(itertools.combinations(range(cfg.max_mentions), 2))
+        # ordered by their later mention, so the pairs of the first R mentions are a prefix
+        self.pairs = sorted(itertools.combinations(range(cfg.max_mentions), 2), key=lambda p: (p[1], p[0]))
         self.named_slot = nn.Sequential(nn.LayerNorm(slot_dim + 1), nn.Linear(slot_dim + 1, d))
         self.pair = nn.Sequential(
             nn.LayerNorm(3 * slot_dim + 3),
@@ -514,10 +520,12 @@ class QAReader(nn.Module):
         base = self.frame_pos.weight[:T][None, :, None] + self.kind(types)[:, None, None]
         tokens = [self.named_slot(named) + self.mention.weight[1 : named.shape[2] + 1] + base]
         exists = [keep]
-        if self.pairs:
-            a, b = (torch.tensor(i, device=slots.device) for i in zip(*self.pairs, strict=True))
+        pairs = [(i, j) for i, j in self.pairs if j < named.shape[2]]  # a prefix of self.pairs
+        if pairs:
+            a, b = (torch.tensor(i, device=slots.device) for i in zip(*pairs, strict=True))
             na, nb = named[:, :, a], named[:, :, b]  # (B, T, P, D + 1)
-            tokens.append(self.pair(torch.cat([na, nb, na - nb], dim=-1)) + self.pair_id.weight + base)
+            pair_id = self.pair_id.weight[: len(pairs)]
+            tokens.append(self.pair(torch.cat([na, nb, na - nb], dim=-1)) + pair_id + base)
             exists.append(keep[:, :, a] & keep[:, :, b])
         d = tokens[0].shape[-1]
         return (
@@ -546,11 +554,25 @@ class QAReader(nn.Module):
             batch["extra_valid"].repeat_interleave(K, dim=1),
         ]
         if "observed_ground" in batch:
-            named = batch["mention_valid"]  # (B, R)
+            # mentions fill from the first: the batch's last used one bounds the tokens made
+            R = int(batch["mention_valid"].sum(dim=1).max())
+            named = batch["mention_valid"][:, :R]  # (B, R)
             for slots, ground, types, frames in (
-                (obs, batch["observed_ground"], full, torch.ones_like(batch["extra_valid"][:, :1])),
-                (extra, batch["extra_ground"], batch["extra_type"].clamp(min=1), batch["extra_valid"]),
+                (
+                    obs,
+                    batch["observed_ground"][..., :R],
+                    full,
+                    torch.ones(B, 1, dtype=torch.bool, device=w.device),
+                ),
+                (
+                    extra,
+                    batch["extra_ground"][..., :R],
+                    batch["extra_type"].clamp(min=1),
+                    batch["extra_valid"],
+                ),
             ):
+                if R == 0 or slots.shape[1] == 0:
+                    continue
                 frames = frames.expand(B, slots.shape[1])
                 tok, ok = self._named(slots, ground, types, frames[:, :, None] & named[:, None, :])
                 parts.append(tok)
@@ -580,16 +602,26 @@ class QAReader(nn.Module):
 def predict(
     model: QAReader, ex: Examples, parts: VisualParts, batch_size: int = 256, device="cpu"
 ) -> torch.Tensor:
-    """(E,) the predicted answer index (descriptive) or 1 / 0 (choice correct / wrong)."""
+    """(E,) the predicted answer index (descriptive) or 1 / 0 (choice correct / wrong).
+    Batches hold examples that read the same extra part (``extra_groups``)."""
     model.eval()
-    out = []
-    for i in range(0, len(ex), batch_size):
-        b = ex.take(torch.arange(i, min(len(ex), i + batch_size)))
-        b.update(parts.batch(b))
-        b = {k: v.to(device) for k, v in b.items()}
-        answer, choice = model(b)
-        out.append(torch.where(b["is_choice"], (choice > 0).long(), answer.argmax(-1)).cpu())
-    return torch.cat(out)
+    out = torch.zeros(len(ex), dtype=torch.int64)
+    for rows in extra_groups(ex):
+        for i in range(0, len(rows), batch_size):
+            idx = rows[i : i + batch_size]
+            b = ex.take(idx)
+            b.update(parts.batch(b))
+            b = {k: v.to(device) for k, v in b.items()}
+            answer, choice = model(b)
+            out[idx] = torch.where(b["is_choice"], (choice > 0).long(), answer.argmax(-1)).cpu()
+    return out
+
+
+def extra_groups(ex: Examples) -> list[torch.Tensor]:
+    """The rows of the examples that read no extra part, the future rollout, and a counterfactual
+    one (those present). A batch of one group pays only for the tokens its examples read."""
+    groups = [torch.nonzero(ex.extra == k).flatten() for k in (EXTRA_NONE, EXTRA_FUTURE, EXTRA_CF)]
+    return [g for g in groups if len(g)]
 
 
 def accuracy_table(ex: Examples, pred: torch.Tensor) -> dict[str, float]:

@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 
-from causaljepa.data.stats import dataset_stats
+from causaljepa.data.stats import dataset_stats, observed_collision_answers
 from causaljepa.data.store import SCHEMA_VERSION, StoreError, StoreLayout, VideoStore, VideoStoreWriter
 from causaljepa.sim import generate as gen
 from causaljepa.sim.clevrer_sim import STATE_FIELDS, SceneConfig
@@ -258,9 +258,43 @@ def test_generated_store_contents(tmp_path):
     stats = dataset_stats(store_path, qpath)
     assert stats["videos"] == 2 and sum(stats["objects_per_video"]["hist"].values()) == 2
     assert stats["questions"]["videos"] == 2
+    ref = stats["questions"]["counterfactual_from_observed_collisions"]
+    assert ref["questions"] == stats["questions"]["questions_per_type"]["counterfactual"]
     assert sum(stats["questions"]["questions_per_type"].values()) == sum(
         len(v["questions"]) for v in json.loads(qpath.read_text())
     )
+
+
+def test_counterfactual_answers_from_observed_collisions():
+    objects = [
+        {"object_id": 0, "color": "red", "shape": "cube"},
+        {"object_id": 1, "color": "blue", "shape": "sphere"},
+        {"object_id": 2, "color": "red", "shape": "sphere"},
+    ]
+    scenes = {5: (objects, {(0, 1)})}  # red cube and blue sphere collide while observed
+
+    def choice(text, answer):
+        return {"choice": text, "answer": answer}
+
+    q = {
+        "question_type": "counterfactual",
+        "choices": [
+            choice("The red cube collides with the blue sphere", "correct"),  # guessed correct: right
+            choice("The blue sphere collides with the red sphere", "correct"),  # guessed wrong: wrong
+            choice("The red object collides with the cube", "wrong"),  # "red object" is two: unresolved
+        ],
+    }
+    other = {
+        "question_type": "counterfactual",
+        "choices": [choice("The cube collides with the blue sphere", "wrong")],
+    }
+    videos = [
+        {"scene_index": 5, "questions": [q, other]},
+        {"scene_index": 6, "questions": [q]},
+    ]  # 6: no scene
+    got = observed_collision_answers(videos, scenes)
+    assert got == {"questions": 2, "option": 50.0, "question": 0.0, "unresolved": 1}
+    assert observed_collision_answers(videos, {}) == {"questions": 0}
 
 
 def test_failed_writer_setup_leaves_nothing(tmp_path):

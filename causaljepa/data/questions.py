@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -156,3 +157,42 @@ def question_stats(videos: list[dict]) -> dict:
         "choices_hist": {t: dict(sorted(c.items())) for t, c in choices.items()},
         "correct_choices_hist": {t: dict(sorted(c.items())) for t, c in correct.items()},
     }
+
+
+_WORD = re.compile(r"[a-z0-9]+")
+_PLURAL = {f"{shape}s": shape for shape in SHAPES}
+_KEY_OF = {v: key for key, vocab in PROPERTY_VOCAB for v in vocab}
+
+
+def words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def mentions(ws: list[str]) -> list[tuple[int, int, dict[str, str]]]:
+    """Objects named by attributes in a word list: (first word, end word, {attribute: value}).
+
+    A mention is a run of colour / material / shape words ("red metal cube"; a plural shape
+    names all objects of that shape), ending at the shape or followed by "object(s)"; each
+    attribute at most once ("red blue" is two mentions). Bare "object" names nothing.
+    """
+    out, i = [], 0
+    while i < len(ws):
+        attrs: dict[str, str] = {}
+        j = i
+        while j < len(ws):
+            value = _PLURAL.get(ws[j], ws[j])
+            key = _KEY_OF.get(value)
+            if key is None or key in attrs:
+                break
+            attrs[key] = value
+            j += 1
+            if key == "shape":
+                break
+        if not attrs:
+            i += 1
+            continue
+        if "shape" not in attrs and j < len(ws) and ws[j] in ("object", "objects"):
+            j += 1
+        out.append((i, j, attrs))
+        i = j
+    return out

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io import save_figure
-from .questions import QUESTION_TYPES, load_questions, question_stats
+from .questions import QUESTION_TYPES, load_questions, mentions, question_stats, words
 from .store import VideoStore
 
 # CLEVRER training split (REFERENCE.md): 10,000 videos; question counts per type.
@@ -43,6 +43,7 @@ def _summary(values) -> dict:
 def dataset_stats(store_path: str | os.PathLike, questions_path: str | os.PathLike | None = None) -> dict:
     """Objects, collisions, entries and exits per video (from the annotations) and question statistics."""
     objects, collisions, entering, exiting = [], [], [], []
+    scenes: dict[int, tuple[list[dict], set]] = {}  # scene -> objects, pairs colliding while observed
     with VideoStore(store_path) as store:
         info = {
             "store": str(Path(store_path).name),
@@ -57,6 +58,12 @@ def dataset_stats(store_path: str | os.PathLike, questions_path: str | os.PathLi
             ann = store.annotation(i)
             if not ann:
                 continue
+            seen = {
+                tuple(sorted(c["object_ids"]))
+                for c in ann["collision"]
+                if c["frame_id"] < store.observed_frames
+            }
+            scenes[int(ann["scene_index"])] = (ann["object_property"], seen)
             objects.append(len(ann["object_property"]))
             collisions.append(len(ann["collision"]))
             view = np.array(
@@ -78,8 +85,52 @@ def dataset_stats(store_path: str | os.PathLike, questions_path: str | os.PathLi
         "clevrer": CLEVRER_FIGURES,
     }
     if questions_path is not None:
-        stats["questions"] = question_stats(load_questions(questions_path))
+        videos = load_questions(questions_path)
+        stats["questions"] = question_stats(videos)
+        stats["questions"]["counterfactual_from_observed_collisions"] = observed_collision_answers(
+            videos, scenes
+        )
     return stats
+
+
+def _described(objects: list[dict], attrs: dict[str, str]) -> int | None:
+    match = [o["object_id"] for o in objects if all(o.get(k) == v for k, v in attrs.items())]
+    return match[0] if len(match) == 1 else None
+
+
+def observed_collision_answers(videos: list[dict], scenes: dict[int, tuple[list[dict], set]]) -> dict:
+    """A reference for readers without a world model: counterfactual questions answered without
+    simulating. A choice naming two objects is "correct" exactly when the pair collides in the
+    observed frames, any other choice "wrong". Accuracies in percent, per option and per
+    question (all choices right); ``unresolved``: choices naming two objects of which one is no
+    single annotated object (answered "wrong")."""
+    options = right = questions = q_right = unresolved = 0
+    for v in videos:
+        if int(v["scene_index"]) not in scenes:
+            continue
+        objects, seen = scenes[int(v["scene_index"])]
+        for q in v["questions"]:
+            if q["question_type"] != "counterfactual" or any("answer" not in c for c in q["choices"]):
+                continue
+            all_right = True
+            for c in q["choices"]:
+                ids = [_described(objects, m) for _, _, m in mentions(words(c["choice"]))]
+                unresolved += len(ids) == 2 and None in ids
+                guess = len(ids) == 2 and None not in ids and tuple(sorted(ids)) in seen
+                ok = guess == (c["answer"] == "correct")
+                options += 1
+                right += ok
+                all_right &= ok
+            questions += 1
+            q_right += all_right
+    if not questions:
+        return {"questions": 0}
+    return {
+        "questions": questions,
+        "option": 100.0 * right / options,
+        "question": 100.0 * q_right / questions,
+        "unresolved": unresolved,
+    }
 
 
 def format_stats(stats: dict) -> str:
@@ -121,6 +172,15 @@ def format_stats(stats: dict) -> str:
             )
         sub = " ".join(f"{k}:{v}" for k, v in q["descriptive_subtypes"].items())
         lines += ["", f"descriptive subtypes: {sub}"]
+        ref = q.get("counterfactual_from_observed_collisions", {})
+        if ref.get("questions"):
+            lines += [
+                "",
+                f"counterfactual questions answered from the observed collisions alone (a choice 'A collides "
+                f"with B' is correct iff A and B collide in the observed frames): {ref['option']:.1f} % per "
+                f"option, {ref['question']:.1f} % per question ({ref['questions']} questions, "
+                f"{ref['unresolved']} choices naming no single object)",
+            ]
     return "\n".join(lines)
 
 

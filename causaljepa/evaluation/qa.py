@@ -54,6 +54,8 @@ from ..data.questions import (
     QUESTION_TYPES,
     SHAPES,
     QuestionFileError,
+    mentions,
+    words,
 )
 from ..models.predictor import Block
 
@@ -62,46 +64,10 @@ UNKNOWN_WORDS = ("error", "unk")  # what a word outside the vocabulary is
 # token types
 T_QUESTION, T_CHOICE, T_OBSERVED, T_FUTURE, T_COUNTERFACTUAL, T_CLS = range(1, 7)
 EXTRA_NONE, EXTRA_FUTURE, EXTRA_CF = 0, 1, 2
-_WORD = re.compile(r"[a-z0-9]+")
 # the attribute readout's log-probabilities per slot: colour (8), shape (3), material (2), object (1)
 ATTR_SIZES = tuple(len(vocab) for _, vocab in PROPERTY_VOCAB)
 GROUND_WIDTH = sum(ATTR_SIZES) + 1
 _ATTR_OF = {v: (j, key) for j, (key, vocab) in enumerate(PROPERTY_VOCAB) for v in vocab}
-_PLURAL = {f"{shape}s": shape for shape in SHAPES}
-
-
-def words(text: str) -> list[str]:
-    return _WORD.findall(text.lower())
-
-
-def mentions(ws: list[str]) -> list[tuple[int, int, dict[str, str]]]:
-    """Objects named by attributes in a word list: (first word, end word, {attribute: value}).
-
-    A mention is a run of colour / material / shape words ("red metal cube"; a plural shape
-    names all objects of that shape), ending at the shape or followed by "object(s)"; each
-    attribute at most once ("red blue" is two mentions). Bare "object" names nothing.
-    """
-    out, i = [], 0
-    while i < len(ws):
-        attrs: dict[str, str] = {}
-        j = i
-        while j < len(ws):
-            value = _PLURAL.get(ws[j], ws[j])
-            key = _ATTR_OF.get(value, (None, None))[1]
-            if key is None or key in attrs:
-                break
-            attrs[key] = value
-            j += 1
-            if key == "shape":
-                break
-        if not attrs:
-            i += 1
-            continue
-        if "shape" not in attrs and j < len(ws) and ws[j] in ("object", "objects"):
-            j += 1
-        out.append((i, j, attrs))
-        i = j
-    return out
 
 
 def mention_weights(logp: torch.Tensor, named: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

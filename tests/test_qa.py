@@ -423,6 +423,32 @@ def test_eval_clevrer_errors(qa_world, monkeypatch, capsys):
         assert not list((qa_world["base"] / f"bad{k}").glob("rollout_*.h5"))
 
 
+def test_eval_clevrer_without_slot_object_needs_reader_ground_false(qa_world, monkeypatch, capsys):
+    """Real CLEVRER slot stores have no slot_object: the readout cannot be trained."""
+    import shutil
+
+    import h5py
+
+    monkeypatch.chdir(qa_world["base"])
+    slots = qa_world["base"] / "slots_without_owner"
+    shutil.copytree(qa_world["root"] / "oracle_slots", slots)
+    for split in ("train", "validation"):
+        with h5py.File(slots / f"{split}.h5", "a") as f:
+            del f["slot_object"]
+    base = ["eval", "clevrer", "preset=smoke", f"checkpoint={qa_world['run'] / 'predictor.pt'}",
+            f"data.root={qa_world['root']}", f"slots={slots}", "trainer.progress=false", "protocols=[a]",
+            "reader.dim=16", "reader.heads=2", "reader.mlp_hidden=16"]  # fmt: skip
+    with pytest.raises(SystemExit):
+        cli.main([*base, f"out={qa_world['base'] / 'owner_bad'}"])
+    err = capsys.readouterr().err
+    assert "has no slot_object" in err and "set reader.ground=false" in err and "protocol (b)" not in err
+    assert not (qa_world["base"] / "owner_bad" / "protocol_a").exists()
+    out = qa_world["base"] / "owner_ok"
+    cli.main([*base, "reader.ground=false", f"out={out}"])
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["protocols"]) == {"a"} and "grounding" not in res
+
+
 def test_eval_ablation_command(qa_world, monkeypatch, capsys):
     monkeypatch.chdir(qa_world["base"])
     out = qa_world["base"] / "ablation"

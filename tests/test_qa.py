@@ -11,7 +11,7 @@ import torch
 from conftest import oracle_world
 
 from causaljepa import cli
-from causaljepa.data.questions import ANSWERS, QuestionFileError
+from causaljepa.data.questions import ANSWERS, QuestionFileError, attribute_ids
 from causaljepa.evaluation.ablation import masking_config, summarize
 from causaljepa.evaluation.clevrer_qa import fit_readout, ground, readout_accuracy
 from causaljepa.evaluation.qa import (
@@ -140,6 +140,7 @@ def test_mentions_name_objects_by_attributes():
         ("gray object", {"color": "gray"}),
         ("sphere", {"shape": "sphere"}),
     ]
+    assert attribute_ids(got[0][1]) == [1, 0, 0] and attribute_ids({"shape": "sphere"}) == [-1, 1, -1]
     # plural shapes name a kind; a repeated attribute starts a new mention; bare "object" names none
     ws = words("How many metal cylinders are there? The red blue objects; what object enters")
     assert [m for _, _, m in mentions(ws)] == [

@@ -266,11 +266,8 @@ def test_generated_store_contents(tmp_path):
 
 
 def test_counterfactual_answers_from_observed_collisions():
-    objects = [
-        {"object_id": 0, "color": "red", "shape": "cube"},
-        {"object_id": 1, "color": "blue", "shape": "sphere"},
-        {"object_id": 2, "color": "red", "shape": "sphere"},
-    ]
+    # red rubber cube, blue rubber sphere, red rubber sphere: (colour, shape, material) value ids
+    objects = np.array([[1, 0, 0], [2, 1, 0], [1, 1, 0]])
     scenes = {5: (objects, {(0, 1)})}  # red cube and blue sphere collide while observed
 
     def choice(text, answer):

@@ -15,6 +15,8 @@ import re
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
+
 COLORS = ("gray", "red", "blue", "green", "brown", "purple", "cyan", "yellow")
 SHAPES = ("cube", "sphere", "cylinder")
 MATERIALS = ("rubber", "metal")
@@ -196,3 +198,19 @@ def mentions(ws: list[str]) -> list[tuple[int, int, dict[str, str]]]:
         out.append((i, j, attrs))
         i = j
     return out
+
+
+def attribute_ids(attrs: dict[str, str]) -> list[int]:
+    """(colour, shape, material) value ids of a description such as {"color": "red"}, -1 where
+    it names no value."""
+    return [vocab.index(attrs[key]) if key in attrs else -1 for key, vocab in PROPERTY_VOCAB]
+
+
+def described_object(props: np.ndarray, attrs: dict[str, str]) -> int | None:
+    """The one annotated object (row of props (O, 3) value ids, -1 = no object) that ``attrs``
+    describe, or None where none or several fit."""
+    ids = np.array(attribute_ids(attrs))
+    named = ids >= 0
+    fits = (props >= 0).all(axis=-1) & (props[:, named] == ids[named]).all(axis=-1)
+    match = np.flatnonzero(fits)
+    return int(match[0]) if len(match) == 1 else None

@@ -9,7 +9,15 @@ from pathlib import Path
 import numpy as np
 
 from ..io import save_figure
-from .questions import QUESTION_TYPES, load_questions, mentions, question_stats, words
+from .questions import (
+    QUESTION_TYPES,
+    described_object,
+    load_questions,
+    mentions,
+    property_ids,
+    question_stats,
+    words,
+)
 from .store import VideoStore
 
 # CLEVRER training split (REFERENCE.md): 10,000 videos; question counts per type.
@@ -43,7 +51,7 @@ def _summary(values) -> dict:
 def dataset_stats(store_path: str | os.PathLike, questions_path: str | os.PathLike | None = None) -> dict:
     """Objects, collisions, entries and exits per video (from the annotations) and question statistics."""
     objects, collisions, entering, exiting = [], [], [], []
-    scenes: dict[int, tuple[list[dict], set]] = {}  # scene -> objects, pairs colliding while observed
+    scenes: dict[int, tuple[np.ndarray, set]] = {}  # scene -> object_properties ids, pairs colliding observed
     with VideoStore(store_path) as store:
         info = {
             "store": str(Path(store_path).name),
@@ -63,7 +71,10 @@ def dataset_stats(store_path: str | os.PathLike, questions_path: str | os.PathLi
                 for c in ann["collision"]
                 if c["frame_id"] < store.observed_frames
             }
-            scenes[int(ann["scene_index"])] = (ann["object_property"], seen)
+            props = np.full((1 + max((o["object_id"] for o in ann["object_property"]), default=-1), 3), -1)
+            for o in ann["object_property"]:
+                props[o["object_id"]] = property_ids(o, f"{store_path}: video {i}")
+            scenes[int(ann["scene_index"])] = (props, seen)
             objects.append(len(ann["object_property"]))
             collisions.append(len(ann["collision"]))
             view = np.array(
@@ -93,28 +104,24 @@ def dataset_stats(store_path: str | os.PathLike, questions_path: str | os.PathLi
     return stats
 
 
-def _described(objects: list[dict], attrs: dict[str, str]) -> int | None:
-    match = [o["object_id"] for o in objects if all(o.get(k) == v for k, v in attrs.items())]
-    return match[0] if len(match) == 1 else None
-
-
-def observed_collision_answers(videos: list[dict], scenes: dict[int, tuple[list[dict], set]]) -> dict:
+def observed_collision_answers(videos: list[dict], scenes: dict[int, tuple[np.ndarray, set]]) -> dict:
     """A reference for readers without a world model: counterfactual questions answered without
     simulating. A choice naming two objects is "correct" exactly when the pair collides in the
     observed frames, any other choice "wrong". Accuracies in percent, per option and per
     question (all choices right); ``unresolved``: choices naming two objects of which one is no
-    single annotated object (answered "wrong")."""
+    single annotated object (answered "wrong"). ``scenes``: scene index -> (object property ids
+    (O, 3) as ``VideoStore``'s object_properties, the pairs colliding in the observed frames)."""
     options = right = questions = q_right = unresolved = 0
     for v in videos:
         if int(v["scene_index"]) not in scenes:
             continue
-        objects, seen = scenes[int(v["scene_index"])]
+        props, seen = scenes[int(v["scene_index"])]
         for q in v["questions"]:
             if q["question_type"] != "counterfactual" or any("answer" not in c for c in q["choices"]):
                 continue
             all_right = True
             for c in q["choices"]:
-                ids = [_described(objects, m) for _, _, m in mentions(words(c["choice"]))]
+                ids = [described_object(props, m) for _, _, m in mentions(words(c["choice"]))]
                 unresolved += len(ids) == 2 and None in ids
                 guess = len(ids) == 2 and None not in ids and tuple(sorted(ids)) in seen
                 ok = guess == (c["answer"] == "correct")

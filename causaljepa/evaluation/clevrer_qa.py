@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..data.questions import PROPERTY_VOCAB, load_questions
+from ..data.questions import PROPERTY_VOCAB, attribute_ids, described_object, load_questions
 from ..data.slot_store import SlotStore
 from ..data.store import VideoStore
 from ..io import write_json_atomic, write_text_atomic
@@ -59,14 +59,14 @@ from .qa import (
     build_examples,
     extra_groups,
     markdown_table,
+    mention_scores,
     predict,
     video_index,
 )
 
 PROTOCOLS = ("a", "b")
 KIND = "qa_reader"
-_GROUPS = [(key, len(vocab)) for key, vocab in PROPERTY_VOCAB]  # colour 8, shape 3, material 2
-_VALUES = dict(PROPERTY_VOCAB)  # property -> its values
+_KEYS = tuple(key for key, _ in PROPERTY_VOCAB)  # colour, shape, material
 
 
 class AttributeReadout(nn.Module):
@@ -82,10 +82,15 @@ class AttributeReadout(nn.Module):
             nn.Linear(hidden, GROUND_WIDTH),
         )
 
+    def logits(self, slots: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """(..., D) -> ([colour, shape, material logits], object logit (..., 1))."""
+        *parts, obj = self.net(slots).split([*ATTR_SIZES, 1], dim=-1)
+        return parts, obj
+
     def log_probs(self, slots: torch.Tensor) -> dict[str, torch.Tensor]:
         """(..., D) -> {attribute: (..., values) log-probabilities, "object": (...) log p(object)}."""
-        *parts, obj = self.net(slots).split([*ATTR_SIZES, 1], dim=-1)
-        out = {key: F.log_softmax(p, dim=-1) for (key, _), p in zip(_GROUPS, parts, strict=True)}
+        parts, obj = self.logits(slots)
+        out = {key: F.log_softmax(p, dim=-1) for key, p in zip(_KEYS, parts, strict=True)}
         out["object"] = F.logsigmoid(obj[..., 0])
         return out
 
@@ -96,7 +101,7 @@ class AttributeReadout(nn.Module):
         out = []
         for i in range(0, len(flat), batch):
             lp = self.log_probs(flat[i : i + batch])
-            out.append(torch.cat([*(lp[key] for key, _ in _GROUPS), lp["object"][:, None]], dim=-1))
+            out.append(torch.cat([*(lp[key] for key in _KEYS), lp["object"][:, None]], dim=-1))
         return torch.cat(out).reshape(*slots.shape[:-1], GROUND_WIDTH)
 
 
@@ -128,7 +133,7 @@ def fit_readout(x: torch.Tensor, y: torch.Tensor, *, steps: int = 400, seed: int
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-3)
     covers = y[:, 0] >= 0
     for _ in range(steps):
-        *parts, obj = model.net(x).split([*ATTR_SIZES, 1], dim=-1)
+        parts, obj = model.logits(x)
         loss = F.binary_cross_entropy_with_logits(obj[:, 0], covers.float())
         for j, logits in enumerate(parts):
             loss = loss + F.cross_entropy(logits[covers], y[covers, j])
@@ -144,22 +149,18 @@ def readout_accuracy(model: AttributeReadout, x: torch.Tensor, y: torch.Tensor) 
     lp = model.log_probs(x)
     covers = y[:, 0] >= 0
     out = {
-        key: float((lp[key][covers].argmax(-1) == y[covers, j]).float().mean())
-        for j, (key, _) in enumerate(_GROUPS)
+        key: float((lp[key][covers].argmax(-1) == y[covers, j]).float().mean()) for j, key in enumerate(_KEYS)
     }
     out["object"] = float(((lp["object"] > np.log(0.5)) == covers).float().mean())
     return out
 
 
-@torch.no_grad()
 def ground(model: AttributeReadout, slots: torch.Tensor, attrs: list[dict[str, str]]) -> torch.Tensor:
     """slots (B, T, K, D), one attribute description per row -> (B,) the slot most likely to be
-    the described object (log p(object) plus the log-probabilities of the named values, best frame)."""
-    lp = model.log_probs(slots.float())
-    score = lp["object"].clone()  # (B, T, K)
-    for b, a in enumerate(attrs):
-        for key, value in a.items():
-            score[b] += lp[key][b, :, :, _VALUES[key].index(value)]
+    the described object (``mention_scores``: log p(object) plus the log-probabilities of the
+    named values, at the slot's best frame)."""
+    named = torch.tensor([attribute_ids(a) for a in attrs])[:, None]  # (B, 1, 3)
+    score = mention_scores(model.ground_logp(slots), named)[..., 0]  # (B, T, K)
     return score.amax(dim=1).argmax(dim=1)
 
 
@@ -262,21 +263,6 @@ def counterfactual_part(
         out[rows] = full[:, pick]
         chosen[rows] = sel
     return out, chosen
-
-
-def described_object(props: np.ndarray, attrs: dict[str, str]) -> int | None:
-    """The one annotated object (row of props (O, 3)) that ``attrs`` describe, or None."""
-    match = [
-        o
-        for o in range(props.shape[0])
-        if (props[o] >= 0).all()
-        and all(
-            props[o, j] == _VALUES[key].index(attrs[key])
-            for j, (key, _) in enumerate(_GROUPS)
-            if key in attrs
-        )
-    ]
-    return match[0] if len(match) == 1 else None
 
 
 def true_counterfactual_part(

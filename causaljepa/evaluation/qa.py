@@ -48,12 +48,10 @@ import torch.nn.functional as F
 
 from ..data.questions import (
     ANSWERS,
-    COLORS,
-    MATERIALS,
     PROPERTY_VOCAB,
     QUESTION_TYPES,
-    SHAPES,
     QuestionFileError,
+    attribute_ids,
     mentions,
     words,
 )
@@ -67,15 +65,14 @@ EXTRA_NONE, EXTRA_FUTURE, EXTRA_CF = 0, 1, 2
 # the attribute readout's log-probabilities per slot: colour (8), shape (3), material (2), object (1)
 ATTR_SIZES = tuple(len(vocab) for _, vocab in PROPERTY_VOCAB)
 GROUND_WIDTH = sum(ATTR_SIZES) + 1
-_ATTR_OF = {v: (j, key) for j, (key, vocab) in enumerate(PROPERTY_VOCAB) for v in vocab}
 
 
-def mention_weights(logp: torch.Tensor, named: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """How likely each slot is each mentioned object.
+def mention_scores(logp: torch.Tensor, named: torch.Tensor) -> torch.Tensor:
+    """How likely each slot is each mentioned object, in log space.
 
     logp (B, T, K, GROUND_WIDTH): the readout's log-probabilities (colour, shape, material,
-    then log p(object)); named (B, R, 3): each mention's value ids, -1 = attribute not named;
-    valid (B, R) -> (B, T, K, R) p(object) x prod p(named values), 0 for absent mentions.
+    then log p(object)); named (B, R, 3): each mention's value ids (``attribute_ids``), -1 =
+    attribute not named -> (B, T, K, R) log p(object) + sum of log p(named value).
     """
     B, T, K, _ = logp.shape
     R = named.shape[1]
@@ -86,7 +83,12 @@ def mention_weights(logp: torch.Tensor, named: torch.Tensor, valid: torch.Tensor
         got = torch.gather(logp[..., start : start + n], 3, idx.clamp(min=0))
         score = score + torch.where(idx >= 0, got, torch.zeros_like(got))
         start += n
-    return score.exp() * valid[:, None, None, :]
+    return score
+
+
+def mention_weights(logp: torch.Tensor, named: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``mention_scores`` as probabilities (B, T, K, R), 0 for the mentions not ``valid`` (B, R)."""
+    return mention_scores(logp, named).exp() * valid[:, None, None, :]
 
 
 class Vocabulary:
@@ -133,10 +135,9 @@ def named_object(q: dict) -> dict[str, str]:
                 out[tok[7:]] = prog[k - 1]
     if not out:
         m = re.search(r"\bif (.*) (?:is|were|was) removed", q["question"].lower())
-        for w in words(m.group(1)) if m else []:
-            for key, vocab in (("color", COLORS), ("shape", SHAPES), ("material", MATERIALS)):
-                if w in vocab:
-                    out[key] = w
+        named = mentions(words(m.group(1))) if m else []
+        if named:
+            out = named[0][2]
     if not out:
         raise QuestionFileError(
             f"question {q.get('question_id')} ({q['question']!r}): cannot tell which object it removes; "
@@ -278,9 +279,7 @@ def build_examples(
                 named = [[-1, -1, -1] for _ in range(max_mentions)]
                 for r, (a, b, attrs) in enumerate(ms):
                     wm[a:b] = [r + 1] * (b - a)
-                    for value in attrs.values():
-                        j = _ATTR_OF[value][0]
-                        named[r][j] = PROPERTY_VOCAB[j][1].index(value)
+                    named[r] = attribute_ids(attrs)
                 cols["wm"].append(wm)
                 cols["named"].append(named)
                 cols["words"].append(w + [0] * (max_words - len(w)))
@@ -508,8 +507,8 @@ class QAReader(nn.Module):
         text = self.word(w) + self.word_pos.weight[:L][None] + self.kind(wt)
         if "word_mention" in batch:
             text = text + self.mention(batch["word_mention"])
-        full = torch.full((B,), T_OBSERVED, device=w.device)
-        observed = self._frames(obs, full, batch.get("observed_ground"))
+        observed_type = torch.full((B,), T_OBSERVED, device=w.device)
+        observed = self._frames(obs, observed_type, batch.get("observed_ground"))
         more = self._frames(extra, batch["extra_type"].clamp(min=1), batch.get("extra_ground"))
         cls = (self.cls + self.kind.weight[T_CLS]).expand(B, 1, -1)
         parts = [cls, text, observed, more]  # (B, 1 + L + (To + Te) K, d) and named objects' tokens
@@ -527,7 +526,7 @@ class QAReader(nn.Module):
                 (
                     obs,
                     batch["observed_ground"][..., :R],
-                    full,
+                    observed_type,
                     torch.ones(B, 1, dtype=torch.bool, device=w.device),
                 ),
                 (

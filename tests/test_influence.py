@@ -367,7 +367,13 @@ def test_eval_influence_command(world, capsys):
     md = (out / "scores.md").read_text()
     assert md.startswith("# Influence probes") and "## does masking make the influence more causal?" in md
     effect = scores["masking_effect"]
-    assert len(effect) == len(MEASURES) * 2  # every measure against both truths
+    assert len(effect) == len(MEASURES) * 2 * 2  # every measure against both truths, per window and per video
+    assert {e["level"] for e in effect} == {"windows", "videos"}
+    for e in effect:  # the difference is that of the two runs' own AUROCs at that level
+        own = [
+            r["scores"][e["level"]][e["truth"]]["measures"][e["measure"]]["auroc"] for r in scores["results"]
+        ]
+        assert e["difference"] == pytest.approx(own[1] - own[0], nan_ok=True)
     assert all(e["base"] == "oracle_none" and e["other"] == "oracle_object_0-4" for e in effect)
     with np.load(out / "oracle_none" / "pairs.npz") as f:
         n = int(w["counterfactual"]["positives"] + w["counterfactual"]["negatives"])

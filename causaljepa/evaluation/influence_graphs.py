@@ -553,8 +553,9 @@ def markdown(results: list[dict]) -> str:
 
 def comparisons(results: list[dict], out: Path, n: int = 1000) -> list[dict]:
     """Each predictor with masking against the one without on the same slots: the AUROC
-    difference of every measure against every truth (windows), with its 95 % interval over
-    videos (``bootstrap_difference``); only where both were scored on the same pairs."""
+    difference of every measure against every truth, per window and per video (``level``),
+    with its 95 % interval over videos (``bootstrap_difference``); only where both were
+    scored on the same pairs."""
     rows = []
     for base in [r for r in results if (r.get("masking") or {}).get("strategy") == "none"]:
         for other in results:
@@ -564,21 +565,26 @@ def comparisons(results: list[dict], out: Path, n: int = 1000) -> list[dict]:
                 np.load(out / base["name"] / "pairs.npz") as fa,
                 np.load(out / other["name"] / "pairs.npz") as fb,
             ):
-                a = {k[len("windows.") :]: fa[k] for k in fa.files if k.startswith("windows.")}
-                b = {k[len("windows.") :]: fb[k] for k in fb.files if k.startswith("windows.")}
-            for truth in TRUTHS:
-                for measure in MEASURES:
-                    d = bootstrap_difference(a, b, truth, measure, n=n)
-                    if d is not None:
-                        rows.append(
-                            {
-                                "base": base["name"],
-                                "other": other["name"],
-                                "truth": truth,
-                                "measure": measure,
-                                **d,
-                            }
-                        )
+                arrays = [({k: f[k] for k in f.files}) for f in (fa, fb)]
+            for level in ("windows", "videos"):
+                a, b = (
+                    {k[len(level) + 1 :]: v for k, v in x.items() if k.startswith(level + ".")}
+                    for x in arrays
+                )
+                for truth in TRUTHS:
+                    for measure in MEASURES:
+                        d = bootstrap_difference(a, b, truth, measure, n=n)
+                        if d is not None:
+                            rows.append(
+                                {
+                                    "base": base["name"],
+                                    "other": other["name"],
+                                    "level": level,
+                                    "truth": truth,
+                                    "measure": measure,
+                                    **d,
+                                }
+                            )
     return rows
 
 
@@ -588,16 +594,17 @@ def masking_markdown(rows: list[dict]) -> str:
     lines = [
         "## does masking make the influence more causal?",
         "",
-        "AUROC with masking minus AUROC without, per window, on the same pairs; 95 % interval from "
-        f"{rows[0]['resamples']} resamplings of the videos.",
+        "AUROC with masking minus AUROC without, on the same pairs (per window, and per video with the "
+        f"influences averaged over its windows); 95 % interval from {rows[0]['resamples']} resamplings "
+        "of the videos.",
         "",
-        "| with | without | truth | measure | difference | 95 % interval |",
-        "|---|---|---|---|---|---|",
+        "| with | without | level | truth | measure | difference | 95 % interval |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['other']} | {r['base']} | {r['truth']} | {r['measure']} | {r['difference']:+.3f} | "
-            f"[{r['low']:+.3f}, {r['high']:+.3f}] |"
+            f"| {r['other']} | {r['base']} | {r['level']} | {r['truth']} | {r['measure']} | "
+            f"{r['difference']:+.3f} | [{r['low']:+.3f}, {r['high']:+.3f}] |"
         )
     return "\n".join(lines) + "\n"
 

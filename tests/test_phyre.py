@@ -53,15 +53,19 @@ from causaljepa.training.phyre import (
     PlausibilityConfig,
     ReadoutConfig,
     SuccessReadout,
+    expected_frames,
     future_hidden,
     load_readout,
     observe_prefix,
     predict_episodes,
     score_actions,
     train_phyre_predictor,
+    train_plausibility,
     train_readout,
     window_errors,
+    window_frames,
 )
+from causaljepa.training.predictor import load_predictor
 
 TPT, RPT = 2, 4  # tasks per template, rollouts per task (templates 0, 1, 2 of the smoke preset)
 N_TASKS = 3 * TPT
@@ -436,8 +440,6 @@ def test_train_predictor_and_readout(world, tmp_path):
                                    replace(PCFG, slot_dim=0, action_dim=0),
                                    MaskConfig(strategy="none"), TINY_OPTIM, CPU, EpisodeConfig(stride=STRIDE),
                                    tmp_path / "predictor")  # fmt: skip
-        from causaljepa.training.predictor import load_predictor
-
         model, _ = load_predictor(pt)
         assert (model.cfg.slot_dim, model.cfg.action_dim, model.cfg.history) == (D, 3, 1)
         train = EpisodeSampler(ss, range(8), FUTURE, STRIDE)
@@ -885,6 +887,38 @@ def test_clip_windows_and_window_errors():
     with torch.no_grad():
         pred, _ = model(clips[2:3, 1:8:2], hidden)  # frame 7 expected from frames 1, 3, 5
     torch.testing.assert_close(err[2, 1], (pred[0, 3] - clips[2, 7]).pow(2))
+    assert expected_frames(12, 3, 2) == slice(6, 12)  # err[:, i] is frame 6 + i
+
+    # one frame after: tokens are the two frames before, the one after, then the expected one
+    assert window_frames(3, 1, 2, after=1).tolist() == [0, 2, 6, 4]
+    w = ClipWindows(clips, 3, 1, 2, after=1)
+    batch = w.sample(20, torch.Generator().manual_seed(1))["slots"]
+    assert all(
+        any(torch.equal(b, clips[v, [s, s + 2, s + 6, s + 4]]) for v in range(3) for s in range(12 - 6))
+        for b in batch
+    )
+    err = window_errors(model, clips, stride=2, batch_size=3, after=1)
+    assert err.shape == (3, 12 - 6, 4, 5)
+    assert expected_frames(12, 3, 2, after=1) == slice(4, 10)  # err[:, i] is frame 4 + i
+    with torch.no_grad():
+        pred, _ = model(clips[2:3, [1, 3, 7, 5]], hidden)  # frame 5 expected from frames 1, 3 and 7
+    torch.testing.assert_close(err[2, 1], (pred[0, 3] - clips[2, 5]).pow(2))
+    with pytest.raises(ValueError, match="after=3"):
+        window_frames(3, 1, 2, after=3)
+
+
+def test_plausibility_model_trains_with_frames_after(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    clips = torch.randn(4, 10, 3, 6, generator=gen)
+    pc = replace(PlausibilityConfig().predictor, dim=8, heads=2, head_dim=4, mlp_hidden=8, layers=1)
+    cfg = PlausibilityConfig(predictor=pc, train=replace(TINY_OPTIM, val_every=3), val_windows=4, after=1)
+    path = train_plausibility(clips, clips[:2], cfg, CPU, tmp_path / "plaus", seed=0)
+    model, ckpt = load_predictor(path)
+    assert ckpt["extra"]["after"] == 1 and ckpt["extra"]["stride"] == 1
+    val = json.loads((tmp_path / "plaus" / "val.json").read_text())
+    assert "mse_future" in val and not any(k.startswith(("copy_last", "linear")) for k in val)
+    err = window_errors(model, clips, stride=1, after=1)
+    assert err.shape == (4, 10 - 3, 3, 6) and torch.isfinite(err).all()
 
 
 def test_plausibility_config_refuses():
@@ -892,6 +926,8 @@ def test_plausibility_config_refuses():
         PlausibilityConfig(predictor=replace(PlausibilityConfig().predictor, action_dim=3))
     with pytest.raises(ValueError, match="stride"):
         PlausibilityConfig(stride=0)
+    with pytest.raises(ValueError, match=r"plausibility.after=3: it must be in \[0, predictor.history - 1\]"):
+        PlausibilityConfig(after=3)
 
 
 def test_eval_phyre_reports_both_models_voe(evaluated):

@@ -21,8 +21,9 @@ For each fold (PHYRE's within-template and cross-template splits, ``phyre_sim.fo
    against the clip, each feature's squared error in units of the model's mean error on the
    held-out training tasks, averaged over the slot's features. ``voe.plausibility`` (the figure,
    also ``voe.<type>``): the plausibility model, frame t expected from the frames just before
-   it; ``voe.world_model``: the world model, frame j (at its stride) expected from frames < j
-   (it is trained to carry on from an observed prefix, ``EpisodeConfig.observed_share``);
+   it (and, with ``plausibility.after`` > 0, just after it); ``voe.world_model``: the world
+   model, frame j (at its stride) expected from frames < j (it is trained to carry on from an
+   observed prefix, ``EpisodeConfig.observed_share``);
    ``voe.world_model_from_scene``: every frame from frame 0 and the action alone;
    ``voe.plausibility_unscaled``: plain squared errors. AUROC of surprise, implausible against
    the unmodified attempts, per type;
@@ -63,6 +64,7 @@ from ..training.phyre import (
     PlausibilityConfig,
     ReadoutConfig,
     episode_times,
+    expected_frames,
     load_readout,
     predict_episodes,
     rollouts_of,
@@ -504,7 +506,7 @@ def voe_scores(
     from tqdm import tqdm
 
     times = episode_times(model.cfg.future, cfg.episodes.stride)
-    stride = cfg.plausibility.stride
+    stride, after = cfg.plausibility.stride, cfg.plausibility.after
     first = max(int(times[1]), plausibility.cfg.history * stride)  # both models expect the violated frame
     rng = np.random.default_rng([cfg.seed, 7])
     n = cfg.voe.attempts
@@ -522,11 +524,11 @@ def voe_scores(
     out = {"clips": {k: len(v) for k, v in clips.items()}}
 
     def plaus(c: np.ndarray, scale) -> np.ndarray:
-        err = window_errors(plausibility, torch.from_numpy(c), stride)
+        err = window_errors(plausibility, torch.from_numpy(c), stride, after=after)
         return (err / (scale + SCALE_FLOOR) if scale is not None else err).mean(-1).flatten(1).amax(1).numpy()
 
-    H = plausibility.cfg.history * stride
-    pscale = error_scale(window_errors(plausibility, val_clips, stride), val_clips[:, H:])
+    expected = expected_frames(val_clips.shape[1], plausibility.cfg.history, stride, after)
+    pscale = error_scale(window_errors(plausibility, val_clips, stride, after=after), val_clips[:, expected])
     out["plausibility"] = _aurocs({k: plaus(np.stack(v), pscale) for k, v in seen.items() if v})
     out["plausibility_unscaled"] = _aurocs({k: plaus(np.stack(v), None) for k, v in seen.items() if v})
     scales = {

@@ -356,8 +356,15 @@ class PlausibilityConfig:
 
     Windows of ``predictor.history`` + ``predictor.future`` frames at ``stride`` slide over whole
     attempts; object masking hides whole objects over the history after the first frame. A clip's
-    frame t is expected from the ``history`` frames before it, at the store's full frame rate, so
-    a violation is judged against a fraction of a second of motion, not against a whole rollout."""
+    frame t is expected from the ``history`` frames around it, at the store's full frame rate, so
+    a violation is judged against a fraction of a second of motion, not against a whole rollout.
+
+    ``after``: how many of those frames come after t (0: all before it, a forecast). With
+    after > 0 the expectation is an interpolation: a collision between t - stride and t + stride
+    is seen in the frame after, so it is no surprise, while a jump, a vanishing or a change of
+    colour that lasts is still not explained by either side. The window's tokens are then the
+    frames before t, the frames after t, and t last (the predictor's one future token): its
+    learned frame positions mean "before", "after" and "expected"."""
 
     predictor: PredictorConfig = field(
         default_factory=lambda: PredictorConfig(
@@ -378,12 +385,18 @@ class PlausibilityConfig:
     )
     stride: int = 1  # store frames between window frames (5 fps: 0.2 s)
     val_windows: int = 512
+    after: int = 0  # of the history frames, how many come after the expected one
 
     def __post_init__(self) -> None:
         if self.stride < 1 or self.val_windows < 1:
             raise ValueError(
                 f"plausibility.stride ({self.stride}) and plausibility.val_windows ({self.val_windows}) "
                 "must be >= 1"
+            )
+        if not 0 <= self.after < self.predictor.history:
+            raise ValueError(
+                f"plausibility.after={self.after}: it must be in [0, predictor.history - 1] = "
+                f"[0, {self.predictor.history - 1}] (at least one frame before the expected one)"
             )
         if self.predictor.future != 1 or self.predictor.action_dim:
             raise ValueError(
@@ -393,12 +406,27 @@ class PlausibilityConfig:
             )
 
 
+def window_frames(history: int, future: int, stride: int, after: int = 0) -> torch.Tensor:
+    """(history + future,) frame offsets of a window's tokens from its first frame: the frames in
+    time order, except that with ``after`` > 0 (one expected frame, future=1) the ``after``
+    frames that follow the expected one come before it, and it is the last token."""
+    t = stride * torch.arange(history + future)
+    if after:
+        if future != 1 or not 0 < after < history:
+            raise ValueError(f"after={after} needs future=1 (got {future}) and 0 < after < history={history}")
+        e = history - after  # the expected frame's place in time
+        t = torch.cat([t[:e], t[e + 1 :], t[e : e + 1]])
+    return t
+
+
 class ClipWindows:
     """Sliding windows over whole attempts ``slots`` (N, T, K, D), sampled like a WindowSampler:
-    ``sample(B, generator)`` -> {"slots": (B, history + future, K, D)}."""
+    ``sample(B, generator)`` -> {"slots": (B, history + future, K, D)}, tokens ordered by
+    ``window_frames`` (``after``: frames after the expected one, see PlausibilityConfig)."""
 
-    def __init__(self, slots: torch.Tensor, history: int, future: int, stride: int):
+    def __init__(self, slots: torch.Tensor, history: int, future: int, stride: int, after: int = 0):
         self.slots, self.H, self.F, self.stride = slots, history, future, stride
+        self.offsets = window_frames(history, future, stride, after)
         self.span = (history + future - 1) * stride + 1
         if self.span > slots.shape[1]:
             raise ValueError(
@@ -412,7 +440,7 @@ class ClipWindows:
     def sample(self, B: int, generator: torch.Generator) -> dict:
         v = torch.randint(0, len(self.slots), (B,), generator=generator)
         s = torch.randint(0, self.slots.shape[1] - self.span + 1, (B,), generator=generator)
-        t = s[:, None] + self.stride * torch.arange(self.H + self.F)[None]  # (B, H + F)
+        t = s[:, None] + self.offsets[None]  # (B, H + F)
         return {"slots": self.slots[v[:, None], t]}
 
     def fixed(self, n: int, seed: int) -> dict:
@@ -437,7 +465,7 @@ def train_plausibility(
     pc = replace(pc, slot_dim=train.shape[-1])
     torch.manual_seed(seed)
     model = CJEPAPredictor(pc)
-    sampler = ClipWindows(train, pc.history, pc.future, cfg.stride)
+    sampler = ClipWindows(train, pc.history, pc.future, cfg.stride, cfg.after)
     masks = MaskSampler(cfg.masking, train.shape[2], pc.history, pc.future)
 
     def next_batch(step: int, gen: torch.Generator) -> dict:
@@ -445,9 +473,14 @@ def train_plausibility(
         batch["hidden"] = masks.sample(cfg.train.batch_size, gen)
         return batch
 
-    val_windows = ClipWindows(val, pc.history, pc.future, cfg.stride)
-    validate = FutureValidator(val_windows, cfg.val_windows, max(cfg.train.batch_size, 64))
-    info = {"masking": asdict(cfg.masking), "stride": cfg.stride, "encoder_hash": "oracle", **(extra or {})}
+    val_windows = ClipWindows(val, pc.history, pc.future, cfg.stride, cfg.after)
+    # copy-last and linear extrapolation read the last history tokens as the latest frames: not so
+    # when frames after the expected one are among them
+    validate = FutureValidator(
+        val_windows, cfg.val_windows, max(cfg.train.batch_size, 64), baselines=not cfg.after
+    )
+    info = {"masking": asdict(cfg.masking), "stride": cfg.stride, "after": cfg.after,
+            "encoder_hash": "oracle", **(extra or {})}  # fmt: skip
     t = Trainer(
         model, cfg.train, trainer, run_dir, kind=KIND, model_config=pc.to_dict(), seed=seed, extra=info
     )
@@ -456,16 +489,16 @@ def train_plausibility(
 
 @torch.no_grad()
 def window_errors(
-    model: CJEPAPredictor, clips: torch.Tensor, stride: int, batch_size: int = 4096
+    model: CJEPAPredictor, clips: torch.Tensor, stride: int, batch_size: int = 4096, after: int = 0
 ) -> torch.Tensor:
     """clips (B, T, K, D) -> squared errors (B, T', K, D) of the plausibility predictor's
-    expectation of every frame it can expect (t >= history x stride, the first of each window's
-    future frames), each from the ``history`` frames before it."""
+    expectation of every frame it can expect (``expected_frames``), each from the ``history``
+    frames around it (``after`` of them after it: the value the model was trained with)."""
     H, F = model.cfg.history, model.cfg.future
     B, T, K, D = clips.shape
     span = (H + F - 1) * stride + 1
     starts = torch.arange(0, T - span + 1)
-    t = starts[:, None] + stride * torch.arange(H + F)[None]  # (S, H + F)
+    t = starts[:, None] + window_frames(H, F, stride, after)[None]  # (S, H + F)
     windows = clips[:, t].flatten(0, 1)  # (B S, H + F, K, D)
     hidden = torch.zeros(len(windows), H + F, K, dtype=torch.bool)
     hidden[:, H:] = True
@@ -476,3 +509,9 @@ def window_errors(
         pred, _ = model(w, hidden[i : i + batch_size].to(device))
         out.append((pred[:, H].float() - w[:, H]).pow(2).cpu())
     return torch.cat(out).reshape(B, len(starts), K, D)
+
+
+def expected_frames(num_frames: int, history: int, stride: int, after: int = 0) -> slice:
+    """The frames ``window_errors`` expects, in its order: from (history - after) x stride to
+    the last that still has ``after`` frames after it."""
+    return slice((history - after) * stride, num_frames - after * stride)

@@ -117,16 +117,21 @@ def horizon_mse(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
 
 
 class FutureValidator:
-    """Future-slot error per horizon on fixed validation windows, with the two baselines."""
+    """Future-slot error per horizon on fixed validation windows, with the two baselines (copy the
+    last history frame, extrapolate the last two) unless ``baselines`` is false."""
 
-    def __init__(self, sampler: WindowSampler, n: int, batch_size: int):
+    def __init__(self, sampler: WindowSampler, n: int, batch_size: int, baselines: bool = True):
         self.batch = sampler.fixed(n, VAL_SEED)
         self.H, self.F, self.batch_size = sampler.H, sampler.F, batch_size
         hist, fut = self.batch["slots"][:, : self.H], self.batch["slots"][:, self.H :]
-        self.baselines = {
-            "copy_last": horizon_mse(copy_last(hist, self.F), fut),
-            "linear": horizon_mse(linear_extrapolation(hist, self.F), fut),
-        }
+        self.baselines = (
+            {
+                "copy_last": horizon_mse(copy_last(hist, self.F), fut),
+                "linear": horizon_mse(linear_extrapolation(hist, self.F), fut),
+            }
+            if baselines
+            else {}
+        )
 
     @torch.no_grad()
     def __call__(self, model: CJEPAPredictor) -> dict[str, float]:

@@ -130,7 +130,7 @@ class ExtractSlotsCommand:
     splits: list[str] = field(default_factory=lambda: ["train", "validation", "test"])
     out: str | None = None  # default: <data.root>/slots
     device: str = "cpu"
-    precision: str = "fp32"  # fp32 | bf16
+    precision: str = "fp32"  # fp32 | bf16 | auto (bf16 where the device computes it natively)
     batch_size: int = 16  # videos encoded together
     chunk: int = 32  # frames per forward pass; slots are carried across chunks
     counterfactuals: bool = False  # also encode the counterfactual videos (cf_slots; O x the work)
@@ -302,7 +302,7 @@ class MainCommand:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     max_masked: int = 4  # object masking hides 0..max_masked objects per sample
     cf_videos: int = 4  # validation videos with counterfactual worlds, for the intervention errors
-    extract_precision: str = "bf16"
+    extract_precision: str = "auto"
     workers: int = 2
 
 

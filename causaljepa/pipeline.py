@@ -48,7 +48,7 @@ class MainConfig:
     trainer: TrainerConfig
     max_masked: int = 4
     cf_videos: int = 4
-    extract_precision: str = "bf16"
+    extract_precision: str = "auto"
     seed: int = 0
     workers: int = 2
 

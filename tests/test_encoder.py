@@ -829,6 +829,24 @@ def test_config_errors_name_the_key(cls, change, key):
         cls(**change)
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_only_where_the_cpu_computes_it_natively(native, monkeypatch):
+    monkeypatch.setattr(loop, "native_bf16", lambda device_type: native)
+    want = "bf16" if native else "fp32"
+    assert loop.resolve_precision("auto", "cpu") == want
+    # the trainer records what runs, never "auto", so checkpoints and fingerprints name it
+    assert TrainerConfig(precision="auto").precision == want
+    assert TrainerConfig().precision == want
+    # an explicit choice is kept on any machine
+    assert TrainerConfig(precision="fp32").precision == "fp32"
+    assert TrainerConfig(precision="bf16").precision == "bf16"
+    with torch.no_grad(), loop.autocast(torch.device("cpu"), "auto"):
+        y = torch.nn.Linear(4, 4)(torch.ones(2, 4))
+    assert y.dtype == (torch.bfloat16 if native else torch.float32)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        loop.resolve_precision("half", "cpu")
+
+
 # checkpoints ------------------------------------------------------------------------------------
 
 

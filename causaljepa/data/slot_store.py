@@ -205,11 +205,12 @@ def extract_slots(
     from ..evaluation.object_discovery import fg_ari, mean_best_overlap, temporal_consistency
     from ..models.savi import segmentation
     from ..training.allocator import keep_freed_memory
-    from ..training.loop import autocast
+    from ..training.loop import autocast, resolve_precision
 
     if batch_size < 1 or chunk < 1:
         raise ValueError(f"batch_size ({batch_size}) and chunk ({chunk}) must be >= 1")
     device = torch.device(device)
+    precision = resolve_precision(precision, device.type)  # a wrong name fails before any encoding
     keep_freed_memory(device)
     model = model.to(device).eval()
     cfg = model.cfg

@@ -57,7 +57,7 @@ from ..models.predictor import PredictorConfig
 from ..sim import phyre_sim as ps
 from ..sim.phyre_generate import BALL, ROLLOUTS_FILE, TASKS_FILE, TaskIndex, padded_states
 from ..training.checkpoint import file_hash, last_checkpoint
-from ..training.loop import OptimConfig, TrainerConfig
+from ..training.loop import PRECISIONS, OptimConfig, TrainerConfig
 from ..training.phyre import (
     EpisodeConfig,
     EpisodeSampler,
@@ -91,7 +91,7 @@ class RankingConfig:
     max_attempts: int = 100  # valid attempts per task (PHYRE's AUCCESS counts k <= 100)
     tasks: int = 0  # test tasks ranked per fold (0: all), evenly spaced over the test tasks
     batch_size: int = 2048
-    precision: str = "bf16"  # of the scoring passes: fp32 | bf16 (autocast)
+    precision: str = "auto"  # of the scoring passes: auto | fp32 | bf16 (autocast); auto: bf16 where native
 
     def __post_init__(self) -> None:
         if self.candidates < 1 or self.max_attempts < 1 or self.tasks < 0 or self.batch_size < 1:
@@ -99,8 +99,8 @@ class RankingConfig:
                 f"ranking: candidates ({self.candidates}), max_attempts ({self.max_attempts}) and batch_size "
                 f"({self.batch_size}) must be >= 1, tasks ({self.tasks}) >= 0"
             )
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"ranking.precision must be fp32 or bf16, got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"ranking.precision must be one of {PRECISIONS}, got {self.precision!r}")
 
 
 @dataclass(frozen=True)

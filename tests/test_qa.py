@@ -12,7 +12,7 @@ from conftest import oracle_world
 
 from causaljepa import cli
 from causaljepa.data.questions import ANSWERS, QuestionFileError, attribute_ids
-from causaljepa.evaluation.ablation import masking_config, summarize
+from causaljepa.evaluation.ablation import ablation_markdown, masking_config, summarize
 from causaljepa.evaluation.clevrer_qa import fit_readout, ground, readout_accuracy
 from causaljepa.evaluation.qa import (
     EXTRA_CF,
@@ -360,6 +360,13 @@ def test_ablation_summary_pairs_seeds():
     )  # sample std
     gain = s["a"]["object_0-2"]["counterfactual_gain"]
     assert gain["per_seed"] == [5.0, 3.0] and gain["mean"] == 4.0 and gain["std"] == pytest.approx(2**0.5)
+    md = ablation_markdown({"oracle": s}, ["none", "object_0-2"], 2)
+    assert "2 seeds: mean ± sample std" in md and "| 45.0 ± 7.1 |" in md
+    assert "- object_0-2: +4.0 ± 1.4 points (per seed +5.0, +3.0)" in md
+    one = summarize({m: {"a": r["a"][:1]} for m, r in runs.items()})
+    md = ablation_markdown({"oracle": one}, ["none", "object_0-2"], 1)
+    assert "1 seed: no spread" in md and "| 40.0 |" in md and "±" not in md  # no std of 0.0
+    assert "- object_0-2: +5.0 points (one seed)" in md
     assert masking_config(0).strategy == "none" and masking_config(3).max_objects == 3
     with pytest.raises(ValueError, match=">= 0"):
         masking_config(-1)

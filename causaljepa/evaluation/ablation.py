@@ -92,6 +92,34 @@ def plot_ablation(summary: dict[str, dict], masks: list[str], path: Path) -> Pat
     return save_figure(fig, path)
 
 
+def ablation_markdown(summary: dict[str, dict], masks: list[str], n_seeds: int) -> str:
+    """summary[slots][protocol] (``summarize`` per slot set) -> ablation.md. With one seed there is
+    no spread, and none is written (a std of 0.0 would read as a measured one)."""
+    one = n_seeds == 1
+    head = "1 seed: no spread over seeds" if one else f"{n_seeds} seeds: mean ± sample std over seeds"
+    lines = [f"# Masking ablation ({head})", ""]
+    for name, per_protocol in summary.items():
+        for protocol, entries in per_protocol.items():
+            lines += [f"## {name} slots, protocol ({protocol})", ""]
+            rows = {m: entries[m]["mean_std"] for m in masks if m in entries}
+            if one:
+                rows = {m: {k: ms[0] for k, ms in r.items()} for m, r in rows.items()}
+            lines.append(markdown_table(rows))
+            gains = []
+            for m, e in entries.items():
+                if "counterfactual_gain" in e:
+                    g = e["counterfactual_gain"]
+                    if one:
+                        gains.append(f"- {m}: {g['mean']:+.1f} points (one seed)")
+                        continue
+                    per = ", ".join(f"{x:+.1f}" for x in g["per_seed"])
+                    gains.append(f"- {m}: {g['mean']:+.1f} ± {g['std']:.1f} points (per seed {per})")
+            if gains:
+                lines += ["", "Counterfactual per-question gain over no masking (paired by seed):", *gains]
+            lines.append("")
+    return "\n".join(lines)
+
+
 def _check_run(ckpt: Path, masking: MaskConfig, windows: WindowConfig) -> None:
     """A finished run is reused only if it was trained with the masking and windows asked for."""
     from ..training.checkpoint import load_checkpoint
@@ -146,21 +174,7 @@ def masking_ablation(
                     runs.setdefault(mask, {}).setdefault(protocol, []).append(res["protocols"][protocol])
                 raw.setdefault(name, {}).setdefault(mask, {})[f"seed{seed}"] = res
         summary[name] = summarize(runs)
-    lines = [f"# Masking ablation ({len(seeds)} seeds: mean ± sample std over seeds)", ""]
-    for name, per_protocol in summary.items():
-        for protocol, entries in per_protocol.items():
-            lines += [f"## {name} slots, protocol ({protocol})", ""]
-            lines.append(markdown_table({m: entries[m]["mean_std"] for m in masks if m in entries}))
-            gains = []
-            for m, e in entries.items():
-                if "counterfactual_gain" in e:
-                    g = e["counterfactual_gain"]
-                    per = ", ".join(f"{x:+.1f}" for x in g["per_seed"])
-                    gains.append(f"- {m}: {g['mean']:+.1f} ± {g['std']:.1f} points (per seed {per})")
-            if gains:
-                lines += ["", "Counterfactual per-question gain over no masking (paired by seed):", *gains]
-            lines.append("")
-    md = write_text_atomic(out / "ablation.md", "\n".join(lines))
+    md = write_text_atomic(out / "ablation.md", ablation_markdown(summary, masks, len(seeds)))
     js = write_json_atomic(out / "ablation.json", {"summary": summary, "runs": raw, "masks": masks})
     png = plot_ablation(summary, masks, out / "ablation.png")
     return {"summary": summary, "markdown": str(md), "json": str(js), "png": str(png)}

@@ -1,7 +1,10 @@
 """PHYRE evaluation of the world model on phyre_sim: the same as `cjepa eval phyre`.
 
     python eval/phyre_plausibility.py                                  # folds within 0-2, cross 0
-    python eval/phyre_plausibility.py folds='{within: [0, 1, 2, 3, 4]}' out=runs/phyre5
+    python eval/phyre_plausibility.py folds='{within: [0, 1, 2, 3, 4], cross: []}' out=runs/phyre5
+
+A `folds` override is merged into the default: a kind it leaves out keeps its default folds,
+so `cross: []` is needed to run within-template folds alone.
 
 Overrides are Hydra's; see configs/eval_phyre.yaml. Per fold it trains the predictor (the ball
 as a one-shot action node) and the success readout on the training tasks, then scores the test

@@ -12,7 +12,7 @@ from conftest import oracle_world
 
 from causaljepa import cli
 from causaljepa.data.questions import ANSWERS, QuestionFileError, attribute_ids
-from causaljepa.evaluation.ablation import ablation_markdown, masking_config, summarize
+from causaljepa.evaluation.ablation import ablation_markdown, masking_config, plot_ablation, summarize
 from causaljepa.evaluation.clevrer_qa import fit_readout, ground, readout_accuracy
 from causaljepa.evaluation.qa import (
     EXTRA_CF,
@@ -349,7 +349,7 @@ def test_grounding_finds_the_described_slot(one_thread):
     assert w[1, :, :, 1].eq(0).all()  # no second mention
 
 
-def test_ablation_summary_pairs_seeds():
+def test_ablation_summary_pairs_seeds(tmp_path):
     runs = {
         "none": {"a": [{"counterfactual_question": 40.0}, {"counterfactual_question": 50.0}]},
         "object_0-2": {"a": [{"counterfactual_question": 45.0}, {"counterfactual_question": 53.0}]},
@@ -364,9 +364,13 @@ def test_ablation_summary_pairs_seeds():
     assert "2 seeds: mean ± sample std" in md and "| 45.0 ± 7.1 |" in md
     assert "- object_0-2: +4.0 ± 1.4 points (per seed +5.0, +3.0)" in md
     one = summarize({m: {"a": r["a"][:1]} for m, r in runs.items()})
+    assert one["a"]["none"]["mean_std"]["counterfactual_question"] == (40.0, None)  # one seed: no spread
+    assert one["a"]["object_0-2"]["counterfactual_gain"]["std"] is None
     md = ablation_markdown({"oracle": one}, ["none", "object_0-2"], 1)
     assert "1 seed: no spread" in md and "| 40.0 |" in md and "±" not in md  # no std of 0.0
     assert "- object_0-2: +5.0 points (one seed)" in md
+    png = plot_ablation({"oracle": one}, ["none", "object_0-2"], tmp_path / "one_seed.png")
+    assert png.stat().st_size > 0  # means without error bars
     assert masking_config(0).strategy == "none" and masking_config(3).max_objects == 3
     with pytest.raises(ValueError, match=">= 0"):
         masking_config(-1)

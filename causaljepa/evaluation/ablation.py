@@ -43,6 +43,12 @@ def masking_config(k: int) -> MaskConfig:
     return MaskConfig("none", 0, 0) if k == 0 else MaskConfig("object", 0, k)
 
 
+def _mean_std(values) -> tuple[float, float | None]:
+    """Mean and sample std over seeds; with one seed there is no spread: None, not 0.0."""
+    v = np.asarray(values, np.float64)
+    return float(v.mean()), (float(v.std(ddof=1)) if len(v) > 1 else None)
+
+
 def summarize(runs: dict[str, dict[str, list[dict]]]) -> dict:
     """runs[masking][protocol] = per-seed metric dicts (in seed order) -> mean/std per metric, and
     the counterfactual per-question gain over "none" (paired by seed)."""
@@ -50,20 +56,13 @@ def summarize(runs: dict[str, dict[str, list[dict]]]) -> dict:
     for mask, per_protocol in runs.items():
         for protocol, seeds in per_protocol.items():
             keys = [k for k in seeds[0] if all(k in s for s in seeds)]  # a type some seed lacks: left out
-            ddof = 1 if len(seeds) > 1 else 0  # the sample std over seeds
-            stats = {
-                k: (float(np.mean([s[k] for s in seeds])), float(np.std([s[k] for s in seeds], ddof=ddof)))
-                for k in keys
-            }
+            stats = {k: _mean_std([s[k] for s in seeds]) for k in keys}
             entry = {"seeds": len(seeds), "mean_std": stats}
             base = runs.get("none", {}).get(protocol)
             if mask != "none" and base is not None and len(base) == len(seeds):
                 diff = np.array([s[TARGET] for s in seeds]) - np.array([b[TARGET] for b in base])
-                entry["counterfactual_gain"] = {
-                    "mean": float(diff.mean()),
-                    "std": float(diff.std(ddof=ddof)),
-                    "per_seed": diff.tolist(),
-                }
+                mean, std = _mean_std(diff)
+                entry["counterfactual_gain"] = {"mean": mean, "std": std, "per_seed": diff.tolist()}
             out.setdefault(protocol, {})[mask] = entry
     return out
 
@@ -81,7 +80,9 @@ def plot_ablation(summary: dict[str, dict], masks: list[str], path: Path) -> Pat
             xs = [m for m in masks if m in entries]
             mean = [entries[m]["mean_std"][TARGET][0] for m in xs]
             std = [entries[m]["mean_std"][TARGET][1] for m in xs]
-            ax.errorbar(range(len(xs)), mean, yerr=std, marker="o", capsize=3, label=f"protocol ({protocol})")
+            yerr = None if None in std else std  # one seed: no error bars
+            label = f"protocol ({protocol})"
+            ax.errorbar(range(len(xs)), mean, yerr=yerr, marker="o", capsize=3, label=label)
             ax.set_xticks(range(len(xs)), [m.replace("object_", "obj ") for m in xs])
         ax.set_title(f"{slots} slots")
         ax.set_xlabel("masking (objects hidden per sample)")
@@ -93,23 +94,19 @@ def plot_ablation(summary: dict[str, dict], masks: list[str], path: Path) -> Pat
 
 
 def ablation_markdown(summary: dict[str, dict], masks: list[str], n_seeds: int) -> str:
-    """summary[slots][protocol] (``summarize`` per slot set) -> ablation.md. With one seed there is
-    no spread, and none is written (a std of 0.0 would read as a measured one)."""
-    one = n_seeds == 1
-    head = "1 seed: no spread over seeds" if one else f"{n_seeds} seeds: mean ± sample std over seeds"
+    """summary[slots][protocol] (``summarize`` per slot set) -> ablation.md. With one seed
+    ``summarize`` gives no spread, and none is written."""
+    head = "1 seed: no spread" if n_seeds == 1 else f"{n_seeds} seeds: mean ± sample std over seeds"
     lines = [f"# Masking ablation ({head})", ""]
     for name, per_protocol in summary.items():
         for protocol, entries in per_protocol.items():
             lines += [f"## {name} slots, protocol ({protocol})", ""]
-            rows = {m: entries[m]["mean_std"] for m in masks if m in entries}
-            if one:
-                rows = {m: {k: ms[0] for k, ms in r.items()} for m, r in rows.items()}
-            lines.append(markdown_table(rows))
+            lines.append(markdown_table({m: entries[m]["mean_std"] for m in masks if m in entries}))
             gains = []
             for m, e in entries.items():
                 if "counterfactual_gain" in e:
                     g = e["counterfactual_gain"]
-                    if one:
+                    if g["std"] is None:
                         gains.append(f"- {m}: {g['mean']:+.1f} points (one seed)")
                         continue
                     per = ", ".join(f"{x:+.1f}" for x in g["per_seed"])

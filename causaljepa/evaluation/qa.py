@@ -626,7 +626,8 @@ COLUMNS = (
 
 
 def markdown_table(rows: dict[str, dict[str, float | tuple[float, float]]]) -> str:
-    """rows: name -> metrics (a number, or (mean, std) over seeds) -> a markdown table."""
+    """rows: name -> metrics (a number, or (mean, std) over seeds; std None: one seed, the mean
+    alone) -> a markdown table."""
     present = [(k, title) for k, title in COLUMNS if any(k in r for r in rows.values())]
     lines = ["| | " + " | ".join(t for _, t in present) + " |", "|---" * (len(present) + 1) + "|"]
     for name, r in rows.items():
@@ -636,7 +637,7 @@ def markdown_table(rows: dict[str, dict[str, float | tuple[float, float]]]) -> s
             if v is None:
                 cells.append("")
             elif isinstance(v, tuple):
-                cells.append(f"{v[0]:.1f} ± {v[1]:.1f}")
+                cells.append(f"{v[0]:.1f}" if v[1] is None else f"{v[0]:.1f} ± {v[1]:.1f}")
             else:
                 cells.append(f"{v:.1f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")

@@ -310,6 +310,39 @@ def test_broadcast_decoder_shapes(layers):
     torch.testing.assert_close(alpha.sum(dim=1), torch.ones(5, 16, 16))
     torch.testing.assert_close(recon, (alpha[:, :, None] * rgb).sum(dim=1))
 
+def test_decoder_and_cnn_in_pieces_give_the_whole_batch_result(monkeypatch):
+    """Pieces of one frame give the same outputs and gradients as the whole batch at once."""
+    import causaljepa.models.savi as savi
+
+    frames = _frames(3, 4)
+
+    def run(piece_bytes: int):
+        monkeypatch.setattr(savi, "DECODER_PIECE_BYTES", piece_bytes)
+        monkeypatch.setattr(savi, "CNN_PIECE_BYTES", piece_bytes)
+        model = _model()
+        out = model(frames, generator=torch.Generator().manual_seed(0))
+        (out.recon - out.target).square().mean().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return out, grads
+
+    whole, g_whole = run(1 << 40)
+    pieces, g_pieces = run(1)  # one frame (one row) a piece
+    for name in ("slots", "alpha", "recon", "rgb"):
+        torch.testing.assert_close(getattr(pieces, name), getattr(whole, name))
+    assert g_pieces.keys() == g_whole.keys() and "decoder.slot_in.weight" in g_whole
+    for n in g_whole:
+        torch.testing.assert_close(g_pieces[n], g_whole[n], rtol=1e-4, atol=1e-6)
+
+
+def test_in_pieces_concatenates_tensors_and_tuples():
+    from causaljepa.models.savi import in_pieces
+
+    x, y = torch.arange(10.0), torch.arange(10.0) * 2
+    torch.testing.assert_close(in_pieces(lambda a, b: a + b, 3, x, y), x + y)
+    first, second = in_pieces(lambda a: (a, a[:1]), 4, x)
+    torch.testing.assert_close(first, x)
+    torch.testing.assert_close(second, torch.tensor([0.0, 4.0, 8.0]))  # one row of each piece
+
 
 def test_alpha_starts_as_the_attention_and_the_decoder_can_move_it():
     dec = BroadcastDecoder(CFG)

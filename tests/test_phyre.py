@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -731,6 +732,7 @@ def test_eval_phyre_outputs(world, evaluated):
         assert s["folds"] == [0]
         for k in ("model", "random", "oracle"):
             assert 0.0 <= s["auccess"][k]["mean"] <= 100.0 and s["auccess"][k]["n"] == 1
+            assert s["auccess"][k]["std"] is None  # one fold has no spread, not a spread of 0
         assert set(s["voe"]) == set(VIOLATIONS)
         for k in VIOLATIONS:
             m = s["voe"][k]["mean"]
@@ -757,6 +759,7 @@ def test_eval_phyre_outputs(world, evaluated):
         assert (evaluated / f"{fold['kind']}_0" / "readout" / "readout.pt").exists()
     md = (evaluated / "results.md").read_text()
     assert "AUCCESS" in md and "within-template" in md and "cross-template" in md
+    assert not re.search(r"± \d", md)  # one fold per kind: means alone, no spread of 0.000
     per_task = res["folds"][0]["ranking"]["per_task"]
     # the picture shows a task solved at the 2nd to 4th attempt where there is one, else the first
     shown = next((t for t in per_task if t["model"] is not None and 2 <= t["model"] <= 4), per_task[0])

@@ -607,13 +607,14 @@ def rank_tasks(tasks, test_t, store, task_of, model, readout, rc: RankingConfig,
 # the whole evaluation ---------------------------------------------------------------------------
 def summarize(results: list[dict], max_attempts: int) -> dict:
     """Mean and sample std over folds of each kind; per-template AUCCESS at ``max_attempts``
-    (ranking.max_attempts, the same for every fold: a fold ranked otherwise is recomputed)."""
+    (ranking.max_attempts, the same for every fold: a fold ranked otherwise is recomputed).
+    Fewer than two folds with a value have no spread: std is None (JSON null), never 0.0."""
 
     def ms(values):
         values = list(values)
         v = np.asarray([x for x in values if x == x], np.float64)  # NaN-free: n says how many folds count
         mean = float(v.mean()) if len(v) else float("nan")
-        std = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+        std = float(v.std(ddof=1)) if len(v) > 1 else None
         return {"mean": mean, "std": std, "n": len(v), "of": len(values)}
 
     out = {}
@@ -663,8 +664,12 @@ def results_markdown(summary: dict, results: list[dict]) -> str:
     def part(m):  # where some folds had no value (NaN), say over how many the mean is
         return "" if m.get("n", 0) == m.get("of", 0) else f" (n={m['n']} of {m['of']})"
 
-    f = lambda m: f"{m['mean']:.1f} ± {m['std']:.1f}{part(m)}"  # noqa: E731
-    g = lambda m: f"{m['mean']:.3f} ± {m['std']:.3f}{part(m)}"  # noqa: E731
+    def cell(m, digits):  # one fold has no spread: the mean alone
+        spread = "" if m["std"] is None else f" ± {m['std']:.{digits}f}"
+        return f"{m['mean']:.{digits}f}{spread}{part(m)}"
+
+    f = lambda m: cell(m, 1)  # noqa: E731
+    g = lambda m: cell(m, 3)  # noqa: E731
     lines = ["# PHYRE evaluation (phyre_sim)", "", "## AUCCESS (mean ± sample std over folds)", "",
              "| split | folds | world model | random | simulator oracle |",
              "|---|---|---|---|---|"]  # fmt: skip

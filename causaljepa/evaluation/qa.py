@@ -544,7 +544,9 @@ class QAReader(nn.Module):
                 keep.append(ok)
         x = torch.cat(parts, dim=1)
         keep = torch.cat(keep, dim=1)  # (B, N): padding is never attended to
-        mask = keep[:, None, :].expand(B, x.shape[1], x.shape[1])
+        # a key-padding mask (B, 1, N), broadcast over the queries: expanded to (B, N, N) it
+        # made SDPA convert N^2 booleans per example and layer, 8 % of a CPU training step
+        mask = keep[:, None, :]
         for blk in self.blocks:
             x, _ = blk(x, mask)
         h = self.norm(x[:, 0])

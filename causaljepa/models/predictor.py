@@ -123,7 +123,8 @@ class Block(nn.Module):
     def forward(
         self, x: torch.Tensor, mask: torch.Tensor | None = None, need_weights: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x (B, N, dim), mask bool (N, N) or (B, N, N) -> x, attention (B, heads, N, N) if asked."""
+        """x (B, N, dim), mask bool (N, N), (B, N, N) or (B, 1, N) (the same keys for every query)
+        -> x, attention (B, heads, N, N) if asked."""
         q, k, v = rearrange(
             self.qkv(self.norm1(x)), "b n (three h e) -> three b h n e", three=3, h=self.heads
         )

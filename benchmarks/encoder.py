@@ -107,7 +107,7 @@ def main() -> None:
                 "benchmark": "encoder_train_step",
                 "precision": precision,
                 "images_per_s": round(a.batch * a.clip / dt, 1),
-                **flop_rates(flops, dt, machine_info),
+                **flop_rates(flops, dt, machine_info, precision),
                 "config": {
                     "encoder": a.encoder,
                     **cfg.to_dict(),

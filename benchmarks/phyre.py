@@ -74,7 +74,7 @@ def main() -> None:
                 "benchmark": "phyre_scoring",
                 "precision": precision,
                 "candidates_per_s": round(a.candidates / dt, 1),
-                **flop_rates(flops, dt, machine_info),
+                **flop_rates(flops, dt, machine_info, precision),
                 "config": config,
                 "machine": machine_info,
             }

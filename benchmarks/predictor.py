@@ -94,7 +94,7 @@ def main() -> None:
                 "benchmark": "predictor_train_step",
                 "precision": precision,
                 "clips_per_s": round(a.batch / dt, 1),
-                **flop_rates(flops, dt, machine_info),
+                **flop_rates(flops, dt, machine_info, precision),
                 "config": config,
                 "machine": machine_info,
             }

@@ -63,16 +63,20 @@ def timed(fn, steps: int, device) -> float:
     return (time.perf_counter() - t) / steps
 
 
-def flop_rates(flops: float, seconds: float, ceilings: dict) -> dict:
-    """A step's FLOPs and time as achieved GFLOP/s and fractions of the measured peaks."""
+def flop_rates(flops: float, seconds: float, ceilings: dict, precision: str) -> dict:
+    """A step's FLOPs and time as achieved GFLOP/s and fractions of the measured peaks: of the
+    fp32 peak always, of the bf16 peak for a bf16 step only (an fp32 step against an emulated
+    bf16 peak gave fractions like 30, which mean nothing)."""
     achieved = flops / seconds / 1e9
-    return {
+    out = {
         "step_s": round(seconds, 4),
         "gflop_per_step": round(flops / 1e9, 2),
         "achieved_gflops": round(achieved, 1),
         "fraction_of_fp32_peak": round(achieved / ceilings["fp32_matmul_gflops"], 3),
-        "fraction_of_bf16_peak": round(achieved / ceilings["bf16_matmul_gflops"], 3),
     }
+    if precision == "bf16" and ceilings.get("bf16_matmul_gflops"):
+        out["fraction_of_bf16_peak"] = round(achieved / ceilings["bf16_matmul_gflops"], 3)
+    return out
 
 
 def emit(record: dict) -> None:

@@ -310,6 +310,7 @@ def test_broadcast_decoder_shapes(layers):
     torch.testing.assert_close(alpha.sum(dim=1), torch.ones(5, 16, 16))
     torch.testing.assert_close(recon, (alpha[:, :, None] * rgb).sum(dim=1))
 
+
 def test_decoder_and_cnn_in_pieces_give_the_whole_batch_result(monkeypatch):
     """Pieces of one frame give the same outputs and gradients as the whole batch at once."""
     import causaljepa.models.savi as savi
@@ -1376,8 +1377,22 @@ def test_encoder_benchmark_prints_its_figure_and_the_profile_of_a_step():
     )
     assert line["images_per_s"] > 0 and line["gflop_per_step"] > 0
     assert line["machine"]["fp32_matmul_gflops"] > 0
+    assert line["fraction_of_fp32_peak"] > 0 and "fraction_of_bf16_peak" not in line  # an fp32 step
     assert "the ops of one training step by self time" in done.stderr and "Input Shapes" in done.stderr
     bad = subprocess.run(
         [sys.executable, str(script), "--set", "iterations=2"], capture_output=True, text=True
     )
     assert bad.returncode != 0 and "iterations=2" in bad.stderr and "iters_first" in bad.stderr
+
+
+def test_flop_rates_give_the_bf16_fraction_for_bf16_steps_only():
+    from causaljepa.benchmarking import flop_rates
+
+    peaks = {"fp32_matmul_gflops": 100.0, "bf16_matmul_gflops": 400.0}
+    fp32 = flop_rates(50e9, 1.0, peaks, "fp32")
+    assert fp32 == {
+        "step_s": 1.0, "gflop_per_step": 50.0, "achieved_gflops": 50.0, "fraction_of_fp32_peak": 0.5
+    }  # fmt: skip
+    bf16 = flop_rates(50e9, 0.5, peaks, "bf16")
+    assert bf16["achieved_gflops"] == 100.0
+    assert (bf16["fraction_of_fp32_peak"], bf16["fraction_of_bf16_peak"]) == (1.0, 0.25)

@@ -343,6 +343,9 @@ def test_in_pieces_concatenates_tensors_and_tuples():
     first, second = in_pieces(lambda a: (a, a[:1]), 4, x)
     torch.testing.assert_close(first, x)
     torch.testing.assert_close(second, torch.tensor([0.0, 4.0, 8.0]))  # one row of each piece
+    calls = []
+    in_pieces(lambda a: calls.append(a.shape[0]) or a, 3, torch.empty(10, device="meta"))
+    assert calls == [10]  # off the CPU the batch stays whole
 
 
 def test_alpha_starts_as_the_attention_and_the_decoder_can_move_it():

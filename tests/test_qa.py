@@ -370,7 +370,8 @@ def test_ablation_summary_pairs_seeds(tmp_path):
     assert "1 seed: no spread" in md and "| 40.0 |" in md and "±" not in md  # no std of 0.0
     assert "- object_0-2: +5.0 points (one seed)" in md
     png = plot_ablation({"oracle": one}, ["none", "object_0-2"], tmp_path / "one_seed.png")
-    assert png.stat().st_size > 0  # means without error bars
+    assert png.stat().st_size > 0  # drawn: error bars of None (one seed) are left out, not an error
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert masking_config(0).strategy == "none" and masking_config(3).max_objects == 3
     with pytest.raises(ValueError, match=">= 0"):
         masking_config(-1)

@@ -27,6 +27,7 @@ from ..models.predictor import PredictorConfig
 from ..training.checkpoint import last_checkpoint
 from ..training.loop import OptimConfig
 from ..training.predictor import WindowConfig, train_predictor
+from . import mean_std, plus_minus
 from .clevrer_qa import QAConfig, evaluate_clevrer
 from .qa import markdown_table
 
@@ -43,12 +44,6 @@ def masking_config(k: int) -> MaskConfig:
     return MaskConfig("none", 0, 0) if k == 0 else MaskConfig("object", 0, k)
 
 
-def _mean_std(values) -> tuple[float, float | None]:
-    """Mean and sample std over seeds; with one seed there is no spread: None, not 0.0."""
-    v = np.asarray(values, np.float64)
-    return float(v.mean()), (float(v.std(ddof=1)) if len(v) > 1 else None)
-
-
 def summarize(runs: dict[str, dict[str, list[dict]]]) -> dict:
     """runs[masking][protocol] = per-seed metric dicts (in seed order) -> mean/std per metric, and
     the counterfactual per-question gain over "none" (paired by seed)."""
@@ -56,12 +51,12 @@ def summarize(runs: dict[str, dict[str, list[dict]]]) -> dict:
     for mask, per_protocol in runs.items():
         for protocol, seeds in per_protocol.items():
             keys = [k for k in seeds[0] if all(k in s for s in seeds)]  # a type some seed lacks: left out
-            stats = {k: _mean_std([s[k] for s in seeds]) for k in keys}
+            stats = {k: mean_std([s[k] for s in seeds]) for k in keys}
             entry = {"seeds": len(seeds), "mean_std": stats}
             base = runs.get("none", {}).get(protocol)
             if mask != "none" and base is not None and len(base) == len(seeds):
                 diff = np.array([s[TARGET] for s in seeds]) - np.array([b[TARGET] for b in base])
-                mean, std = _mean_std(diff)
+                mean, std = mean_std(diff)
                 entry["counterfactual_gain"] = {"mean": mean, "std": std, "per_seed": diff.tolist()}
             out.setdefault(protocol, {})[mask] = entry
     return out
@@ -106,11 +101,9 @@ def ablation_markdown(summary: dict[str, dict], masks: list[str], n_seeds: int) 
             for m, e in entries.items():
                 if "counterfactual_gain" in e:
                     g = e["counterfactual_gain"]
-                    if g["std"] is None:
-                        gains.append(f"- {m}: {g['mean']:+.1f} points (one seed)")
-                        continue
                     per = ", ".join(f"{x:+.1f}" for x in g["per_seed"])
-                    gains.append(f"- {m}: {g['mean']:+.1f} ± {g['std']:.1f} points (per seed {per})")
+                    seeds = "one seed" if g["std"] is None else f"per seed {per}"
+                    gains.append(f"- {m}: {plus_minus(g['mean'], g['std'], sign=True)} points ({seeds})")
             if gains:
                 lines += ["", "Counterfactual per-question gain over no masking (paired by seed):", *gains]
             lines.append("")

@@ -75,6 +75,7 @@ from ..training.phyre import (
     window_errors,
 )
 from ..training.predictor import load_predictor
+from . import mean_std, plus_minus
 from .influence import auroc
 
 CANDIDATE_SEED = 20190613  # the fixed candidate action set of every task
@@ -612,9 +613,8 @@ def summarize(results: list[dict], max_attempts: int) -> dict:
 
     def ms(values):
         values = list(values)
-        v = np.asarray([x for x in values if x == x], np.float64)  # NaN-free: n says how many folds count
-        mean = float(v.mean()) if len(v) else float("nan")
-        std = float(v.std(ddof=1)) if len(v) > 1 else None
+        v = [x for x in values if x == x]  # NaN-free: n says how many folds count
+        mean, std = mean_std(v) if v else (float("nan"), None)
         return {"mean": mean, "std": std, "n": len(v), "of": len(values)}
 
     out = {}
@@ -664,12 +664,12 @@ def results_markdown(summary: dict, results: list[dict]) -> str:
     def part(m):  # where some folds had no value (NaN), say over how many the mean is
         return "" if m.get("n", 0) == m.get("of", 0) else f" (n={m['n']} of {m['of']})"
 
-    def cell(m, digits):  # one fold has no spread: the mean alone
-        spread = "" if m["std"] is None else f" ± {m['std']:.{digits}f}"
-        return f"{m['mean']:.{digits}f}{spread}{part(m)}"
+    def f(m, digits=1):  # one fold has no spread: the mean alone
+        return plus_minus(m["mean"], m["std"], digits) + part(m)
 
-    f = lambda m: cell(m, 1)  # noqa: E731
-    g = lambda m: cell(m, 3)  # noqa: E731
+    def g(m):
+        return f(m, 3)
+
     lines = ["# PHYRE evaluation (phyre_sim)", "", "## AUCCESS (mean ± sample std over folds)", "",
              "| split | folds | world model | random | simulator oracle |",
              "|---|---|---|---|---|"]  # fmt: skip

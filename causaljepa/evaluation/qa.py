@@ -56,6 +56,7 @@ from ..data.questions import (
     words,
 )
 from ..models.predictor import Block
+from . import plus_minus
 
 PAD, UNK = "[PAD]", "[UNK]"
 UNKNOWN_WORDS = ("error", "unk")  # what a word outside the vocabulary is
@@ -639,7 +640,7 @@ def markdown_table(rows: dict[str, dict[str, float | tuple[float, float]]]) -> s
             if v is None:
                 cells.append("")
             elif isinstance(v, tuple):
-                cells.append(f"{v[0]:.1f}" if v[1] is None else f"{v[0]:.1f} ± {v[1]:.1f}")
+                cells.append(plus_minus(*v))
             else:
                 cells.append(f"{v:.1f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")

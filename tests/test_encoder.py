@@ -1399,3 +1399,21 @@ def test_flop_rates_give_the_bf16_fraction_for_bf16_steps_only():
     bf16 = flop_rates(50e9, 0.5, peaks, "bf16")
     assert bf16["achieved_gflops"] == 100.0
     assert (bf16["fraction_of_fp32_peak"], bf16["fraction_of_bf16_peak"]) == (1.0, 0.25)
+
+
+def test_encoder_pieces_benchmark_prints_each_part_and_piece():
+    import json
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "encoder_pieces.py"
+    cmd = [sys.executable, str(script), "--frames", "4", "--pieces", "0", "2", "--repeats", "1",
+           "--threads", "1"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    lines = [json.loads(x) for x in done.stdout.splitlines()]
+    parts = ("decoder_forward_backward", "decoder_forward", "cnn_forward_backward", "cnn_forward")
+    assert [(r["frames_per_piece"], r["part"]) for r in lines] == [(n, p) for n in (4, 2) for p in parts]
+    assert all(r["ms"] > 0 and r["frames_per_s"] > 0 for r in lines)
+    assert all(r["machine"]["fp32_matmul_gflops"] > 0 for r in lines)
+    bad = subprocess.run([sys.executable, str(script), "--frames", "0"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "--frames" in bad.stderr

@@ -206,6 +206,24 @@ def test_complete_graph_equals_no_mask_and_explicit_weights_equal_sdpa():
     torch.testing.assert_close(weights[0].sum(dim=-1), torch.ones(2, CFG.heads, N))
 
 
+def test_block_key_padding_mask_equals_the_expanded_mask():
+    """A (B, 1, N) mask (the QA reader's) is the (B, N, N) one with every query row alike."""
+    from causaljepa.models.predictor import Block
+
+    torch.manual_seed(0)
+    blk = Block(16, 2, 8, 32, 0.0).eval()
+    x = torch.randn(3, 7, 16)
+    keep = torch.rand(3, 7) > 0.3
+    keep[:, 0] = True  # every row attends to something
+    padded, _ = blk(x, keep[:, None, :])
+    expanded, _ = blk(x, keep[:, None, :].expand(3, 7, 7))
+    torch.testing.assert_close(padded, expanded, rtol=0, atol=0)
+    with_weights, w = blk(x, keep[:, None, :], need_weights=True)
+    torch.testing.assert_close(with_weights, padded, atol=1e-5, rtol=1e-5)
+    assert (w[~keep[:, None, None, :].expand_as(w)] == 0).all()  # padded keys get no weight
+    assert not torch.equal(padded, blk(x)[0])  # the mask matters
+
+
 def test_graph_mask_errors():
     with pytest.raises(ValueError, match=r"edge_index must have shape \(2, E\)"):
         graph_mask(torch.zeros(3, 4, dtype=torch.long), 5)

@@ -29,9 +29,10 @@ ALPHA_PRIORS = ("attention", "gaussian", "attention_gaussian")
 # The decoder's per-pixel hidden activations (frames x K x P x decoder_hidden) and the CNN's
 # feature maps are run over at most this many bytes of frames at a time. Whole batches made
 # tensors of hundreds of MB that every element-wise pass streamed through memory; in pieces that
-# stay in the last-level cache the decoder ran 2.5 times as fast in training (forward and
-# backward of 48 frames at 32x32, 441 against 165 ms on 2 AVX2 cores) and 3 times as fast in
-# slot extraction (512 frames at a time). README, "Encoder speed".
+# stay in the last-level cache the decoder ran 2.3-2.5 times as fast in training (forward and
+# backward of 48 frames at 32x32, 436 against 173-189 ms on 2 AVX2 cores) and 4-6 times as fast
+# in slot extraction (512 frames at a time). `python benchmarks/encoder_pieces.py`; README,
+# "Encoder speed".
 DECODER_PIECE_BYTES = 8 << 20
 CNN_PIECE_BYTES = 2 << 20
 

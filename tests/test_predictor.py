@@ -224,6 +224,42 @@ def test_block_key_padding_mask_equals_the_expanded_mask():
     assert not torch.equal(padded, blk(x)[0])  # the mask matters
 
 
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_cpu_dropout_mask_has_the_rate_in_every_lane_and_mean_one(p):
+    """Each 64-bit draw feeds four mask entries; a lane with a biased bit would drop more or
+    less than p (the top lane's sign bit is always 0, so only 15 bits are read)."""
+    from causaljepa.models.predictor import DROP_LEVELS, dropout_mask
+
+    torch.manual_seed(0)
+    m = dropout_mask((4096, 1024), p, torch.float32)
+    keep = 1 - round(p * DROP_LEVELS) / DROP_LEVELS
+    assert set(m.unique().tolist()) == pytest.approx([0.0, 1 / keep])
+    lanes = (m == 0).float().reshape(-1, 4).mean(dim=0)  # the drop share of each lane
+    assert (lanes - p).abs().max() < 0.003, lanes  # 6 standard errors at p = 0.5
+    assert abs(float(m.double().mean()) - 1) < 0.004
+
+
+def test_cpu_dropout_repeats_under_a_seed_and_is_nn_dropout_otherwise():
+    from causaljepa.models.predictor import Dropout
+
+    x = torch.randn(8, 33, 16, requires_grad=True)
+    d = Dropout(0.25)
+    torch.manual_seed(3)
+    a = d(x)
+    torch.manual_seed(3)
+    b = d(x)
+    torch.manual_seed(4)
+    c = d(x)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not torch.equal(a, c)
+    dropped = a.detach() == 0
+    assert 0.15 < float(dropped.float().mean()) < 0.35
+    torch.testing.assert_close(a[~dropped], x[~dropped] / 0.75)
+    a.sum().backward()  # the gradient is the mask
+    torch.testing.assert_close(x.grad, torch.where(dropped, 0.0, 1 / 0.75))
+    assert torch.equal(d.eval()(x), x) and torch.equal(Dropout(0.0)(x), x)
+
+
 def test_graph_mask_errors():
     with pytest.raises(ValueError, match=r"edge_index must have shape \(2, E\)"):
         graph_mask(torch.zeros(3, 4, dtype=torch.long), 5)

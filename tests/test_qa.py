@@ -563,3 +563,29 @@ def test_readout_data_labels_each_slot_with_its_objects_attributes(qa_world):
     xo = x[covers]
     colour, shape, material = xo[:, 8:16].argmax(1), xo[:, 16:19].argmax(1), xo[:, 19:21].argmax(1)
     assert torch.equal(torch.stack([colour, shape, material], 1), y[covers])
+
+
+def test_trained_readout_is_fitted_once_per_store_frames_and_seed(qa_world, monkeypatch):
+    """The main job's two QA stages and the ablation's runs share one fit; a kept fit is the
+    one a fresh fit gives (the fit is deterministic under its seed)."""
+    from causaljepa.data.slot_store import SlotStore
+    from causaljepa.evaluation import clevrer_qa as cq
+
+    root = qa_world["root"]
+    props = cq.object_properties(root / "train.h5")
+    monkeypatch.setattr(cq, "_READOUTS", {})
+    fits = []
+    real_fit = cq.fit_readout
+    monkeypatch.setattr(cq, "fit_readout", lambda *a, **k: fits.append(1) or real_fit(*a, steps=20, **k))
+    with SlotStore(root / "oracle_slots" / "train.h5") as st:
+        a = cq.trained_readout(st, props, [0, 4], seed=0)
+        assert cq.trained_readout(st, props, [0, 4], seed=0) is a and len(fits) == 1
+        b = cq.trained_readout(st, props, [0, 4], seed=1)  # another seed, frames or labels: another fit
+        c = cq.trained_readout(st, props, [0, 8], seed=0)
+        other = props.copy()
+        other[0, 0, 0] = (other[0, 0, 0] + 1) % 8
+        d = cq.trained_readout(st, other, [0, 4], seed=0)
+        assert len(fits) == 4 and len({id(m) for m in (a, b, c, d)}) == 4
+        fresh = real_fit(*cq.readout_data(st, props, [0, 4]), seed=0, steps=20)
+    for p, q in zip(a.state_dict().values(), fresh.state_dict().values(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)

@@ -407,6 +407,40 @@ def test_surprise_by_hand(world):
     np.testing.assert_allclose(step, torch.stack(errs, 1).flatten(1).amax(1).numpy(), rtol=1e-6)
 
 
+def test_tail_surprise_by_hand():
+    """Each feature against its own held-out errors: -log((1 + as large) / (1 + M)), growing with
+    log(e / (largest + floor)) beyond the largest; the clip's largest over frames, slots, features."""
+    err = torch.zeros(2, 3, 2, 2)  # (N, F, K, D) held-out errors
+    err[..., 0] = torch.arange(12.0).reshape(2, 3, 2)  # feature 0: 0 .. 11, spread out
+    err[..., 1] = 0.5  # feature 1: always 0.5
+    expected = torch.ones(2, 3, 2, 2)
+    expected[1, 2, 1, 0] = 0.0  # one absent slot (its errors, 11 and 0.5, are not held out)
+    held = ev.held_out_errors(err, expected)
+    assert held.shape == (2, 11) and held[0, -1] == 10.0 and (held[1] == 0.5).all()
+    M = 11
+    clip = torch.zeros(3, 1, 1, 1, 2)  # (B, F, K, D) with F = K = 1
+    clip[0, ..., 0] = 7.0  # 4 held-out errors (7, 8, 9, 10) are as large
+    clip[1, ..., 1] = 0.6  # beyond every feature-1 error: the floor share, and a little more
+    clip[2, ..., 0] = 40.0  # beyond every feature-0 error, 4x the largest
+    got = ev.tail_surprise(clip.reshape(3, 1, 1, 2), held)
+    want = [
+        np.log(1 + M) - np.log(1 + 4),
+        np.log(1 + M) + np.log(0.6 / (0.5 + ev.SCALE_FLOOR)),
+        np.log(1 + M) + np.log(40.0 / (10.0 + ev.SCALE_FLOOR)),
+    ]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    # a small error of a tight feature outranks a larger one of a spread-out feature
+    assert got[1] > got[0] and float(clip[1].max()) < float(clip[0].max())
+    # the largest over the clip's frames and slots
+    many = torch.zeros(1, 4, 3, 2)
+    many[0, 2, 1, 0] = 7.0
+    np.testing.assert_allclose(ev.tail_surprise(many, held), want[:1], rtol=1e-6)
+    with pytest.raises(ValueError, match=r"held_out \(3, 11\) must be \(D=2, M\)"):
+        ev.tail_surprise(many, np.zeros((3, 11)))
+    with pytest.raises(ValueError, match="no present slot"):
+        ev.held_out_errors(err, torch.zeros_like(expected))
+
+
 def test_error_scale_over_present_slots(world):
     model = _model()
     with SlotStore(_oracle(world)) as ss:
@@ -935,7 +969,7 @@ def test_plausibility_config_refuses():
 
 def test_eval_phyre_reports_both_models_voe(evaluated):
     r = json.loads((evaluated / "within_0" / "results.json").read_text())["voe"]
-    for name in ("plausibility", "plausibility_unscaled", "world_model", "world_model_from_scene"):
+    for name in ("plausibility", *ev.VOE_VARIANTS):
         assert set(ev.VIOLATIONS) - {"pass_through"} <= set(r[name])
         assert all(0.0 <= r[name][k] <= 1.0 for k in ev.VIOLATIONS if k in r[name])
     assert all(r[k] == r["plausibility"][k] for k in ev.VIOLATIONS if k in r["plausibility"])

@@ -17,16 +17,21 @@ For each fold (PHYRE's within-template and cross-template splits, ``phyre_sim.fo
    on from there), ``vanish`` (o is gone), ``colour`` (o takes another dynamic role's colour),
    ``pass_through`` (the attempt re-simulated with the pair of bodies (or body and ball) whose
    collision matters most passing through each other; none where no pair's does, counted in
-   ``voe.clips``). Surprise = the largest per-slot error of a model's expectation of a frame
-   against the clip, each feature's squared error in units of the model's mean error on the
-   held-out training tasks, averaged over the slot's features. ``voe.plausibility`` (the figure,
-   also ``voe.<type>``): the plausibility model, frame t expected from the frames just before
-   it (and, with ``plausibility.after`` > 0, just after it); ``voe.world_model``: the world
-   model, frame j (at its stride) expected from frames < j (it is trained to carry on from an
-   observed prefix, ``EpisodeConfig.observed_share``);
-   ``voe.world_model_from_scene``: every frame from frame 0 and the action alone;
-   ``voe.plausibility_unscaled``: plain squared errors. AUROC of surprise, implausible against
-   the unmodified attempts, per type;
+   ``voe.clips``). ``voe.plausibility`` (the figure, also ``voe.<type>``): the plausibility
+   model, frame t expected from the frames just before it (and, with ``plausibility.after`` > 0,
+   just after it); surprise = the largest **tail surprise** over the clip's frames, slots and
+   features (``tail_surprise``): how rarely the model's squared error of that feature is as
+   large on held-out attempts of training tasks, -log of that share. Each feature is judged
+   against its own error distribution: a rolling ball's velocity errors are heavy-tailed (a
+   collision the model did not foresee), its position errors are not, so a jump in position
+   is rare where a large velocity error is not. The variants, surprise = the largest per-slot
+   error, each feature's squared error in units of the model's mean error on the held-out
+   attempts, averaged over the slot's features (``surprise``): ``voe.plausibility_scaled`` (the
+   figure up to 2026-12-07), ``voe.plausibility_unscaled`` (plain squared errors),
+   ``voe.world_model`` (the world model, frame j at its stride expected from frames < j: it is
+   trained to carry on from an observed prefix, ``EpisodeConfig.observed_share``) and
+   ``voe.world_model_from_scene`` (every frame from frame 0 and the action alone). AUROC of
+   surprise, implausible against the unmodified attempts, per type;
 4. **action ranking**: for each test task the fixed candidate set (``sample_actions(n,
    CANDIDATE_SEED)``, the valid ones) is scored by predictor + readout, and simulated in rank
    order until solved, at most ``max_attempts`` valid attempts; AUCCESS over the test tasks,
@@ -80,7 +85,12 @@ from .influence import auroc
 
 CANDIDATE_SEED = 20190613  # the fixed candidate action set of every task
 VIOLATIONS = ("teleport", "vanish", "colour", "pass_through")
-VOE_VARIANTS = ("plausibility_unscaled", "world_model", "world_model_from_scene")  # reported next to it
+VOE_VARIANTS = (  # reported next to the figure
+    "plausibility_scaled",
+    "plausibility_unscaled",
+    "world_model",
+    "world_model_from_scene",
+)
 SCALE_FLOOR = 1e-4  # added to each feature's error scale: features the model never gets wrong
 DYNAMIC_ROLES = tuple(r for r in ps.ROLES if r in ps.DYNAMIC_ROLES)  # in ROLES' order: seeded choices repeat
 FOLD_KINDS = ps.FOLD_KINDS
@@ -292,6 +302,35 @@ def surprise(
     return err.mean(dim=-1).flatten(1).amax(dim=1).numpy()
 
 
+def held_out_errors(err: torch.Tensor, expected: torch.Tensor) -> np.ndarray:
+    """err (N, F, K, D): a model's squared errors on held-out attempts of training tasks, of the
+    frames ``expected`` (N, F, K, D) -> (D, M): each feature's errors over the M present slots,
+    sorted: what ``tail_surprise`` compares a clip's errors with."""
+    present = (expected[..., 0] > 0.5).numpy()  # (N, F, K)
+    if not present.any():
+        raise ValueError("held_out_errors: no present slot in the held-out frames")
+    return np.sort(err.numpy()[present].T, axis=1)  # (D, M)
+
+
+def tail_surprise(err: torch.Tensor, held_out: np.ndarray) -> np.ndarray:
+    """err (B, F, K, D) squared errors of clips, held_out (D, M) from ``held_out_errors`` -> (B,):
+    the largest over frames, slots and features of -log((1 + c) / (1 + M)), c the held-out errors
+    of that feature at least as large, plus log(e / (the largest + SCALE_FLOOR)) where the error
+    e is beyond every held-out one (so such errors still rank by size). Every slot counts: a
+    vanished object's is the predicted presence against none."""
+    B, D = err.shape[0], err.shape[-1]
+    if held_out.ndim != 2 or held_out.shape[0] != D:
+        raise ValueError(f"tail_surprise: held_out {held_out.shape} must be (D={D}, M)")
+    M = held_out.shape[1]
+    e = err.reshape(B, -1, D).numpy()
+    worst = np.full(B, -np.inf)
+    for j in range(D):
+        c = M - np.searchsorted(held_out[j], e[..., j], side="left")  # held-out errors >= e
+        beyond = np.log(np.maximum(e[..., j] / (held_out[j, -1] + SCALE_FLOOR), 1.0))
+        worst = np.maximum(worst, (np.log1p(M) - np.log1p(c) + beyond).max(axis=1))
+    return worst
+
+
 # fidelity and permanence ------------------------------------------------------------------------
 def fidelity(pred: torch.Tensor, truth: torch.Tensor) -> dict:
     """pred, truth (N, 1 + F, K, D) -> slot MSE per predicted frame, copy-frame-0's, and the
@@ -500,10 +539,11 @@ def voe_scores(
 ) -> dict:
     """AUROC of surprise, implausible against plausible clips, per violation type, for the same
     clips seen by two models. ``plausibility``: the sliding-window predictor of the observed clip
-    (``train_plausibility``), its per-slot errors scaled by its usual errors on ``val_clips``
-    (the figure), and unscaled. ``world_model``: the ranking model, frame j expected from frames
-    < j at its stride, scaled by its usual errors on ``val``; and every frame expected from frame 0
-    alone (``world_model_from_scene``)."""
+    (``train_plausibility``), each feature's errors judged against its errors on ``val_clips``
+    (``tail_surprise``: the figure); ``plausibility_scaled`` and ``_unscaled``: its per-slot
+    errors in units of its mean errors on ``val_clips``, and plain. ``world_model``: the ranking
+    model, frame j expected from frames < j at its stride, scaled by its usual errors on ``val``;
+    and every frame expected from frame 0 alone (``world_model_from_scene``)."""
     from tqdm import tqdm
 
     times = episode_times(model.cfg.future, cfg.episodes.stride)
@@ -524,14 +564,17 @@ def voe_scores(
             acts[k].append(a)
     out = {"clips": {k: len(v) for k, v in clips.items()}}
 
-    def plaus(c: np.ndarray, scale) -> np.ndarray:
-        err = window_errors(plausibility, torch.from_numpy(c), stride, after=after)
+    def largest(err: torch.Tensor, scale=None) -> np.ndarray:  # ``surprise``'s measure
         return (err / (scale + SCALE_FLOOR) if scale is not None else err).mean(-1).flatten(1).amax(1).numpy()
 
-    expected = expected_frames(val_clips.shape[1], plausibility.cfg.history, stride, after)
-    pscale = error_scale(window_errors(plausibility, val_clips, stride, after=after), val_clips[:, expected])
-    out["plausibility"] = _aurocs({k: plaus(np.stack(v), pscale) for k, v in seen.items() if v})
-    out["plausibility_unscaled"] = _aurocs({k: plaus(np.stack(v), None) for k, v in seen.items() if v})
+    expected = val_clips[:, expected_frames(val_clips.shape[1], plausibility.cfg.history, stride, after)]
+    val_err = window_errors(plausibility, val_clips, stride, after=after)
+    pscale, held_out = error_scale(val_err, expected), held_out_errors(val_err, expected)
+    errs = {k: window_errors(plausibility, torch.from_numpy(np.stack(v)), stride, after=after)
+            for k, v in seen.items() if v}  # fmt: skip
+    out["plausibility"] = _aurocs({k: tail_surprise(e, held_out) for k, e in errs.items()})
+    out["plausibility_scaled"] = _aurocs({k: largest(e, pscale) for k, e in errs.items()})
+    out["plausibility_unscaled"] = _aurocs({k: largest(e) for k, e in errs.items()})
     scales = {
         step: error_scale(expectation_errors(model, val.slots, val.actions, step=step), val.slots[:, 1:])
         for step in (True, False)

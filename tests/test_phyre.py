@@ -969,10 +969,11 @@ def test_plausibility_config_refuses():
 
 def test_eval_phyre_reports_both_models_voe(evaluated):
     r = json.loads((evaluated / "within_0" / "results.json").read_text())["voe"]
-    for name in ("plausibility", *ev.VOE_VARIANTS):
+    for name in ("combined", *ev.VOE_VARIANTS):
         assert set(ev.VIOLATIONS) - {"pass_through"} <= set(r[name])
         assert all(0.0 <= r[name][k] <= 1.0 for k in ev.VIOLATIONS if k in r[name])
-    assert all(r[k] == r["plausibility"][k] for k in ev.VIOLATIONS if k in r["plausibility"])
+    assert all(r[k] == r["combined"][k] for k in ev.VIOLATIONS if k in r["combined"])
+    assert set(r["combined"]) == set(r["plausibility"]) == set(r["world_model_tail"])
     assert len(r["error_scale"]["plausibility"]) == D and len(r["error_scale"]["world_model"]) == D
     assert (evaluated / "within_0" / "plausibility" / "predictor.pt").exists()
 

@@ -17,19 +17,22 @@ For each fold (PHYRE's within-template and cross-template splits, ``phyre_sim.fo
    on from there), ``vanish`` (o is gone), ``colour`` (o takes another dynamic role's colour),
    ``pass_through`` (the attempt re-simulated with the pair of bodies (or body and ball) whose
    collision matters most passing through each other; none where no pair's does, counted in
-   ``voe.clips``). ``voe.plausibility`` (the figure, also ``voe.<type>``): the plausibility
-   model, frame t expected from the frames just before it (and, with ``plausibility.after`` > 0,
-   just after it); surprise = the largest **tail surprise** over the clip's frames, slots and
-   features (``tail_surprise``): how rarely the model's squared error of that feature is as
-   large on held-out attempts of training tasks, -log of that share. Each feature is judged
-   against its own error distribution: a rolling ball's velocity errors are heavy-tailed (a
-   collision the model did not foresee), its position errors are not, so a jump in position
-   is rare where a large velocity error is not. The variants, surprise = the largest per-slot
-   error, each feature's squared error in units of the model's mean error on the held-out
-   attempts, averaged over the slot's features (``surprise``): ``voe.plausibility_scaled`` (the
-   figure up to 2026-12-07), ``voe.plausibility_unscaled`` (plain squared errors),
-   ``voe.world_model`` (the world model, frame j at its stride expected from frames < j: it is
-   trained to carry on from an observed prefix, ``EpisodeConfig.observed_share``) and
+   ``voe.clips``). Two models expect the clip's frames: the plausibility model, frame t from
+   the frames just before it (and, with ``plausibility.after`` > 0, just after it), and the
+   world model, frame j at its stride from frames < j (it is trained to carry on from an
+   observed prefix, ``EpisodeConfig.observed_share``). A model's **tail surprise**
+   (``tail_surprise``) is the largest over the clip's frames, slots and features of -log the
+   share of its held-out errors of that feature (attempts of training tasks) that are as
+   large. Each feature is judged against its own error distribution: a rolling ball's
+   velocity errors are heavy-tailed (a collision the model did not foresee), its position
+   errors are not, so a jump in position is rare where a large velocity error is not.
+   ``voe.combined`` (the figure, also ``voe.<type>``): the two models' tail surprises added
+   (-log of the product of the two shares); the plausibility model sees a jump 0.2 s after
+   it, the world model a collision that did not happen 2 s later. Alone: ``voe.plausibility``,
+   ``voe.world_model_tail``. And, surprise = the largest per-slot error, each feature's
+   squared error in units of the model's mean held-out error, averaged over the slot's
+   features (``scaled_surprise``): ``voe.plausibility_scaled`` (the figure up to 2026-12-07),
+   ``voe.plausibility_unscaled`` (plain squared errors), ``voe.world_model`` and
    ``voe.world_model_from_scene`` (every frame from frame 0 and the action alone). AUROC of
    surprise, implausible against the unmodified attempts, per type;
 4. **action ranking**: for each test task the fixed candidate set (``sample_actions(n,
@@ -85,7 +88,9 @@ from .influence import auroc
 
 CANDIDATE_SEED = 20190613  # the fixed candidate action set of every task
 VIOLATIONS = ("teleport", "vanish", "colour", "pass_through")
-VOE_VARIANTS = (  # reported next to the figure
+VOE_VARIANTS = (  # reported next to the figure (``combined``)
+    "plausibility",
+    "world_model_tail",
     "plausibility_scaled",
     "plausibility_unscaled",
     "world_model",
@@ -297,6 +302,12 @@ def surprise(
     negative log-likelihood of a diagonal Gaussian up to constants) and averaged over the slot's
     features. scale None: plain squared errors."""
     err = expectation_errors(model, torch.from_numpy(clips), torch.from_numpy(actions), step=step)
+    return scaled_surprise(err, scale)
+
+
+def scaled_surprise(err: torch.Tensor, scale: torch.Tensor | None = None) -> np.ndarray:
+    """err (B, F, K, D) squared errors -> (B,): the largest over frames and slots of the slot's
+    mean over features of err / (scale + SCALE_FLOOR) (plain err where scale is None)."""
     if scale is not None:
         err = err / (scale + SCALE_FLOOR)
     return err.mean(dim=-1).flatten(1).amax(dim=1).numpy()
@@ -564,27 +575,32 @@ def voe_scores(
             acts[k].append(a)
     out = {"clips": {k: len(v) for k, v in clips.items()}}
 
-    def largest(err: torch.Tensor, scale=None) -> np.ndarray:  # ``surprise``'s measure
-        return (err / (scale + SCALE_FLOOR) if scale is not None else err).mean(-1).flatten(1).amax(1).numpy()
-
     expected = val_clips[:, expected_frames(val_clips.shape[1], plausibility.cfg.history, stride, after)]
     val_err = window_errors(plausibility, val_clips, stride, after=after)
     pscale, held_out = error_scale(val_err, expected), held_out_errors(val_err, expected)
     errs = {k: window_errors(plausibility, torch.from_numpy(np.stack(v)), stride, after=after)
             for k, v in seen.items() if v}  # fmt: skip
-    out["plausibility"] = _aurocs({k: tail_surprise(e, held_out) for k, e in errs.items()})
-    out["plausibility_scaled"] = _aurocs({k: largest(e, pscale) for k, e in errs.items()})
-    out["plausibility_unscaled"] = _aurocs({k: largest(e) for k, e in errs.items()})
-    scales = {
-        step: error_scale(expectation_errors(model, val.slots, val.actions, step=step), val.slots[:, 1:])
-        for step in (True, False)
-    }
+    tails = {k: tail_surprise(e, held_out) for k, e in errs.items()}
+    out["plausibility"] = _aurocs(tails)
+    out["plausibility_scaled"] = _aurocs({k: scaled_surprise(e, pscale) for k, e in errs.items()})
+    out["plausibility_unscaled"] = _aurocs({k: scaled_surprise(e) for k, e in errs.items()})
+    scales, wm_tails = {}, {}
     for step, name in ((True, "world_model"), (False, "world_model_from_scene")):
-        out[name] = _aurocs({
-            k: surprise(model, np.stack(v), np.stack(acts[k]), step=step, scale=scales[step])
+        wm_val = expectation_errors(model, val.slots, val.actions, step=step)
+        scales[step] = error_scale(wm_val, val.slots[:, 1:])
+        wm_errs = {
+            k: expectation_errors(model, torch.from_numpy(np.stack(v)), torch.from_numpy(np.stack(acts[k])),
+                                  step=step)
             for k, v in clips.items() if v
-        })  # fmt: skip
-    out.update({k: out["plausibility"][k] for k in VIOLATIONS if k in out["plausibility"]})
+        }  # fmt: skip
+        out[name] = _aurocs({k: scaled_surprise(e, scales[step]) for k, e in wm_errs.items()})
+        if step:
+            held = held_out_errors(wm_val, val.slots[:, 1:])
+            wm_tails = {k: tail_surprise(e, held) for k, e in wm_errs.items()}
+    out["world_model_tail"] = _aurocs(wm_tails)
+    # the figure: both models' tail surprises added (-log of the product of the two shares)
+    out["combined"] = _aurocs({k: tails[k] + wm_tails[k] for k in tails})
+    out.update({k: out["combined"][k] for k in VIOLATIONS if k in out["combined"]})
     out["error_scale"] = {
         "plausibility": [float(x) for x in pscale],
         "world_model": [float(x) for x in scales[True]],

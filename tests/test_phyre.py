@@ -793,6 +793,7 @@ def test_eval_phyre_outputs(world, evaluated):
         assert (evaluated / f"{fold['kind']}_0" / "readout" / "readout.pt").exists()
     md = (evaluated / "results.md").read_text()
     assert "AUCCESS" in md and "within-template" in md and "cross-template" in md
+    assert "| within, combined (the figure) |" in md and "| cross, plausibility_scaled |" in md
     assert not re.search(r"± \d", md)  # one fold per kind: means alone, no spread of 0.000
     per_task = res["folds"][0]["ranking"]["per_task"]
     # the picture shows a task solved at the 2nd to 4th attempt where there is one, else the first

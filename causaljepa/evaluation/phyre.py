@@ -738,9 +738,12 @@ def results_markdown(summary: dict, results: list[dict]) -> str:
             f"| {kind}-template | {s['folds']} | {f(a['model'])} | {f(a['random'])} | {f(a['oracle'])} |"
         )
     lines += ["", "## Violation of expectation: AUROC of surprise, implausible against plausible", "",
-              "| split | " + " | ".join(VIOLATIONS) + " |", "|---|" + "---|" * len(VIOLATIONS)]  # fmt: skip
+              "| split, surprise | " + " | ".join(VIOLATIONS) + " |",
+              "|---|" + "---|" * len(VIOLATIONS)]  # fmt: skip
     for kind, s in summary.items():
-        lines.append(f"| {kind} | " + " | ".join(g(s["voe"][k]) for k in VIOLATIONS) + " |")
+        lines.append(
+            f"| {kind}, combined (the figure) | " + " | ".join(g(s["voe"][k]) for k in VIOLATIONS) + " |"
+        )
         for variant in VOE_VARIANTS:
             lines.append(
                 f"| {kind}, {variant} | " + " | ".join(g(s[f"voe_{variant}"][k]) for k in VIOLATIONS) + " |"
@@ -770,7 +773,7 @@ def results_markdown(summary: dict, results: list[dict]) -> str:
         )
         lines.append(f"- {kind}: {cells}")
     lines += ["", "## Per fold", "",
-              "| fold | AUCCESS model / random / oracle | VoE " + " / ".join(VIOLATIONS) + " |",
+              "| fold | AUCCESS model / random / oracle | VoE (combined) " + " / ".join(VIOLATIONS) + " |",
               "|---|---|---|"]  # fmt: skip
     for r in results:
         a = r["ranking"]["auccess"]

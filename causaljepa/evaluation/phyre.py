@@ -551,10 +551,12 @@ def voe_scores(
     """AUROC of surprise, implausible against plausible clips, per violation type, for the same
     clips seen by two models. ``plausibility``: the sliding-window predictor of the observed clip
     (``train_plausibility``), each feature's errors judged against its errors on ``val_clips``
-    (``tail_surprise``: the figure); ``plausibility_scaled`` and ``_unscaled``: its per-slot
-    errors in units of its mean errors on ``val_clips``, and plain. ``world_model``: the ranking
-    model, frame j expected from frames < j at its stride, scaled by its usual errors on ``val``;
-    and every frame expected from frame 0 alone (``world_model_from_scene``)."""
+    (``tail_surprise``); ``plausibility_scaled`` and ``_unscaled``: its per-slot errors in units
+    of its mean errors on ``val_clips``, and plain. ``world_model``: the ranking model, frame j
+    expected from frames < j at its stride, scaled by its usual errors on ``val``, and
+    ``world_model_tail``, its tail surprise against its errors on ``val``; every frame expected
+    from frame 0 alone: ``world_model_from_scene``. ``combined`` (the figure, also the top-level
+    ``<type>`` keys): the two tail surprises added."""
     from tqdm import tqdm
 
     times = episode_times(model.cfg.future, cfg.episodes.stride)

@@ -386,18 +386,23 @@ def test_surprise_by_hand(world):
     with SlotStore(_oracle(world)) as ss:
         clip = ss.f["slots"][[0, 4, 8]][:, TIMES]
         actions = ss.f["actions"][[0, 4, 8]]
+
+    def surprise(step=True, scale=None):
+        err = ev.expectation_errors(model, torch.from_numpy(clip), torch.from_numpy(actions), step=step)
+        return ev.scaled_surprise(err, scale)
+
     blind = predict_episodes(model, torch.from_numpy(clip[:, 0]), torch.from_numpy(actions))
-    s_scene = ev.surprise(model, clip, actions, step=False)
+    s_scene = surprise(step=False)
     by_hand = (blind[:, 1:] - torch.from_numpy(clip[:, 1:])).pow(2).mean(-1).flatten(1).amax(1)
     np.testing.assert_allclose(s_scene, by_hand.numpy(), rtol=1e-6)
-    step = ev.surprise(model, clip, actions)
+    step = surprise()
     assert not np.allclose(step, s_scene)
     # scaled: each feature's squared error over its scale (+ the floor), then the slot mean
     scale = torch.linspace(0.01, 1.0, D)
     err = ev.expectation_errors(model, torch.from_numpy(clip), torch.from_numpy(actions))
     assert err.shape == (3, FUTURE, K, D)
     want = (err / (scale + ev.SCALE_FLOOR)).mean(-1).flatten(1).amax(1).numpy()
-    np.testing.assert_allclose(ev.surprise(model, clip, actions, scale=scale), want, rtol=1e-6)
+    np.testing.assert_allclose(surprise(scale=scale), want, rtol=1e-6)
     np.testing.assert_allclose(step, err.mean(-1).flatten(1).amax(1).numpy(), rtol=1e-6)
     errs = []
     for j in range(1, FUTURE + 1):

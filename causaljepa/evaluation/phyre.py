@@ -293,21 +293,11 @@ def error_scale(err: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
     return (err * present).sum(dim=(0, 1, 2)) / present.sum().clamp(min=1)
 
 
-def surprise(
-    model, clips: np.ndarray, actions: np.ndarray, *, step: bool = True, scale: torch.Tensor | None = None
-) -> np.ndarray:
-    """clips (B, 1 + F, K, D), actions (B, A) -> surprise (B,): the largest per-slot error of the
-    predictor's expectation against the clip (``expectation_errors``), each feature's squared
-    error divided by ``scale`` (``error_scale``: then in units of the model's usual error, the
-    negative log-likelihood of a diagonal Gaussian up to constants) and averaged over the slot's
-    features. scale None: plain squared errors."""
-    err = expectation_errors(model, torch.from_numpy(clips), torch.from_numpy(actions), step=step)
-    return scaled_surprise(err, scale)
-
-
 def scaled_surprise(err: torch.Tensor, scale: torch.Tensor | None = None) -> np.ndarray:
-    """err (B, F, K, D) squared errors -> (B,): the largest over frames and slots of the slot's
-    mean over features of err / (scale + SCALE_FLOOR) (plain err where scale is None)."""
+    """err (B, F, K, D) squared errors (``expectation_errors``, ``window_errors``) -> (B,): the
+    largest over frames and slots of the slot's mean over features of err / (scale +
+    SCALE_FLOOR) (``error_scale``: then in units of the model's usual error, the negative
+    log-likelihood of a diagonal Gaussian up to constants); plain err where scale is None."""
     if scale is not None:
         err = err / (scale + SCALE_FLOOR)
     return err.mean(dim=-1).flatten(1).amax(dim=1).numpy()

@@ -14,26 +14,15 @@ to the frames asked for.
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import torch
 import yaml
 
 import causaljepa.models.savi as savi
-from causaljepa.benchmarking import device_ceilings, emit
+from causaljepa.benchmarking import best_ms, device_ceilings, emit
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "encoder"
-
-
-def best_ms(fn, repeats: int) -> float:
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best * 1000
 
 
 def main() -> None:

@@ -63,6 +63,15 @@ def timed(fn, steps: int, device) -> float:
     return (time.perf_counter() - t) / steps
 
 
+def best_ms(fn, repeats: int, device=None) -> float:
+    """Milliseconds of the fastest of ``repeats`` calls of ``fn`` after one warm-up call."""
+    import torch
+
+    device = torch.device("cpu") if device is None else device
+    fn()
+    return min(timed(fn, 1, device) for _ in range(repeats)) * 1000
+
+
 def flop_rates(flops: float, seconds: float, ceilings: dict, precision: str) -> dict:
     """A step's FLOPs and time as achieved GFLOP/s and fractions of the measured peaks: of the
     fp32 peak always, of the bf16 peak for a bf16 step only (an fp32 step against an emulated

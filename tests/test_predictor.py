@@ -260,6 +260,22 @@ def test_cpu_dropout_repeats_under_a_seed_and_is_nn_dropout_otherwise():
     assert torch.equal(d.eval()(x), x) and torch.equal(Dropout(0.0)(x), x)
 
 
+def test_dropout_benchmark_prints_each_op():
+    import json
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "dropout.py"
+    cmd = [sys.executable, str(script), "--shape", "4", "8", "16", "--repeats", "1", "--threads", "1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    lines = [json.loads(x) for x in done.stdout.splitlines()]
+    assert [r["op"] for r in lines] == ["linear", "nn_dropout", "cpu_dropout"]
+    assert all(r["forward_backward_ms"] > 0 and r["config"]["shape"] == [4, 8, 16] for r in lines)
+    assert lines[0]["of_linear"] == 1.0 and lines[0]["machine"]["fp32_matmul_gflops"] > 0
+    bad = subprocess.run([sys.executable, str(script), "--p", "1.5"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "--p" in bad.stderr
+
+
 def test_graph_mask_errors():
     with pytest.raises(ValueError, match=r"edge_index must have shape \(2, E\)"):
         graph_mask(torch.zeros(3, 4, dtype=torch.long), 5)

@@ -105,10 +105,12 @@ def dropout_mask(shape: torch.Size | tuple[int, ...], p: float, dtype: torch.dty
     """A CPU dropout mask: 0 with probability p (rounded to a multiple of 2^-15), else 1 / keep,
     keep being the rounded keep probability, so the mask's mean is exactly 1.
 
-    ``nn.Dropout`` on CPU draws one Mersenne-twister number per element (it took 7 linear
-    layers' time at the reader's width 64). Here each 64-bit draw is cut into four 16-bit
-    lanes, whose low 15 bits are uniform (``random_`` on int64 draws from [0, 2^63)): a
-    quarter of the draws. It uses torch's global generator, so a seed repeats the masks."""
+    ``nn.Dropout`` on CPU draws one Mersenne-twister number per element: its forward and
+    backward took 1.6-2.3 times a linear layer's of the same width at the QA reader's shape,
+    this mask's 0.7-0.8 times (``python benchmarks/dropout.py``). Here each 64-bit draw is cut
+    into four 16-bit lanes, whose low 15 bits are uniform (``random_`` on int64 draws from
+    [0, 2^63)): a quarter of the draws. It uses torch's global generator, so a seed repeats
+    the masks."""
     n = math.prod(shape)
     drop = min(round(p * DROP_LEVELS), DROP_LEVELS - 1)
     bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_().view(torch.int16)[:n]

@@ -157,6 +157,8 @@ def show_slots(model, store_path: str | os.PathLike, video: int, out: str | os.P
     """
     import torch
 
+    from .models.savi import slot_ids
+
     if num_frames < 1:
         raise ValueError(f"show_slots: num_frames must be >= 1, got {num_frames}")
     with VideoStore(store_path) as store:
@@ -173,7 +175,7 @@ def show_slots(model, store_path: str | os.PathLike, video: int, out: str | os.P
 
     recon = to_img(o.recon[0, ts])  # (n, R, R, 3)
     target = to_img(o.target[0, ts])
-    seg = o.alpha[0, ts].argmax(dim=1).numpy()  # (n, R, R)
+    seg = slot_ids(o.alpha[0, ts], 1).numpy()  # (n, R, R)
     white = torch.ones_like(o.rgb[0, ts])
     per_slot = to_img(o.alpha[0, ts][:, :, None] * o.rgb[0, ts] + (1 - o.alpha[0, ts][:, :, None]) * white)
     rows = [

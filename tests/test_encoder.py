@@ -31,6 +31,7 @@ from causaljepa.models.savi import (
     log_density,
     position_grid,
     segmentation,
+    slot_ids,
 )
 from causaljepa.models.slot_attention import SlotAttention, SlotPredictor
 from causaljepa.training import loop
@@ -743,6 +744,18 @@ def test_segmentation():
     same = segmentation(alpha, (4, 4))
     assert torch.equal(same, alpha.argmax(dim=2))
     assert segmentation(alpha[0, 0], (6, 6)).shape == (6, 6)
+
+
+def test_slot_ids_is_argmax_with_its_ties():
+    """slot_ids replaces argmax over the slot axis for speed: the same ids, the first slot on ties."""
+    gen = torch.Generator().manual_seed(0)
+    alpha = torch.randint(0, 3, (2, 5, 7, 6, 6), generator=gen).float()  # many ties among 7 slots
+    for dim in (0, 1, 2, 3, -1):
+        assert torch.equal(slot_ids(alpha, dim), alpha.argmax(dim=dim)), dim
+    tie = torch.zeros(1, 4, 2, 2)
+    tie[0, 1:] = 1.0  # slots 1, 2 and 3 tie everywhere
+    assert (slot_ids(tie, 1) == 1).all()
+    assert slot_ids(alpha.to(torch.bfloat16), 2).dtype == torch.long
 
 
 @pytest.mark.parametrize(

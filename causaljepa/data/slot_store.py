@@ -203,7 +203,7 @@ def extract_slots(
     from tqdm import tqdm
 
     from ..evaluation.object_discovery import fg_ari, mean_best_overlap, temporal_consistency
-    from ..models.savi import segmentation
+    from ..models.savi import segmentation, slot_ids
     from ..training.allocator import keep_freed_memory
     from ..training.loop import autocast, resolve_precision
 
@@ -268,7 +268,7 @@ def extract_slots(
                 state = o.carry
                 f["slots"][v0 : v0 + len(vids), t0:t1] = o.slots.float().cpu().numpy()
                 f["segments"][v0 : v0 + len(vids), t0:t1] = (
-                    o.alpha.float().argmax(dim=2).to(torch.uint8).cpu().numpy()
+                    slot_ids(o.alpha, 2).to(torch.uint8).cpu().numpy()
                 )
                 if has_masks:
                     masks = torch.stack([torch.from_numpy(vs.read("masks", i, t0, t1)) for i in vids])

@@ -267,9 +267,7 @@ def extract_slots(
                     )
                 state = o.carry
                 f["slots"][v0 : v0 + len(vids), t0:t1] = o.slots.float().cpu().numpy()
-                f["segments"][v0 : v0 + len(vids), t0:t1] = (
-                    slot_ids(o.alpha, 2).to(torch.uint8).cpu().numpy()
-                )
+                f["segments"][v0 : v0 + len(vids), t0:t1] = slot_ids(o.alpha, 2).to(torch.uint8).cpu().numpy()
                 if has_masks:
                     masks = torch.stack([torch.from_numpy(vs.read("masks", i, t0, t1)) for i in vids])
                     seg = segmentation(o.alpha, (vs.height, vs.width)).cpu()  # (B, T', H, W)

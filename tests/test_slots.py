@@ -573,3 +573,33 @@ def test_slot_commands_compose():
     assert isinstance(cfg, ShowSlotsCommand) and cfg.video == 3
     with pytest.raises(ValueError, match="this command \\(show_slots\\) has no presets"):
         _compose("show_slots", ["checkpoint=e.pt", "preset=smoke"])
+
+
+def test_extract_slots_benchmark_times_each_store_and_the_total(smoke):
+    import json
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "extract_slots.py"
+    store = smoke["root"] / "validation.h5"
+    cmd = [sys.executable, str(script), "--checkpoint", str(smoke["encoder"]), "--store", str(store),
+           "--store", str(store), "--precision", "fp32", "--threads", "1"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    lines = [json.loads(x) for x in done.stdout.splitlines()]
+    assert [r["store"] for r in lines] == [str(store), str(store), "total"]
+    frames = SPLITS["validation"] * 32
+    assert [r["frames"] for r in lines] == [frames, frames, 2 * frames]
+    assert all(r["seconds"] > 0 and r["frames_per_s"] > 0 for r in lines)
+    assert lines[0]["fg_ari"] == lines[1]["fg_ari"] and 0 <= lines[0]["fg_ari"] <= 1  # the same slots
+    assert lines[0]["config"]["precision"] == "fp32" and lines[0]["machine"]["fp32_matmul_gflops"] > 0
+    missing = subprocess.run(
+        [sys.executable, str(script), "--checkpoint", str(smoke["encoder"]), "--store", "nowhere.h5"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert missing.returncode != 0 and "nowhere.h5: no such video store" in missing.stderr
+    # a store without counterfactual videos, asked to encode them: extract_slots' error, no file left
+    no_cf = subprocess.run(
+        [sys.executable, str(script), "--checkpoint", str(smoke["encoder"]), "--cf-store", str(store)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert no_cf.returncode != 0 and "has no counterfactual videos" in no_cf.stderr

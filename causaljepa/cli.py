@@ -511,6 +511,7 @@ def cmd_main(cfg) -> None:
         extract_precision=cfg.extract_precision,
         seed=cfg.seed,
         workers=cfg.workers,
+        parallel=cfg.parallel,
     )
     main_job(job, Path(cfg.out))
 

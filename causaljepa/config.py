@@ -304,6 +304,7 @@ class MainCommand:
     cf_videos: int = 4  # validation videos with counterfactual worlds, for the intervention errors
     extract_precision: str = "auto"
     workers: int = 2
+    parallel: bool = True  # the two predictors, then the two QA stages, as two processes at once
 
 
 COMMAND_SCHEMAS = {

@@ -13,13 +13,25 @@ interrupted run; the trainers resume from their last checkpoint):
 7. ``report``: <out>/report.md with the tables, and PNGs next to it.
 
 Wall time per stage goes into <out>/timings.json and the report.
+
+With ``parallel`` (the default), the two predictors train at once, then the two QA stages run at
+once, each in a process of its own with half the threads (``Timer.run_parallel``): on 2 cores a
+pair's small matrices do not keep both cores busy from one process, so the pair finishes sooner
+than its stages one after the other. Each process's numbers are deterministic for its thread
+count. Ctrl-C in a terminal reaches every process (each stage saves its state and stops, as
+alone); SIGTERM to the job is passed on to its stages.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import pickle
+import signal
 import time
+import traceback
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 
 from .evaluation.ablation import masking_config
@@ -51,6 +63,37 @@ class MainConfig:
     extract_precision: str = "auto"
     seed: int = 0
     workers: int = 2
+    parallel: bool = True  # the two predictors, then the two QA stages, at once (module docstring)
+
+
+# the stages that run at once under MainConfig.parallel; timings.json keeps each stage's own time
+# and, under "<group> (parallel)", the wall time of the group
+PARALLEL_GROUPS = {"predictors": ("predictor_object", "predictor_none"), "qa": ("qa_object", "qa_none")}
+
+
+def _stage_process(conn, fn, threads: int) -> None:
+    """A stage in a process of its own (``Timer.run_parallel``): ``fn()`` with ``threads`` torch
+    threads; sends back ("ok", None, seconds) or ("error", the exception, seconds)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    try:
+        fn()
+    except BaseException as e:  # every failure, interrupts included, goes to the parent
+        from .training.loop import TrainingInterrupted
+
+        if not isinstance(e, TrainingInterrupted):
+            traceback.print_exc()  # where it failed, in this process's stderr
+        try:
+            err = pickle.loads(pickle.dumps(e))  # what the parent will receive
+        except Exception:  # an exception that does not survive pickling
+            err = RuntimeError(f"{type(e).__name__}: {e}")
+        conn.send(("error", err, time.perf_counter() - t0))
+    else:
+        conn.send(("ok", None, time.perf_counter() - t0))
+    finally:
+        conn.close()
 
 
 class Timer:
@@ -69,12 +112,82 @@ class Timer:
         try:
             return fn()
         finally:  # an interrupted stage's time counts too: a rerun adds the rest
-            self.times[name] = round(self.times.get(name, 0.0) + time.perf_counter() - t0, 1)
-            write_json_atomic(self.path, self.times)
-            print(f"[main] {name}: {self.times[name]:.0f} s", flush=True)
+            self._add(name, time.perf_counter() - t0)
+
+    def _add(self, name: str, seconds: float) -> None:
+        self.times[name] = round(self.times.get(name, 0.0) + seconds, 1)
+        write_json_atomic(self.path, self.times)
+        print(f"[main] {name}: {self.times[name]:.0f} s", flush=True)
+
+    def run_parallel(self, group: str, stages: list[tuple[str, object, bool]], threads: int) -> None:
+        """Run the stages ``(name, fn, done)`` not done at once, each ``fn`` (picklable, e.g. a
+        ``functools.partial`` of a module-level function) in a spawned process with ``threads``
+        torch threads; one stage left, or ``threads`` < 1, runs here (``run``). Each stage's own
+        time goes to its name, the group's wall time to "<group> (parallel)". Raises the first
+        stage's error after every stage has ended (an interrupt first: the job stops as it would
+        have with one stage)."""
+        import multiprocessing as mp
+
+        todo = []
+        for name, fn, done in stages:
+            if done:
+                print(f"[main] {name}: done before, skipped")
+            else:
+                todo.append((name, fn))
+        if len(todo) < 2 or threads < 1:
+            for name, fn in todo:
+                self.run(name, fn, False)
+            return
+        ctx = mp.get_context("spawn")  # a fresh interpreter: no state of this process is shared
+        names = ", ".join(n for n, _ in todo)
+        print(f"[main] {names} at once, {threads} thread(s) each ...", flush=True)
+        t0 = time.perf_counter()
+        procs = []
+        for name, fn in todo:
+            recv, send = ctx.Pipe(duplex=False)
+            p = ctx.Process(target=_stage_process, args=(send, fn, threads), name=f"cjepa-{name}")
+            p.start()
+            send.close()
+            procs.append((name, p, recv))
+
+        def pass_on(signum, frame):  # SIGTERM to the job: each stage saves its state and stops
+            for _, p, _ in procs:
+                if p.is_alive():
+                    os.kill(p.pid, signum)
+
+        # Ctrl-C in a terminal reaches the stages themselves: passing it on would be their second
+        old = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
+               signal.SIGTERM: signal.signal(signal.SIGTERM, pass_on)}  # fmt: skip
+        errors = []
+        try:
+            for name, p, recv in procs:
+                try:
+                    status, err, seconds = recv.recv()
+                except EOFError:  # the process died without a word (killed, out of memory)
+                    p.join()
+                    status, seconds = "error", time.perf_counter() - t0
+                    err = RuntimeError(
+                        f"stage {name}: its process ended (exit code {p.exitcode}) without a result"
+                    )
+                p.join()
+                self._add(name, seconds)
+                if status != "ok":
+                    errors.append(err)
+        finally:
+            for sig, h in old.items():
+                signal.signal(sig, h)
+            for _, p, _ in procs:
+                p.join()
+            self._add(f"{group} (parallel)", time.perf_counter() - t0)
+        if errors:
+            from .training.loop import TrainingInterrupted
+
+            raise next((e for e in errors if isinstance(e, TrainingInterrupted)), errors[0])
 
 
 def main_job(cfg: MainConfig, out: Path) -> Path:
+    import torch
+
     from .data.slot_store import extract_slots
     from .evaluation.clevrer_qa import PROTOCOLS, QAConfig, evaluate_clevrer
     from .evaluation.dynamics import intervention_errors, store_onsets
@@ -132,38 +245,31 @@ def main_job(cfg: MainConfig, out: Path) -> Path:
     timer.run("slots", make_slots, (out / "slots_validation_00000.png").exists())
 
     maskings = {"object": masking_config(cfg.max_masked), "none": masking_config(0)}
+    # at once (module docstring): half the threads each, and no progress bars (two would garble
+    # each other's line); the sequential way keeps the trainer as configured
+    threads = (cfg.trainer.threads or torch.get_num_threads()) // 2 if cfg.parallel else 0
+    trainer = replace(cfg.trainer, threads=threads, progress=False) if threads else cfg.trainer
+    stages = []
     for name, masking in maskings.items():
         run = out / f"predictor_{name}"
-        timer.run(
-            f"predictor_{name}",
-            lambda run=run, masking=masking: train_predictor(
-                data / "slots",
-                cfg.predictor,
-                masking,
-                cfg.predictor_train,
-                cfg.trainer,
-                cfg.windows,
-                run,
-                seed=cfg.seed,
-                resume=last_checkpoint(run),
-                extra={"slots": "learned"},
-            ),
-            (run / "predictor.pt").exists(),
-        )
-    qa_cfg = QAConfig(cfg.reader, cfg.reader_train, cfg.trainer, seed=cfg.seed)
-    qa = {}
+        fn = partial(
+            train_predictor, data / "slots", cfg.predictor, masking, cfg.predictor_train, trainer,
+            cfg.windows, run, seed=cfg.seed, resume=last_checkpoint(run), extra={"slots": "learned"},
+        )  # fmt: skip
+        stages.append((f"predictor_{name}", fn, (run / "predictor.pt").exists()))
+    timer.run_parallel("predictors", stages, threads)
+    qa_cfg = QAConfig(cfg.reader, cfg.reader_train, trainer, seed=cfg.seed)
+    stages = []
     for name in maskings:
         run = out / f"predictor_{name}"
         results = run / "qa" / "results.json"
         done = results.exists() and set(PROTOCOLS) <= set(
             json.loads(results.read_text()).get("protocols", {})
         )
-        timer.run(
-            f"qa_{name}",
-            lambda run=run: evaluate_clevrer(data, data / "slots", run / "predictor.pt", run / "qa", qa_cfg),
-            done,
-        )
-        qa[name] = json.loads(results.read_text())
+        fn = partial(evaluate_clevrer, data, data / "slots", run / "predictor.pt", run / "qa", qa_cfg)
+        stages.append((f"qa_{name}", fn, done))
+    timer.run_parallel("qa", stages, threads)
+    qa = {m: json.loads((out / f"predictor_{m}" / "qa" / "results.json").read_text()) for m in maskings}
 
     def interventions():
         from .data.slot_store import SlotStore
@@ -216,6 +322,28 @@ def _qa_bars(qa: dict[str, dict], path: Path) -> Path:
     return save_figure(fig, path)
 
 
+def _times_line(times: dict[str, float]) -> str:
+    """timings.json as a sentence: each stage's time, a group that ran at once with its wall time,
+    and the total, which counts such a group once (its wall time)."""
+    walls = {k.removesuffix(" (parallel)"): v for k, v in times.items() if k.endswith(" (parallel)")}
+    grouped = {n: g for g in walls for n in PARALLEL_GROUPS.get(g, ())}
+    parts, total = [], sum(walls.values())
+    for k, v in times.items():
+        if k.endswith(" (parallel)"):
+            continue
+        parts.append(f"{k} {v:.0f}")
+        g = grouped.get(k)
+        if g is None:
+            total += v
+        elif k == [n for n in PARALLEL_GROUPS[g] if n in times][-1]:  # after the group's last stage
+            members = " and ".join(n for n in PARALLEL_GROUPS[g] if n in times)
+            parts[-1] += f" ({members} at once: {walls[g]:.0f})"
+    return (
+        "stage times (s, from their own runs): " + ", ".join(parts)
+        + f"; total of stages {total / 60:.1f} min (stages run at once counted once)."
+    )  # fmt: skip
+
+
 def write_report(
     out: Path, cfg: MainConfig, qa: dict[str, dict], times: dict[str, float], elapsed: float
 ) -> Path:
@@ -250,9 +378,7 @@ def write_report(
     lines = [
         "# causaljepa main job",
         "",
-        f"Wall time {elapsed / 60:.1f} min this invocation; stage times (s, from their own runs): "
-        + ", ".join(f"{k} {v:.0f}" for k, v in times.items())
-        + f"; total of stages {sum(times.values()) / 60:.1f} min.",
+        f"Wall time {elapsed / 60:.1f} min this invocation; " + _times_line(times),
         "",
         f"Data: clevrer_sim, {gen.videos['train']} training and {gen.videos['validation']} validation "
         f"videos of {gen.scene.observed_frames} + {gen.scene.future_frames} frames at "

@@ -69,6 +69,7 @@ def test_main_job_end_to_end_and_rerun(tmp_path, monkeypatch, capsys):
         "predictor_train.steps=2",
         "reader_train.steps=2",
         "trainer.progress=false",
+        "trainer.threads=2",  # the predictors, then the QA stages, at once with 1 thread each
     ]
     cli.main(argv)
     report = (out / "report.md").read_text()
@@ -78,12 +79,14 @@ def test_main_job_end_to_end_and_rerun(tmp_path, monkeypatch, capsys):
     for png in re.findall(r"\]\(([^)]+\.png)\)", report):
         assert (out / png).stat().st_size > 1000, png
     times = json.loads((out / "timings.json").read_text())
-    assert set(times) == {"data", "encoder", "slots", "predictor_object", "predictor_none", "qa_object",
-                          "qa_none", "interventions"}  # fmt: skip
+    stages = {"data", "encoder", "slots", "predictor_object", "predictor_none", "qa_object", "qa_none",
+              "interventions"}  # fmt: skip
+    assert set(times) == stages | {"predictors (parallel)", "qa (parallel)"}
+    assert "predictor_object and predictor_none at once" in report
     capsys.readouterr()
     cli.main(argv)
     printed = capsys.readouterr().out
-    assert printed.count("done before, skipped") == len(times)
+    assert printed.count("done before, skipped") == len(stages)
 
 
 @pytest.mark.slow

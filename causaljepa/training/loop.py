@@ -158,6 +158,9 @@ class TrainingInterrupted(KeyboardInterrupt):
         super().__init__(f"stopped by signal {signum}")
         self.signum, self.hard = signum, hard
 
+    def __reduce__(self):  # pickled whole (the main job's stages in processes of their own send it back)
+        return type(self), (self.signum, self.hard)
+
 
 def resolve_device(cfg: TrainerConfig, local_rank: int = 0) -> torch.device:
     """The training device (cuda:LOCAL_RANK under torchrun on GPUs)."""

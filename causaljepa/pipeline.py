@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import signal
 import time
 import traceback
@@ -85,11 +84,11 @@ def _stage_process(conn, fn, threads: int) -> None:
 
         if not isinstance(e, TrainingInterrupted):
             traceback.print_exc()  # where it failed, in this process's stderr
+        seconds = time.perf_counter() - t0
         try:
-            err = pickle.loads(pickle.dumps(e))  # what the parent will receive
-        except Exception:  # an exception that does not survive pickling
-            err = RuntimeError(f"{type(e).__name__}: {e}")
-        conn.send(("error", err, time.perf_counter() - t0))
+            conn.send(("error", e, seconds))
+        except Exception:  # an exception that does not pickle: its name and message
+            conn.send(("error", RuntimeError(f"{type(e).__name__}: {e}"), seconds))
     else:
         conn.send(("ok", None, time.perf_counter() - t0))
     finally:
@@ -169,6 +168,9 @@ class Timer:
                     err = RuntimeError(
                         f"stage {name}: its process ended (exit code {p.exitcode}) without a result"
                     )
+                except Exception as e:  # an error that pickled but does not unpickle here
+                    status, seconds = "error", time.perf_counter() - t0
+                    err = RuntimeError(f"stage {name} failed (its traceback is above); its error: {e!r}")
                 p.join()
                 self._add(name, seconds)
                 if status != "ok":

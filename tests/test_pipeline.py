@@ -33,6 +33,23 @@ def _fail(path: str) -> None:
     raise ValueError("stage input 'x' is wrong: expected 'y'")
 
 
+class _TwoArgs(Exception):
+    """Pickles, but does not unpickle: its __init__ takes two arguments, its args hold one."""
+
+    def __init__(self, a, b):
+        super().__init__(f"{a} and {b}")
+
+
+def _raise_two_args() -> None:
+    raise _TwoArgs("left", "right")
+
+
+def _raise_unpicklable() -> None:
+    e = ValueError("holds a lambda")
+    e.hook = lambda: None  # a lambda does not pickle
+    raise e
+
+
 def _interrupted() -> None:
     raise TrainingInterrupted(signal.SIGINT)
 
@@ -144,3 +161,13 @@ def test_times_line_counts_stages_run_at_once_once():
     assert "qa_object 30, interventions 5" in line and "(parallel)" not in line
     assert "total of stages 2.3 min" in line  # (10 + 95 + 30 + 5) / 60
     assert "total of stages 3.6 min" in _times_line({k: v for k, v in times.items() if "parallel" not in k})
+
+
+def test_an_error_that_does_not_travel_still_fails_the_job_with_its_message(tmp_path):
+    timer = Timer(tmp_path / "timings.json")
+    note = partial(_note, str(tmp_path / "c.json"))
+    stages = [("a", _raise_unpicklable, False), ("b", _interrupted, True), ("c", note, False)]
+    with pytest.raises(RuntimeError, match="ValueError: holds a lambda"):
+        timer.run_parallel("pair", stages, threads=1)
+    with pytest.raises(RuntimeError, match=r"stage a failed \(its traceback is above\)"):
+        timer.run_parallel("pair", [("a", _raise_two_args, False), ("c", note, False)], threads=1)

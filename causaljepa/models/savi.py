@@ -653,9 +653,9 @@ def alpha_entropy(alpha: torch.Tensor) -> torch.Tensor:
 def slot_ids(alpha: torch.Tensor, dim: int) -> torch.Tensor:
     """The slot owning each pixel: the index of the largest alpha mask along ``dim`` (the first
     one on ties, as ``argmax``). ``max(dim).indices``, not ``argmax(dim)``: on CPU, torch's argmax
-    over a dimension that is not the last runs 8 times slower (75 against 7 ms for a chunk of
-    slot extraction, 16 videos x 32 frames x 7 slots at 32x32), and slot extraction took 15 % of
-    its time there."""
+    over a dimension that is not the last is far slower, and with it the main job's slot
+    extraction took 146-159 s against 116-122 s with this (``python benchmarks/extract_slots.py``,
+    back to back; README, The main job)."""
     return alpha.max(dim=dim).indices
 
 

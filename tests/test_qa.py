@@ -11,8 +11,15 @@ import torch
 from conftest import oracle_world
 
 from causaljepa import cli
-from causaljepa.data.questions import ANSWERS, QuestionFileError, attribute_ids
-from causaljepa.evaluation.ablation import ablation_markdown, masking_config, plot_ablation, summarize
+from causaljepa.data.questions import ANSWERS, QUESTION_TYPES, QuestionFileError, attribute_ids
+from causaljepa.evaluation.ablation import (
+    ablation_markdown,
+    count_line,
+    masking_config,
+    plot_ablation,
+    sampling_error,
+    summarize,
+)
 from causaljepa.evaluation.clevrer_qa import fit_readout, ground, readout_accuracy
 from causaljepa.evaluation.qa import (
     EXTRA_CF,
@@ -377,6 +384,23 @@ def test_ablation_summary_pairs_seeds(tmp_path):
         masking_config(-1)
 
 
+def test_ablation_states_what_its_accuracies_are_over():
+    assert sampling_error(100) == pytest.approx(5.0) and sampling_error(400) == pytest.approx(2.5)
+    assert sampling_error(100, 0.9) == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="n=0"):
+        sampling_error(0)
+    counts = {"descriptive": 550, "explanatory": 54, "predictive": 24, "counterfactual": 100}
+    line = count_line(counts)
+    assert line.startswith("Scored on 728 validation questions (550 descriptive, 54 explanatory, 24 pred")
+    assert "Over 100 counterfactual questions" in line and "error of 5.0 points" in line
+    no_cf = count_line({"descriptive": 3})
+    assert "Scored on 3 validation questions (3 descriptive, 0 explanatory" in no_cf and "error" not in no_cf
+    s = summarize({"none": {"a": [{"counterfactual_question": 40.0}]}})
+    md = ablation_markdown({"oracle": s}, ["none"], 1, counts)
+    assert md.splitlines()[2] == line  # under the title
+    assert line not in ablation_markdown({"oracle": s}, ["none"], 1)
+
+
 # the commands ---------------------------------------------------------------------------------------
 
 
@@ -494,6 +518,12 @@ def test_eval_ablation_command(qa_world, monkeypatch, capsys):
     assert gain["mean"] == pytest.approx(np.mean(want))
     assert (out / "ablation.png").stat().st_size > 1000
     assert (out / "oracle" / "object_0-2" / "seed1" / "predictor.pt").exists()
+    # what the accuracies are over: the validation question file's counts, in the json and the md
+    videos = json.loads((qa_world["root"] / "questions" / "validation.json").read_text())
+    kinds = [q["question_type"] for v in videos for q in v["questions"]]
+    counts = json.loads((out / "ablation.json").read_text())["validation_questions"]
+    assert counts == {t: kinds.count(t) for t in QUESTION_TYPES}
+    assert f"Scored on {len(kinds)} validation questions" in md
     with pytest.raises(SystemExit):
         cli.main([*common, "max_masked=[1]"])
     assert "needs 0 (no masking)" in capsys.readouterr().err

@@ -11,6 +11,11 @@ repeated, so an interrupted ablation continues where it stopped.
 Writes under ``out``: <slots>/<masking>/seed<s>/ (predictor run, qa/), ablation.json,
 ablation.md and ablation.png (counterfactual per-question accuracy against masking, one
 panel per slot set, one line per protocol, error bars = std over seeds).
+
+ablation.md also says how many validation questions each accuracy is over, and the sampling
+error that count alone gives a counterfactual accuracy (binomial, at 50 %): 100 questions give
+5 points, so a gain of a few points over 100 questions is not told apart from which questions
+were drawn, whatever the spread over seeds.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.questions import QUESTION_TYPES, load_questions, question_stats
 from ..io import save_figure, write_json_atomic, write_text_atomic
 from ..masking import MaskConfig
 from ..models.predictor import PredictorConfig
@@ -88,11 +94,38 @@ def plot_ablation(summary: dict[str, dict], masks: list[str], path: Path) -> Pat
     return save_figure(fig, path)
 
 
-def ablation_markdown(summary: dict[str, dict], masks: list[str], n_seeds: int) -> str:
+def sampling_error(n: int, p: float = 0.5) -> float:
+    """The binomial standard error, in points, of an accuracy p measured over n questions."""
+    if n < 1:
+        raise ValueError(f"sampling_error needs at least one question, got n={n}")
+    return 100.0 * float(np.sqrt(p * (1 - p) / n))
+
+
+def count_line(counts: dict[str, int]) -> str:
+    """Validation question counts per type -> the sentence of ablation.md that says what each
+    accuracy is over and the counterfactual one's sampling error."""
+    n_cf = counts.get("counterfactual", 0)
+    per_type = ", ".join(f"{counts.get(t, 0)} {t}" for t in QUESTION_TYPES)
+    line = f"Scored on {sum(counts.values())} validation questions ({per_type})."
+    if n_cf:
+        line += (
+            f" Over {n_cf} counterfactual questions, one reader's per-question accuracy near 50 % has "
+            f"a sampling standard error of {sampling_error(n_cf):.1f} points from the questions alone, "
+            "and the difference of two readers' accuracies up to √2 times that."
+        )
+    return line
+
+
+def ablation_markdown(
+    summary: dict[str, dict], masks: list[str], n_seeds: int, counts: dict[str, int] | None = None
+) -> str:
     """summary[slots][protocol] (``summarize`` per slot set) -> ablation.md. With one seed
-    ``summarize`` gives no spread, and none is written."""
+    ``summarize`` gives no spread, and none is written. ``counts``: validation questions per type
+    (``count_line``)."""
     head = "1 seed: no spread" if n_seeds == 1 else f"{n_seeds} seeds: mean ± sample std over seeds"
     lines = [f"# Masking ablation ({head})", ""]
+    if counts is not None:
+        lines += [count_line(counts), ""]
     for name, per_protocol in summary.items():
         for protocol, entries in per_protocol.items():
             lines += [f"## {name} slots, protocol ({protocol})", ""]
@@ -142,6 +175,8 @@ def masking_ablation(
         if not (Path(d) / "train.h5").exists():
             raise FileNotFoundError(f"slots={name}: {Path(d) / 'train.h5'} does not exist")
     masks = [masking_name(k) for k in max_masked]
+    counts = question_stats(load_questions(Path(data_root) / "questions" / "validation.json"))
+    counts = counts["questions_per_type"]
     summary, raw = {}, {}
     for name, slot_dir in slot_sets.items():
         runs: dict[str, dict[str, list[dict]]] = {}
@@ -164,7 +199,8 @@ def masking_ablation(
                     runs.setdefault(mask, {}).setdefault(protocol, []).append(res["protocols"][protocol])
                 raw.setdefault(name, {}).setdefault(mask, {})[f"seed{seed}"] = res
         summary[name] = summarize(runs)
-    md = write_text_atomic(out / "ablation.md", ablation_markdown(summary, masks, len(seeds)))
-    js = write_json_atomic(out / "ablation.json", {"summary": summary, "runs": raw, "masks": masks})
+    md = write_text_atomic(out / "ablation.md", ablation_markdown(summary, masks, len(seeds), counts))
+    record = {"summary": summary, "runs": raw, "masks": masks, "validation_questions": counts}
+    js = write_json_atomic(out / "ablation.json", record)
     png = plot_ablation(summary, masks, out / "ablation.png")
     return {"summary": summary, "markdown": str(md), "json": str(js), "png": str(png)}

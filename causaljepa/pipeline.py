@@ -65,9 +65,14 @@ class MainConfig:
     parallel: bool = True  # the two predictors, then the two QA stages, at once (module docstring)
 
 
-# the stages that run at once under MainConfig.parallel; timings.json keeps each stage's own time
-# and, under "<group> (parallel)", the wall time of the group
-PARALLEL_GROUPS = {"predictors": ("predictor_object", "predictor_none"), "qa": ("qa_object", "qa_none")}
+# the job's two predictors (object masking of 0..max_masked objects, and none), in stage order
+MASKINGS = ("object", "none")
+# the stages that run at once under MainConfig.parallel, named as main_job names them; timings.json
+# keeps each stage's own time and, under "<group> (parallel)", the wall time of the group
+PARALLEL_GROUPS = {
+    "predictors": tuple(f"predictor_{m}" for m in MASKINGS),
+    "qa": tuple(f"qa_{m}" for m in MASKINGS),
+}
 
 
 def _stage_process(conn, fn, threads: int) -> None:
@@ -246,7 +251,7 @@ def main_job(cfg: MainConfig, out: Path) -> Path:
 
     timer.run("slots", make_slots, (out / "slots_validation_00000.png").exists())
 
-    maskings = {"object": masking_config(cfg.max_masked), "none": masking_config(0)}
+    maskings = {m: masking_config(cfg.max_masked if m == "object" else 0) for m in MASKINGS}
     # at once (module docstring): half the threads each, and no progress bars (two would garble
     # each other's line); the sequential way keeps the trainer as configured
     threads = (cfg.trainer.threads or torch.get_num_threads()) // 2 if cfg.parallel else 0
@@ -328,18 +333,18 @@ def _times_line(times: dict[str, float]) -> str:
     """timings.json as a sentence: each stage's time, a group that ran at once with its wall time,
     and the total, which counts such a group once (its wall time)."""
     walls = {k.removesuffix(" (parallel)"): v for k, v in times.items() if k.endswith(" (parallel)")}
-    grouped = {n: g for g in walls for n in PARALLEL_GROUPS.get(g, ())}
+    members = {g: [n for n in PARALLEL_GROUPS.get(g, ()) if n in times] for g in walls}
+    after = {ms[-1]: (g, ms) for g, ms in members.items() if ms}  # a group's note follows its last stage
+    grouped = {n for ms in members.values() for n in ms}
     parts, total = [], sum(walls.values())
     for k, v in times.items():
         if k.endswith(" (parallel)"):
             continue
         parts.append(f"{k} {v:.0f}")
-        g = grouped.get(k)
-        if g is None:
-            total += v
-        elif k == [n for n in PARALLEL_GROUPS[g] if n in times][-1]:  # after the group's last stage
-            members = " and ".join(n for n in PARALLEL_GROUPS[g] if n in times)
-            parts[-1] += f" ({members} at once: {walls[g]:.0f})"
+        total += 0.0 if k in grouped else v
+        if k in after:
+            g, ms = after[k]
+            parts[-1] += f" ({' and '.join(ms)} at once: {walls[g]:.0f})"
     return (
         "stage times (s, from their own runs): " + ", ".join(parts)
         + f"; total of stages {total / 60:.1f} min (stages run at once counted once)."

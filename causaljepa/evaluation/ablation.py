@@ -175,8 +175,8 @@ def masking_ablation(
         if not (Path(d) / "train.h5").exists():
             raise FileNotFoundError(f"slots={name}: {Path(d) / 'train.h5'} does not exist")
     masks = [masking_name(k) for k in max_masked]
-    counts = question_stats(load_questions(Path(data_root) / "questions" / "validation.json"))
-    counts = counts["questions_per_type"]
+    questions = load_questions(Path(data_root) / "questions" / "validation.json")
+    counts = question_stats(questions)["questions_per_type"]
     summary, raw = {}, {}
     for name, slot_dir in slot_sets.items():
         runs: dict[str, dict[str, list[dict]]] = {}

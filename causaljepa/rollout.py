@@ -73,6 +73,7 @@ def rollout(
     absent: torch.Tensor | None = None,
     hidden: torch.Tensor | None = None,
     commit: int | None = None,
+    given: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Roll the world ``steps`` steps past ``history`` (B, H0 >= model history, K, D).
 
@@ -82,6 +83,10 @@ def rollout(
     hidden:  (B, H0, K) bool, history tokens the model must infer in its first window (they
     must lie in the last ``history`` frames, after the window's first frame).
     commit:  predicted frames that join the chain per forward pass, 1..future; None: future.
+    given:   (values (B, H0 + steps, K, D), mask (B, H0 + steps, K) bool): tokens known from outside
+    the model (an object that enters the scene, which nothing in the world causes). Where the
+    mask is set past the history, the value replaces the prediction as the frame joins the
+    chain, so later passes read it as history.
     Returns (B, steps, K, D).
     """
     cfg = model.cfg
@@ -116,6 +121,14 @@ def rollout(
                 "frames (after the first window's anchor frame) can be inferred"
             )
         first_hidden = hidden[:, H0 - H :].to(device)
+    if given is not None:
+        values, known = given
+        if values.shape != traj.shape or known.shape != (B, total, K):
+            raise ValueError(
+                f"given must be (values (B, {total}, K, D) = {tuple(traj.shape)}, mask (B, {total}, K)), "
+                f"got {tuple(values.shape)} and {tuple(known.shape)}"
+            )
+        values, known = values.to(device).float(), known.to(device).bool()
     pos = H0
     while pos < total:
         w0 = pos - H
@@ -137,6 +150,9 @@ def rollout(
             traj[:, w0:pos] = torch.where(first_hidden[..., None], pred[:, :H], traj[:, w0:pos])
         n = min(commit, total - pos)
         traj[:, pos : pos + n] = pred[:, H : H + n]
+        if given is not None:
+            k = known[:, pos : pos + n, :, None]
+            traj[:, pos : pos + n] = torch.where(k, values[:, pos : pos + n], traj[:, pos : pos + n])
         pos += n
     return traj[:, H0:]
 
@@ -151,10 +167,12 @@ def intervene(
     value: torch.Tensor | None = None,
     actions: torch.Tensor | None = None,
     commit: int | None = None,
+    given: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """do(remove slot from history frame ``at`` on) or, with ``value`` (B, D), do(slot := value at
     frame ``at``), then roll forward ``steps`` steps. slot: an index or (B,) indices, or a
     (B, K) bool of slots to remove together (one object split over several slots).
+    given: as ``rollout``'s (not on a removed slot, which stays removed).
     Returns (B, steps, K, D); removed slots' rows are zeros."""
     B, H0, K, _ = history.shape
     if not 0 <= at < H0:
@@ -174,7 +192,9 @@ def intervene(
     if value is None:
         absent = torch.zeros(B, H0 + steps, K, dtype=torch.bool)
         absent[:, at:] = chosen[:, None]
-        out = rollout(model, history, steps, actions=actions, absent=absent, commit=commit)
+        if given is not None:
+            given = (given[0], given[1] & ~chosen[:, None].to(given[1].device))
+        out = rollout(model, history, steps, actions=actions, absent=absent, commit=commit, given=given)
         return out.masked_fill(chosen.to(out.device)[:, None, :, None], 0.0)
     if value.shape != (B, history.shape[-1]):
         raise ValueError(f"value must be (B={B}, D={history.shape[-1]}), got {tuple(value.shape)}")
@@ -187,4 +207,4 @@ def intervene(
     history[torch.arange(B), at, sel] = value.to(history.dtype)
     hidden = torch.zeros(B, H0, K, dtype=torch.bool)
     hidden[:, at + 1 :] = chosen[:, None]
-    return rollout(model, history, steps, actions=actions, hidden=hidden, commit=commit)
+    return rollout(model, history, steps, actions=actions, hidden=hidden, commit=commit, given=given)

@@ -436,6 +436,30 @@ def test_replace_sets_the_slot_and_rolls_forward():
         intervene(model, torch.cat([hist, hist], 1), 1, 4, at=0, value=value)
 
 
+def test_given_tokens_replace_predictions_and_feed_later_passes():
+    model, x = _model(), _window(B=2, K=4)
+    H = CFG.history
+    hist = x[:, :H]
+    steps = 7
+    values = torch.randn(2, H + steps, 4, CFG.slot_dim)
+    known = torch.zeros(2, H + steps, 4, dtype=torch.bool)
+    known[0, H + 1 : H + 3, 2] = True  # sample 0's slot 2 is given at steps 1 and 2
+    out = rollout(model, hist, steps, commit=1, given=(values, known))
+    torch.testing.assert_close(out[0, 1:3, 2], values[0, H + 1 : H + 3, 2])
+    plain = rollout(model, hist, steps, commit=1)
+    torch.testing.assert_close(out[:, :1], plain[:, :1])  # before the first given frame: the same
+    torch.testing.assert_close(out[1], plain[1])  # the other sample is untouched
+    assert not torch.allclose(out[0, 3:], plain[0, 3:])  # later passes read the given values
+    # nothing given: the plain rollout; a removed slot stays removed even where it is given
+    torch.testing.assert_close(
+        rollout(model, hist, steps, given=(values, known & False)), rollout(model, hist, steps)
+    )
+    gone = intervene(model, hist, 2, steps, given=(values, known))
+    assert float(gone[:, :, 2].abs().max()) == 0.0
+    with pytest.raises(ValueError, match=r"given must be \(values \(B, 11, K, D\)"):
+        rollout(model, hist, steps, given=(values[:, :3], known))
+
+
 def test_rollout_errors():
     model, x = _model(), _window(B=2, K=4)
     with pytest.raises(ValueError, match="history has 2 frames; this predictor needs at least 4"):

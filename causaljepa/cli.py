@@ -15,6 +15,7 @@
     cjepa main                   [out=runs/main ...]  the whole pipeline -> <out>/report.md
     cjepa eval ablation          [...]             masking x seeds x slots: predictors, readers, tables
     cjepa eval influence         checkpoints=[PT,...] [...]  influence graphs, scored against the truth
+    cjepa eval cf-geometry       [checkpoints=[PT,...]] [...]  counterfactual questions by geometry (oracle)
     cjepa eval phyre             [folds=... preset=...]  PHYRE: AUCCESS, violation of expectation, fidelity
 
 Everything after the subcommand is Hydra's: overrides (``data.generator.height=128``),
@@ -405,6 +406,8 @@ def _qa_config(cfg, seed: int, counterfactuals: str = "rollout"):
         batch_size=cfg.batch_size,
         seed=seed,
         counterfactuals=counterfactuals,
+        counterfactual_start=cfg.counterfactual_start,
+        counterfactual_entries=cfg.counterfactual_entries,
     )
 
 
@@ -460,6 +463,34 @@ def cmd_eval_influence(cfg) -> None:
     for r in result["results"]:
         print(f"{r['name']}: {r['graphs']} graphs under {Path(cfg.out) / r['name'] / 'graphs'}")
     print(f"written: {result['markdown']}  {result['json']}  {result['png']}")
+
+
+def cmd_eval_cf_geometry(cfg) -> None:
+    from .evaluation.cf_geometry import CfGeometryOptions, evaluate_cf_geometry
+    from .training.predictor import resolve_slots
+
+    if cfg.slots == "learned":
+        raise ValueError(
+            "slots=learned: the geometric reading needs positions in the slot, so it runs on oracle slots; "
+            "give slots=oracle (made by 'cjepa oracle-slots') or a directory of them"
+        )
+    opts = CfGeometryOptions(
+        split=check_split(cfg.split),
+        calibration_split=check_split(cfg.calibration_split),
+        stride=cfg.stride,
+        history=cfg.history,
+        starts=tuple(cfg.starts),
+        entries=tuple(bool(e) for e in cfg.entries),
+        batch_size=cfg.batch_size,
+        device=cfg.device,
+        progress=cfg.progress,
+    )
+    root = Path(cfg.data.root)
+    result = evaluate_cf_geometry(
+        list(cfg.checkpoints), root, resolve_slots(root, cfg.slots), cfg.out, opts, cfg.truth
+    )
+    print(Path(result["markdown"]).read_text())
+    print(f"written: {result['markdown']}  {Path(cfg.out) / 'results.json'}  {result['png']}")
 
 
 def cmd_eval_phyre(cfg) -> None:
@@ -532,6 +563,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, Callable]] = {
     ("eval", "clevrer"): ("eval_clevrer", cmd_eval_clevrer),
     ("eval", "ablation"): ("eval_ablation", cmd_eval_ablation),
     ("eval", "influence"): ("eval_influence", cmd_eval_influence),
+    ("eval", "cf-geometry"): ("eval_cf_geometry", cmd_eval_cf_geometry),
     ("eval", "phyre"): ("eval_phyre", cmd_eval_phyre),
     ("main",): ("main", cmd_main),
 }

@@ -223,6 +223,8 @@ class EvalClevrerCommand:
     commit: int | None = None  # rollouts: predicted frames that join the chain per pass; null: all
     batch_size: int = 64  # rollouts
     counterfactuals: str = "rollout"  # protocol (b) reads the rollout, or (diagnostic) "truth": cf_slots
+    counterfactual_start: str = "first"  # or "contact" (oracle slots): observed until the object touches
+    counterfactual_entries: bool = False  # objects that enter later join protocol (b)'s rollout
     out: str | None = None  # default: <checkpoint's run>/qa
 
 
@@ -244,6 +246,8 @@ class EvalAblationCommand:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     commit: int | None = None  # rollouts: as EvalClevrerCommand.commit
     batch_size: int = 64
+    counterfactual_start: str = "first"  # as EvalClevrerCommand's
+    counterfactual_entries: bool = False
     out: str = MISSING
 
 
@@ -261,6 +265,27 @@ class EvalInfluenceCommand:
     pictures: int = 4  # videos drawn as PNG per predictor
     device: str = "cpu"
     out: str = "runs/influence"
+
+
+@dataclass
+class EvalCfGeometryCommand:
+    """cjepa eval cf-geometry: counterfactual questions answered by geometry on oracle slots"""
+
+    data: Any = MISSING  # <data.root>/<split>.h5, questions/<split>.json and the calibration split
+    seed: int = 0  # unused by the scoring; the data config's generator seed refers to it
+    checkpoints: list[str] = field(default_factory=list)  # predictor.pt files; none: the references only
+    split: str = "validation"
+    calibration_split: str = "train"  # the split whose annotated collisions set the contact distance
+    slots: str = "oracle"  # oracle (<root>/oracle_slots) or a directory of oracle slot stores
+    truth: str | None = None  # a directory of oracle slot stores with cf_slots; null: the slots' own
+    stride: int = 2  # frames per step: the predictors' windows.stride
+    history: int = 6  # the constant-velocity reference starts where a predictor of this history does
+    starts: list[str] = field(default_factory=lambda: ["first", "contact"])
+    entries: list[bool] = field(default_factory=lambda: [False, True])
+    batch_size: int = 64
+    device: str = "cpu"
+    progress: bool = True
+    out: str = "runs/cf_geometry"
 
 
 @dataclass
@@ -322,6 +347,7 @@ COMMAND_SCHEMAS = {
     "eval_clevrer": EvalClevrerCommand,
     "eval_ablation": EvalAblationCommand,
     "eval_influence": EvalInfluenceCommand,
+    "eval_cf_geometry": EvalCfGeometryCommand,
     "eval_phyre": EvalPhyreCommand,
     "main": MainCommand,
 }

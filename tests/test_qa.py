@@ -11,7 +11,13 @@ import torch
 from conftest import oracle_world
 
 from causaljepa import cli
-from causaljepa.data.questions import ANSWERS, QUESTION_TYPES, QuestionFileError, attribute_ids
+from causaljepa.data.questions import (
+    ANSWERS,
+    QUESTION_TYPES,
+    QuestionFileError,
+    attribute_ids,
+    load_questions,
+)
 from causaljepa.evaluation.ablation import (
     ablation_markdown,
     count_line,
@@ -443,6 +449,42 @@ def test_eval_clevrer_command(qa_world, monkeypatch):
     assert json.loads((out / "results.json").read_text()) == res
 
 
+def test_eval_cf_geometry_command(qa_world, monkeypatch, capsys):
+    monkeypatch.chdir(qa_world["base"])
+    out = qa_world["base"] / "cf_geometry"
+    base = ["eval", "cf-geometry", f"data.root={qa_world['root']}", "progress=false"]
+    cli.main([*base, f"checkpoints=[{qa_world['run'] / 'predictor.pt'}]", f"out={out}"])
+    res = json.loads((out / "results.json").read_text())
+    questions = load_questions(qa_world["root"] / "questions" / "validation.json")
+    cf = [q for v in questions for q in v["questions"] if q["question_type"] == "counterfactual"]
+    assert res["counts"]["questions"] == len(cf) > 0
+    worlds = [f"{w}, from {s}{e}" for w in ("constant velocity", "run") for s in ("first", "contact")
+              for e in ("", ", entries")]  # fmt: skip
+    assert list(res["rows"]) == ["factual", "truth", *worlds]  # the smoke data has cf_slots: a truth row
+    choices = sum(len(q["choices"]) for q in cf)
+    for row in res["rows"].values():
+        assert 0.0 <= row["question"] <= row["option"] <= 100.0
+        assert sum(row["kind_counts"].values()) == choices
+    assert res["rows"]["factual"]["kinds"]["kept"] in (100.0, None)
+    assert res["rows"]["factual"]["kinds"]["new"] in (0.0, None)
+    assert 0.3 <= res["calibration"]["distance"] < 1.5 and res["calibration"]["split"] == "train"
+    assert (out / "results.png").stat().st_size > 0 and "| truth |" in (out / "results.md").read_text()
+    # the references alone, from contact only: the same numbers for the rows they share
+    cli.main([*base, "starts=[contact]", "entries=[true]", f"out={out}_refs"])
+    refs = json.loads((out.with_name(out.name + "_refs") / "results.json").read_text())
+    assert list(refs["rows"]) == ["factual", "truth", "constant velocity, from contact, entries"]
+    assert refs["rows"]["truth"] == res["rows"]["truth"]
+    for override, message in [
+        ("slots=learned", "needs positions in the slot"),
+        ("starts=[middle]", "'middle' is not one of"),
+        (f"stride=3 checkpoints=[{qa_world['run'] / 'predictor.pt'}]", "give stride=2"),
+    ]:
+        with pytest.raises(SystemExit):
+            cli.main([*base, *override.split(), f"out={qa_world['base'] / 'cf_bad'}"])
+        assert message in capsys.readouterr().err
+    assert not (qa_world["base"] / "cf_bad" / "results.json").exists()
+
+
 def test_eval_clevrer_errors(qa_world, monkeypatch, capsys):
     monkeypatch.chdir(qa_world["base"])
     base = ["eval", "clevrer", "preset=smoke", f"checkpoint={qa_world['run'] / 'predictor.pt'}",
@@ -574,6 +616,68 @@ def test_protocol_b_on_the_true_counterfactual_world(qa_world, monkeypatch):
         res["sources"]["b"]["counterfactuals"] == "truth"
         and "counterfactual_question" in res["protocols"]["b"]
     )
+
+
+def test_protocol_b_rollout_from_first_frames_or_from_contact(qa_world, monkeypatch):
+    """counterfactual_part: from the first frames, the intervened rollout; from contact, the
+    observed world until the removed object first comes near another, then the rollout."""
+    from causaljepa.data.slot_store import SlotStore
+    from causaljepa.evaluation.cf_geometry import first_contact, positions
+    from causaljepa.evaluation.clevrer_qa import QAConfig, counterfactual_part
+    from causaljepa.evaluation.qa import Counterfactuals
+    from causaljepa.rollout import intervene
+    from causaljepa.training.predictor import load_predictor
+
+    monkeypatch.chdir(qa_world["base"])
+    model, _ = load_predictor(qa_world["run"] / "predictor.pt", "cpu")
+    H, s, fs = model.cfg.history, 2, 16
+
+    class Fixed:  # a readout that grounds every question to slot 1
+        pass
+
+    def to_slot_1(readout, hist, attrs):
+        return torch.ones(len(attrs), dtype=torch.int64)
+
+    monkeypatch.setattr("causaljepa.evaluation.clevrer_qa.ground", to_slot_1)
+    with SlotStore(qa_world["root"] / "oracle_slots" / "validation.h5") as st:
+        cfs = Counterfactuals([0, 1], [{"color": "red"}] * 2, [0, 1])
+        kw = {"stride": s, "frame_stride": fs, "commit": None, "batch_size": 8, "progress": False}
+        part, chosen = counterfactual_part(model, st, Fixed(), cfs, **kw)
+        assert chosen.tolist() == [1, 1]
+        hist = torch.stack([torch.from_numpy(st.read("slots", i, 0, (H - 1) * s + 1, s)) for i in (0, 1)])
+        R = (st.observed_frames - 1) // fs * fs // s + 1
+        pred = intervene(model, hist, 1, R - H)
+        full = torch.cat([hist, pred], dim=1)
+        full[:, :, 1] = 0.0
+        torch.testing.assert_close(part, full[:, :: fs // s])
+        # from contact, with no contact possible (distance 0): the observed world without slot 1
+        alone, _ = counterfactual_part(model, st, Fixed(), cfs, start="contact", contact=0.0, **kw)
+        want = torch.from_numpy(st.f["slots"][:2, : st.observed_frames : fs]).clone()
+        want[:, :, 1] = 0.0
+        torch.testing.assert_close(alone, want)
+        # a real contact distance: the rows before the contact are observed, later ones rolled out
+        near, _ = counterfactual_part(model, st, Fixed(), cfs, start="contact", contact=1.0, **kw)
+        for v in (0, 1):
+            t = first_contact(*positions(st.read("slots", v, 0, st.observed_frames)), 1, 1.0)
+            e = st.observed_frames if t is None else max(H - 1, (t - 1) // s) * s
+            rows = [r for r in range(0, st.observed_frames, fs) if r <= e]
+            torch.testing.assert_close(near[v, : len(rows)], want[v, : len(rows)])
+        with pytest.raises(ValueError, match="needs the contact distance"):
+            counterfactual_part(model, st, Fixed(), cfs, start="contact", **kw)
+    with pytest.raises(ValueError, match="counterfactual_start must be 'first' or 'contact'"):
+        QAConfig(None, None, None, counterfactual_start="middle")
+    out = qa_world["base"] / "contact"
+    cli.main(["eval", "clevrer", "preset=smoke", f"checkpoint={qa_world['run'] / 'predictor.pt'}",
+              f"data.root={qa_world['root']}", "protocols=[b]", "counterfactual_start=contact",
+              "counterfactual_entries=true", f"out={out}", "reader.dim=16", "reader.heads=2",
+              "reader.mlp_hidden=16", "trainer.progress=false"])  # fmt: skip
+    res = json.loads((out / "results.json").read_text())
+    assert (
+        res["sources"]["b"]["counterfactual_start"] == "contact"
+        and res["sources"]["b"]["counterfactual_entries"]
+    )
+    assert 0.3 <= res["contact_calibration"]["distance"] < 1.5
+    assert "counterfactual_question" in res["protocols"]["b"]
 
 
 def test_readout_data_labels_each_slot_with_its_objects_attributes(qa_world):

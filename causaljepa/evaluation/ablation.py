@@ -10,7 +10,9 @@ repeated, so an interrupted ablation continues where it stopped.
 
 Writes under ``out``: <slots>/<masking>/seed<s>/ (predictor run, qa/), ablation.json,
 ablation.md and ablation.png (counterfactual per-question accuracy against masking, one
-panel per slot set, one line per protocol, error bars = std over seeds).
+panel per slot set, one line per protocol, error bars = std over seeds). Protocol (b) started
+at contact or with entries writes qa_contact/, qa_entries/ or qa_contact_entries/ and
+ablation_contact.md and so on, beside the default's.
 
 ablation.md also says how many validation questions each accuracy is over, and the sampling
 error that count alone gives a counterfactual accuracy (binomial, at 50 %): 100 questions give
@@ -38,6 +40,15 @@ from .clevrer_qa import QAConfig, evaluate_clevrer
 from .qa import markdown_table
 
 TARGET = "counterfactual_question"
+
+
+def qa_dir_name(qa: QAConfig) -> str:
+    """A run's QA directory: "qa", or for protocol (b) rollouts started at contact or with entries
+    "qa_contact", "qa_entries", "qa_contact_entries", so the variants sit beside each other."""
+    parts = (["contact"] if qa.counterfactual_start == "contact" else []) + (
+        ["entries"] if qa.counterfactual_entries else []
+    )
+    return "_".join(["qa", *parts])
 
 
 def masking_name(k: int) -> str:
@@ -194,13 +205,16 @@ def masking_ablation(
                         extra={"slots": name, "ablation": True},
                     )  # fmt: skip
                 print(f"ablation: QA on {name}/{mask}/seed{seed}")
-                res = evaluate_clevrer(data_root, slot_dir, ckpt, run / "qa", replace(qa, seed=seed))
+                res = evaluate_clevrer(
+                    data_root, slot_dir, ckpt, run / qa_dir_name(qa), replace(qa, seed=seed)
+                )
                 for protocol in qa.protocols:
                     runs.setdefault(mask, {}).setdefault(protocol, []).append(res["protocols"][protocol])
                 raw.setdefault(name, {}).setdefault(mask, {})[f"seed{seed}"] = res
         summary[name] = summarize(runs)
-    md = write_text_atomic(out / "ablation.md", ablation_markdown(summary, masks, len(seeds), counts))
+    stem = "ablation" + qa_dir_name(qa)[2:]  # ablation, ablation_contact_entries, ...
+    md = write_text_atomic(out / f"{stem}.md", ablation_markdown(summary, masks, len(seeds), counts))
     record = {"summary": summary, "runs": raw, "masks": masks, "validation_questions": counts}
-    js = write_json_atomic(out / "ablation.json", record)
-    png = plot_ablation(summary, masks, out / "ablation.png")
+    js = write_json_atomic(out / f"{stem}.json", record)
+    png = plot_ablation(summary, masks, out / f"{stem}.png")
     return {"summary": summary, "markdown": str(md), "json": str(js), "png": str(png)}

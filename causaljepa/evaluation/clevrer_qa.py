@@ -43,9 +43,9 @@ from ..data.slot_store import SlotStore
 from ..data.store import VideoStore
 from ..io import write_json_atomic, write_text_atomic
 from ..models.predictor import CJEPAPredictor
-from ..rollout import intervene
 from ..training.checkpoint import file_hash, last_checkpoint
 from ..training.loop import OptimConfig, Trainer, TrainerConfig
+from .cf_geometry import calibrate_contact, check_oracle, simulate_without
 from .dynamics import rollout_store, window_actions
 from .qa import (
     ATTR_SIZES,
@@ -248,11 +248,22 @@ def counterfactual_part(
     commit: int | None,
     batch_size: int,
     progress: bool = True,
+    start: str = "first",
+    entries: bool = False,
+    contact: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per counterfactual question: the world without its named object, rolled out from the
-    first ``history`` frames over the observed frames, at the reader's frames 0, s, 2s, ...
-    -> ((M, To, K, D), the grounded slot (M,))."""
+    """Per counterfactual question: the world without its named object over the observed frames,
+    at the reader's frames 0, s, 2s, ... -> ((M, To, K, D), the grounded slot (M,)).
+
+    ``start="first"``: rolled out from the video's first ``history`` frames. ``"contact"`` (oracle
+    slots): the observed world up to the last step before the grounded object first comes within
+    ``contact`` world units of another object, rolled out from there (nothing before it differs
+    in a world whose objects act only by contact; an object that touches nothing leaves the
+    observed world). ``entries``: objects that enter later join the rollout
+    (``cf_geometry.simulate_without``)."""
     from tqdm import tqdm
+
+    from .cf_geometry import check_oracle, start_row
 
     H = model.cfg.history
     last = (H - 1) * stride
@@ -260,13 +271,18 @@ def counterfactual_part(
     check_frame_stride(frame_stride, stride)
     if available < 1:
         raise ValueError(f"{store.path}: {store.observed_frames} observed frames leave nothing to roll out")
-    pick = torch.arange(0, store.observed_frames, frame_stride) // stride  # rows of [history, rollout]
-    steps = max(1, int(pick.max()) - (H - 1))  # no further than the last frame the reader sees
+    if start not in ("first", "contact"):
+        raise ValueError(f"counterfactual start must be 'first' or 'contact', got {start!r}")
+    if start == "contact":
+        check_oracle(store)
+        if contact is None:
+            raise ValueError("start='contact' needs the contact distance (cf_geometry.calibrate_contact)")
+    pick = torch.arange(0, store.observed_frames, frame_stride) // stride  # rows at the predictor's stride
+    R = max(int(pick.max()) + 1, H + 1)  # no further than the last frame the reader sees
     M = len(cfs.video)
     K, D = store.num_slots, store.slot_dim
     out = torch.zeros(M, len(pick), K, D)
     chosen = torch.zeros(M, dtype=torch.int64)
-    device = model.out.weight.device
     for m0 in tqdm(
         range(0, M, batch_size), desc="counterfactual rollouts", unit="batch", disable=not progress
     ):
@@ -274,13 +290,26 @@ def counterfactual_part(
         vids = [cfs.video[m] for m in rows]
         hist = torch.stack([torch.from_numpy(store.read("slots", i, 0, last + 1, stride)) for i in vids])
         sel = ground(readout, hist, [cfs.attrs[m] for m in rows])  # (B,)
-        actions = window_actions(store, vids, 0, H + steps, stride, model.cfg.action_dim)
-        pred = intervene(model, hist.to(device), sel, steps, actions=actions, commit=commit).cpu()
-        hist = hist.clone()
-        hist[torch.arange(len(rows)), :, sel] = 0.0  # the removed slot is gone from the start
-        full = torch.cat([hist, pred], dim=1)  # (B, H + steps, K, D) at the predictor's stride
-        out[rows] = full[:, pick]
         chosen[rows] = sel
+        videos = np.stack([store.read("slots", i, 0, (R - 1) * stride + 1, stride) for i in vids])
+        if start == "first":
+            starts = [H - 1] * len(rows)
+        else:
+            starts = []
+            for j, i in enumerate(vids):
+                e = start_row(store.read("slots", i, 0, store.observed_frames), int(sel[j]), "contact", H,
+                              stride, contact)  # fmt: skip
+                starts.append(R - 1 if e is None else min(e, R - 1))
+        for e in sorted(set(starts)):
+            group = [j for j, s in enumerate(starts) if s == e]
+            gv = [vids[j] for j in group]
+            actions = window_actions(
+                store, gv, (e + 1 - H) * stride, R - 1 - e + H, stride, model.cfg.action_dim
+            )
+            worlds = simulate_without(
+                model, videos[group], sel[group].numpy(), e, entries=entries, actions=actions, commit=commit
+            )  # (B', R, K, D) at the predictor's stride
+            out[[rows[j] for j in group]] = torch.from_numpy(worlds[:, pick.numpy()])
     return out, chosen
 
 
@@ -383,6 +412,10 @@ class QAConfig:
     batch_size: int = 64  # rollouts
     seed: int = 0
     counterfactuals: str = "rollout"  # protocol (b) reads: "rollout" (the world model) | "truth" (diagnostic)
+    # where protocol (b)'s rollout starts: "first" frames | "contact" (oracle slots): the observed
+    # world until the removed object first touches another (counterfactual_part)
+    counterfactual_start: str = "first"
+    counterfactual_entries: bool = False  # objects entering later join the rollout
 
     def __post_init__(self) -> None:
         for p in self.protocols:
@@ -390,6 +423,10 @@ class QAConfig:
                 raise ValueError(f"protocol {p!r} is not known; protocols are {list(PROTOCOLS)}")
         if self.counterfactuals not in ("rollout", "truth"):
             raise ValueError(f"counterfactuals must be 'rollout' or 'truth', got {self.counterfactuals!r}")
+        if self.counterfactual_start not in ("first", "contact"):
+            raise ValueError(
+                f"counterfactual_start must be 'first' or 'contact', got {self.counterfactual_start!r}"
+            )
 
 
 def evaluate_clevrer(
@@ -418,6 +455,13 @@ def evaluate_clevrer(
         "commit": cfg.commit,
         "counterfactuals": cfg.counterfactuals,
     }
+    rollout_source = dict(source)  # the future rollout does not depend on protocol (b)'s options
+    # recorded only where they differ from the defaults, so results made before these options
+    # existed keep their fingerprint
+    if cfg.counterfactual_start != "first":
+        source["counterfactual_start"] = cfg.counterfactual_start
+    if cfg.counterfactual_entries:
+        source["counterfactual_entries"] = True
     for p, old in results.get("sources", {}).items():
         if p in cfg.protocols and old != source:
             diff = sorted(k for k in source if old.get(k) != source[k])
@@ -443,8 +487,15 @@ def evaluate_clevrer(
     try:
         for st in stores.values():
             check_same_encoder(st, ckpt)
+        contact = None
         if "b" in todo and cfg.counterfactuals == "rollout":  # checked before any rollout or training
             check_frame_stride(rc.frame_stride, stride)
+            if cfg.counterfactual_start == "contact":
+                for st in stores.values():
+                    check_oracle(st)
+                with VideoStore(data_root / "train.h5") as vs:
+                    calibration = calibrate_contact(stores["train"], vs, stride)
+                contact = calibration.distance
         if need_readout:
             for st in stores.values():
                 if not st.has("slot_object"):
@@ -461,7 +512,7 @@ def evaluate_clevrer(
         for s, st in stores.items():
             future[s], rollout_errors[s] = future_part(
                 model, st, out / f"rollout_{s}.h5", stride=stride, every=rc.future_every,
-                commit=cfg.commit, batch_size=cfg.batch_size, source=source,
+                commit=cfg.commit, batch_size=cfg.batch_size, source=rollout_source,
             )  # fmt: skip
         extra_info = {
             "predictor": str(predictor),
@@ -500,6 +551,7 @@ def evaluate_clevrer(
                     cf, chosen = counterfactual_part(
                         model, st, readout, cfs, stride=stride, frame_stride=rc.frame_stride,
                         commit=cfg.commit, batch_size=cfg.batch_size, progress=cfg.trainer.progress,
+                        start=cfg.counterfactual_start, entries=cfg.counterfactual_entries, contact=contact,
                     )  # fmt: skip
                     if s == "validation":
                         grounding["questions"] = grounding_accuracy(st, props[s], cfs, chosen, frames)
@@ -526,6 +578,8 @@ def evaluate_clevrer(
             )
             if grounding is not None:
                 results["grounding"] = grounding
+            if contact is not None:
+                results["contact_calibration"] = calibration.__dict__
             write_json_atomic(results_path, results)
     finally:
         for st in stores.values():

@@ -1,0 +1,113 @@
+"""The geometric reading of counterfactual questions: distances, starts, worlds, scores."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from causaljepa.data.oracle import ORACLE_FIELDS
+from causaljepa.evaluation.cf_geometry import (
+    Item,
+    answer,
+    checkpoint_names,
+    constant_velocity,
+    entry_mask,
+    first_contact,
+    group_of,
+    pair_distance,
+    positions,
+    score,
+    start_row,
+    summarize_groups,
+)
+
+D = len(ORACLE_FIELDS)
+P, X, Y, VX, VY = (ORACLE_FIELDS.index(k) for k in ("present", "x", "y", "vx", "vy"))
+
+
+def _slots(tracks: dict[int, list[tuple[float, float] | None]], K: int = 3) -> np.ndarray:
+    """(T, K, D) oracle slots from world positions per object (None: absent at that frame)."""
+    T = len(next(iter(tracks.values())))
+    s = np.zeros((T, K, D), np.float32)
+    for k, track in tracks.items():
+        for t, xy in enumerate(track):
+            if xy is not None:
+                s[t, k, P] = 1.0
+                s[t, k, X], s[t, k, Y] = xy[0] / 3.0, xy[1] / 2.0
+    return s
+
+
+def test_positions_distances_and_first_contact():
+    s = _slots({0: [(0.0, 0.0)] * 4, 1: [(3.0, 0.0), (2.0, 0.0), (0.5, 0.0), (0.5, 0.0)], 2: [None] * 4})
+    xy, present = positions(s)
+    np.testing.assert_allclose(xy[1, 1], [2.0, 0.0], atol=1e-6)  # back in world units
+    assert present[:, :2].all() and not present[:, 2].any()
+    assert pair_distance(xy, present, 0, 1) == pytest.approx(0.5)
+    assert pair_distance(xy, present, 0, 2) == math.inf  # never both present
+    assert first_contact(xy, present, 0, 0.9) == 2
+    assert first_contact(xy, present, 0, 0.4) is None
+    assert first_contact(xy, present, 2, 5.0) is None  # an absent object touches nothing
+    # the simulation starts at the last row (stride 2) before the contact, not before the history
+    video = _slots({0: [(0.0, 0.0)] * 12, 1: [(3.0 - 0.3 * t, 0.5) for t in range(12)]})
+    assert first_contact(*positions(video), 0, 0.9) == 8
+    assert start_row(video, 0, "contact", history=2, stride=2, distance=0.9) == 3  # frame 6 < 8
+    assert start_row(video, 0, "contact", history=5, stride=2, distance=0.9) == 4  # not before the history
+    assert start_row(video, 0, "first", history=2, stride=2, distance=0.9) == 1
+    assert start_row(video, 0, "contact", history=2, stride=2, distance=0.1) is None
+
+
+def test_constant_velocity_and_entries():
+    R, dt = 6, 0.1
+    w = np.zeros((R, 3, D), np.float32)
+    w[:, 0, P] = 1.0
+    w[:, 0, VX], w[:, 0, VY] = 0.3, -0.6  # normalised as the oracle: / 3
+    w[:2, 0, X] = [0.0, 0.01]
+    w[3:, 1, P] = 1.0  # object 1 enters at row 3
+    w[3:, 1, X] = np.arange(3) * 0.05
+    w[3:, 1, VX] = 0.6
+    given = entry_mask(w, 1, removed=2, history=2)
+    assert given[:, 1].tolist() == [False, False, False, True, True, False] and not given[:, [0, 2]].any()
+    assert not entry_mask(w, 1, removed=1, history=2).any()  # the removed object never re-enters
+    cv = constant_velocity(w, 1, given, dt)
+    # object 0 from row 1: x_norm += vx_norm dt per row, y_norm += vy_norm * 3 / 2 dt per row
+    np.testing.assert_allclose(cv[2:, 0, X], 0.01 + 0.3 * dt * np.arange(1, 5), atol=1e-6)
+    np.testing.assert_allclose(cv[2:, 0, Y], -0.6 * 1.5 * dt * np.arange(1, 5), atol=1e-6)
+    np.testing.assert_allclose(cv[:2], w[:2])  # rows up to the start are the observation
+    # object 1: absent until given, given rows as observed, then on from the last given row
+    assert not cv[2, 1].any()
+    np.testing.assert_allclose(cv[3:5, 1], w[3:5, 1])
+    assert cv[5, 1, X] == pytest.approx(w[4, 1, X] + 0.6 * dt)
+    # without entries the entering object stays out of the world
+    assert not constant_velocity(w, 1, np.zeros((R, 3), bool), dt)[2:, 1].any()
+
+
+def test_answers_and_scores_by_kind():
+    world = _slots({0: [(0.0, 0.0), (0.5, 0.0)], 1: [(1.0, 0.0), (1.0, 0.0)], 2: [(5.0, 0.0), None]})
+    assert answer(world, [(0, 1), (0, 2), None], 0.9) == [True, False, False]
+    items = [Item(0, 2, [(0, 1), (0, 2)], [True, False]), Item(0, 1, [(0, 1), (1, 2)], [False, True])]
+    factual = [[True, False], [True, False]]  # kinds: kept, never | lost, new
+    s = score([[True, False], [True, True]], items, factual)
+    assert s["option"] == 75.0 and s["question"] == 50.0
+    assert s["kinds"] == {"kept": 100.0, "new": 100.0, "lost": 0.0, "never": 100.0}
+    assert s["kind_counts"] == {"kept": 1, "new": 1, "lost": 1, "never": 1}
+    # the observed world answers kept and never right, new and lost wrong, by construction
+    assert score(factual, items, factual)["kinds"] == {"kept": 100.0, "new": 0.0, "lost": 0.0, "never": 100.0}
+
+
+def test_names_and_groups(tmp_path):
+    names = checkpoint_names(
+        [str(tmp_path / "abl" / m / f"seed{s}" / "predictor.pt") for m in "ab" for s in (0, 1)]
+    )
+    assert names == ["a/seed0", "a/seed1", "b/seed0", "b/seed1"]
+    assert checkpoint_names([str(tmp_path / "one" / "predictor.pt")]) == ["one"]
+    with pytest.raises(ValueError, match="have the same name"):
+        checkpoint_names([str(tmp_path / "x" / "predictor.pt")] * 2)
+    assert group_of("a/seed1") == "a" and group_of("seed3") == "all" and group_of("none") is None
+    rows = {f"a/seed{s}, from first": {"question": q} for s, q in ((0, 50.0), (1, 60.0))}
+    rows["factual"] = {"question": 40.0}
+    g = summarize_groups(rows)
+    assert list(g) == ["a, from first"] and g["a, from first"]["seeds"] == 2
+    assert g["a, from first"]["question"][0] == pytest.approx(55.0)
+    assert g["a, from first"]["question"][1] == pytest.approx(np.std([50.0, 60.0], ddof=1))

@@ -17,6 +17,7 @@ from causaljepa.evaluation.cf_geometry import (
     first_contact,
     group_of,
     pair_distance,
+    position_errors,
     positions,
     score,
     start_row,
@@ -111,3 +112,15 @@ def test_names_and_groups(tmp_path):
     assert list(g) == ["a, from first"] and g["a, from first"]["seeds"] == 2
     assert g["a, from first"]["question"][0] == pytest.approx(55.0)
     assert g["a, from first"]["question"][1] == pytest.approx(np.std([50.0, 60.0], ddof=1))
+
+
+def test_position_errors_per_horizon():
+    truth = _slots({0: [(float(t), 0.0) for t in range(6)], 1: [(0.0, 3.0)] * 6})
+    world = truth.copy()
+    world[3:, 0, X] += 0.5 / 3.0  # object 0 is 0.5 world units off from row 3 on
+    err = position_errors([world, None], [1, 2], [truth, truth])
+    # from row 1: h=1 is row 2 (no error), h=2 row 3 (0.5 for one object of two), h=4 row 5
+    assert (
+        err["1"] == pytest.approx(0.0) and err["2"] == pytest.approx(0.25) and err["4"] == pytest.approx(0.25)
+    )
+    assert err["8"] is None and err["32"] is None  # no item reaches past row 5

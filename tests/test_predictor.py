@@ -30,7 +30,14 @@ from causaljepa.evaluation.dynamics import (
     window_actions,
 )
 from causaljepa.masking import MaskConfig, MaskSampler, targets
-from causaljepa.models.predictor import CJEPAPredictor, PredictorConfig, complete_graph, graph_mask, sigreg
+from causaljepa.models.predictor import (
+    CJEPAPredictor,
+    PredictorConfig,
+    complete_graph,
+    graph_mask,
+    last_visible,
+    sigreg,
+)
 from causaljepa.rollout import commit_frames, intervene, rollout, token_mask
 from causaljepa.training.predictor import copy_last, linear_extrapolation, load_predictor
 
@@ -160,6 +167,37 @@ def test_predictions_are_permutation_equivariant():
     pred, _ = model(x, hidden)
     pred_p, _ = model(x[:, :, perm], hidden[:, :, perm])
     torch.testing.assert_close(pred_p, pred[:, :, perm], atol=1e-5, rtol=1e-5)
+
+
+def test_anchor_last_queries_each_hidden_token_with_its_slots_last_visible_value():
+    last_cfg = replace(CFG, anchor="last")
+    model, x = _model(last_cfg), _window(B=2, K=3)
+    H = CFG.history
+    hidden = _future_hidden(2, 3)
+    hidden[0, 1:H, 2] = True  # slot 2 of sample 0 hidden after the first frame (object masking)
+    lv = last_visible(x, hidden)
+    torch.testing.assert_close(lv[:, H:, 0], x[:, H - 1 : H, 0].expand(-1, CFG.future, -1))
+    torch.testing.assert_close(lv[0, :, 2], x[0, :1, 2].expand(CFG.window, -1))
+    torch.testing.assert_close(lv[~hidden], x[~hidden])  # a visible token is its own last visible value
+    tokens = model.tokens(x, hidden, None)
+    want = model.mask_token + model.anchor(lv) + model.time[None, :, None]
+    torch.testing.assert_close(tokens[hidden], want[hidden])
+    # the future queries read the last history frame; with anchor=first they do not
+    moved = x.clone()
+    moved[:, H - 1] += 1.0
+    assert not torch.allclose(model.tokens(moved, hidden, None)[:, H:], tokens[:, H:])
+    first = _model()
+    torch.testing.assert_close(first.tokens(moved, hidden, None)[:, H:], first.tokens(x, hidden, None)[:, H:])
+    # still permutation-equivariant, and hidden values are still never read
+    perm = torch.tensor([2, 0, 1])
+    pred, _ = model(x, hidden)
+    torch.testing.assert_close(
+        model(x[:, :, perm], hidden[:, :, perm])[0], pred[:, :, perm], atol=1e-5, rtol=1e-5
+    )
+    changed = torch.where(hidden[..., None], torch.randn_like(x) * 100, x)
+    torch.testing.assert_close(model(changed, hidden)[0], pred)
+    with pytest.raises(ValueError, match=r"predictor\.anchor must be 'first' or 'last', got 'middle'"):
+        replace(CFG, anchor="middle")
 
 
 def test_hidden_tokens_are_never_read():

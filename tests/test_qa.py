@@ -465,6 +465,15 @@ def test_eval_cf_geometry_command(qa_world, monkeypatch, capsys):
     for row in res["rows"].values():
         assert 0.0 <= row["question"] <= row["option"] <= 100.0
         assert sum(row["kind_counts"].values()) == choices
+    assert "position_error" not in res["rows"]["factual"]
+    assert set(res["rows"]["run, from contact, entries"]["position_error"]) == {
+        "1",
+        "2",
+        "4",
+        "8",
+        "16",
+        "32",
+    }
     assert res["rows"]["factual"]["kinds"]["kept"] in (100.0, None)
     assert res["rows"]["factual"]["kinds"]["new"] in (0.0, None)
     assert 0.3 <= res["calibration"]["distance"] < 1.5 and res["calibration"]["split"] == "train"

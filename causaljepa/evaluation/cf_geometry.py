@@ -306,6 +306,31 @@ def predictor_worlds(
     return out
 
 
+HORIZONS = (1, 2, 4, 8, 16, 32)
+
+
+def position_errors(
+    worlds: list[np.ndarray | None], starts: list[int | None], truth: list[np.ndarray | None]
+) -> dict[str, float | None]:
+    """Mean distance (world units) between each object's simulated and true position, ``h`` steps
+    after the simulation's start, over the objects present in both and the items simulated
+    (those with a start and a truth) -> {str(h): error, None where no item reaches h}."""
+    per_h: dict[int, list[float]] = {h: [] for h in HORIZONS}
+    for w, e, t in zip(worlds, starts, truth, strict=True):
+        if w is None or e is None or t is None:
+            continue
+        xy, present = positions(w)
+        txy, tpresent = positions(t)
+        for h in HORIZONS:
+            r = e + h
+            if r >= len(t):
+                break
+            both = present[r] & tpresent[r]
+            if both.any():
+                per_h[h].append(float(np.linalg.norm(xy[r, both] - txy[r, both], axis=-1).mean()))
+    return {str(h): float(np.mean(v)) if v else None for h, v in per_h.items()}
+
+
 def checkpoint_names(checkpoints: list[str]) -> list[str]:
     """Short names: each checkpoint's folders after those all share ("none/seed0")."""
     parts = [Path(c).resolve().parent.parts for c in checkpoints]
@@ -422,25 +447,26 @@ def evaluate_cf_geometry(
     def rows_for(label: str, worlds_of) -> None:
         for start in opts.starts:
             for entries in opts.entries:
-                worlds = worlds_of(start, entries)
+                worlds, starts = worlds_of(start, entries)
                 guesses = [
                     factual[m] if it.removed is None else answer(zeroed(it) if w is None else w, it.pairs, d)
                     for m, (it, w) in enumerate(zip(items, worlds, strict=True))
                 ]
-                rows_out[f"{label}, from {start}{', entries' if entries else ''}"] = score(
-                    guesses, items, factual
-                )
+                row = score(guesses, items, factual)
+                if truth is not None:
+                    row["position_error"] = position_errors(worlds, starts, truth)
+                rows_out[f"{label}, from {start}{', entries' if entries else ''}"] = row
 
-    def cv_worlds(start: str, entries: bool) -> list[np.ndarray | None]:
-        worlds = []
-        for it, e in zip(items, starts_for(opts.history, start), strict=True):
+    def cv_worlds(start: str, entries: bool) -> tuple[list[np.ndarray | None], list[int | None]]:
+        worlds, starts = [], starts_for(opts.history, start)
+        for it, e in zip(items, starts, strict=True):
             if e is None:
                 worlds.append(None)
                 continue
             w = zeroed(it)
             given = entry_mask(w, e, it.removed, opts.history) if entries else np.zeros(w.shape[:2], bool)
             worlds.append(constant_velocity(w, e, given, dt))
-        return worlds
+        return worlds, starts
 
     rows_for("constant velocity", cv_worlds)
     contact_starts = starts_for(opts.history, "contact")
@@ -471,11 +497,12 @@ def evaluate_cf_geometry(
                 f"stride={opts.stride}; give stride={stride}"
             )
 
-        def model_worlds(start: str, entries: bool, model=model) -> list[np.ndarray | None]:
+        def model_worlds(start: str, entries: bool, model=model):
             starts = starts_for(model.cfg.history, start)
-            return predictor_worlds(
+            worlds = predictor_worlds(
                 model, observed, items, starts, entries=entries, batch_size=opts.batch_size
             )
+            return worlds, starts
 
         rows_for(name, model_worlds)
     result = {
@@ -526,6 +553,19 @@ def format_results(result: dict) -> str:
         lines.append(f"| {label} | {r['option']:.1f} | {r['question']:.1f} | {kinds} |")
     counts = next(iter(result["rows"].values()))["kind_counts"]
     lines += ["", "Choices of each kind: " + ", ".join(f"{k} {counts[k]}" for k in KINDS) + "."]
+    errors = {k: r["position_error"] for k, r in result["rows"].items() if "position_error" in r}
+    if errors:
+        lines += [
+            "",
+            "Mean distance (world units) between simulated and true positions, h steps after the "
+            "simulation starts:",
+            "",
+            "| world | " + " | ".join(f"h={h}" for h in HORIZONS) + " |",
+            "|---" * (len(HORIZONS) + 1) + "|",
+        ]
+        for k, e in errors.items():
+            cells = " | ".join("" if e[str(h)] is None else f"{e[str(h)]:.3f}" for h in HORIZONS)
+            lines.append(f"| {k} | {cells} |")
     if result["groups"]:
         lines += [
             "",

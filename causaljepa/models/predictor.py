@@ -3,6 +3,7 @@
     window  slots (B, T, K, D), T = history + future frames, hidden (B, T, K) bool
     visible token (t, k)  = in(slot[t, k]) + time[t]
     hidden token  (t, k)  = mask + time[t] + anchor(slot[0, k])      the identity anchor
+                            (predictor.anchor=last: the slot's last visible value instead)
     action node   (t)     = ActionEncoder(action[t]) + time[t] + action_type
     tokens ─ pre-norm blocks (fused SDPA, attention restricted by the token graph) ─> out(·)
 
@@ -52,6 +53,10 @@ class PredictorConfig:
     future: int = 10  # frames it predicts after them
     action_dim: int = 0  # A; 0 = a world without actions (no action nodes)
     residual: bool = True  # predictions = the slot's last visible value + the model's output
+    # a hidden token's anchor: the slot at the window's first frame (published), or its last
+    # visible value (the latest visible frame at or before the token's), which for a future token
+    # is the object's current state
+    anchor: str = "first"
     sigreg_weight: float = 0.0  # weight of the SIGReg term on the output tokens; 0 = off
     sigreg_directions: int = 256
 
@@ -67,6 +72,8 @@ class PredictorConfig:
                 raise ValueError(f"predictor.{name} must be in [0, 1), got {getattr(self, name)}")
         if self.sigreg_weight < 0:
             raise ValueError(f"predictor.sigreg_weight must be >= 0, got {self.sigreg_weight}")
+        if self.anchor not in ("first", "last"):
+            raise ValueError(f"predictor.anchor must be 'first' or 'last', got {self.anchor!r}")
 
     @property
     def window(self) -> int:
@@ -74,6 +81,15 @@ class PredictorConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def last_visible(slots: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    """slots (B, T, K, D), hidden (B, T, K) -> (B, T, K, D): at each token, the slot's value at its
+    latest visible frame at or before it (frame 0 is always visible)."""
+    T = slots.shape[1]
+    t = torch.arange(T, device=slots.device)[None, :, None].expand_as(hidden)  # (B, T, K)
+    last = torch.where(hidden, torch.zeros_like(t), t).cummax(dim=1).values  # last visible frame
+    return torch.gather(slots, 1, last[..., None].expand_as(slots))
 
 
 def graph_mask(edge_index: torch.Tensor, num_nodes: int) -> torch.Tensor:
@@ -234,7 +250,8 @@ class CJEPAPredictor(nn.Module):
             raise ValueError("hidden marks tokens of the window's first frame; its slots are the anchors")
         time = self.time[:T][None, :, None]  # (1, T, 1, dim)
         visible = self.slot_in(slots)  # (B, T, K, dim)
-        query = self.mask_token + self.anchor(slots[:, :1])  # (B, 1, K, dim)
+        anchored = slots[:, :1] if cfg.anchor == "first" else last_visible(slots, hidden)
+        query = self.mask_token + self.anchor(anchored)  # (B, 1 or T, K, dim)
         x = torch.where(hidden[..., None], query, visible) + time  # (B, T, K, dim)
         if self.actions is None:
             if actions is not None:
@@ -278,11 +295,7 @@ class CJEPAPredictor(nn.Module):
         pred = self.out(tokens)
         if not self.cfg.residual:
             return pred
-        T = slots.shape[1]
-        t = torch.arange(T, device=slots.device)[None, :, None].expand_as(hidden)  # (B, T, K)
-        last = torch.where(hidden, torch.zeros_like(t), t).cummax(dim=1).values  # last visible frame
-        base = torch.gather(slots, 1, last[..., None].expand_as(slots))  # (B, T, K, D)
-        return pred + base.to(pred.dtype)
+        return pred + last_visible(slots, hidden).to(pred.dtype)
 
     def _run(self, slots, hidden, actions, mask, need_weights):
         """-> the output slot tokens (B, T, K, dim) and the attention maps."""

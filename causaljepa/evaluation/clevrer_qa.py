@@ -288,8 +288,15 @@ def counterfactual_part(
     ):
         rows = list(range(m0, min(M, m0 + batch_size)))
         vids = [cfs.video[m] for m in rows]
-        hist = torch.stack([torch.from_numpy(store.read("slots", i, 0, last + 1, stride)) for i in vids])
-        sel = ground(readout, hist, [cfs.attrs[m] for m in rows])  # (B,)
+        attrs = [cfs.attrs[m] for m in rows]
+        if start == "first" and not entries:  # objects that enter later are not in this world
+            hist = torch.stack([torch.from_numpy(store.read("slots", i, 0, last + 1, stride)) for i in vids])
+            sel = ground(readout, hist, attrs)  # (B,)
+        else:  # the world holds objects that enter later: look for the named one over the video
+            frames = ground_frames(store, frame_stride, stride, H, start, entries)
+            sel = ground(
+                readout, torch.stack([torch.from_numpy(store.f["slots"][i, frames]) for i in vids]), attrs
+            )
         chosen[rows] = sel
         videos = np.stack([store.read("slots", i, 0, (R - 1) * stride + 1, stride) for i in vids])
         if start == "first":
@@ -311,6 +318,19 @@ def counterfactual_part(
             )  # (B', R, K, D) at the predictor's stride
             out[[rows[j] for j in group]] = torch.from_numpy(worlds[:, pick.numpy()])
     return out, chosen
+
+
+def ground_frames(
+    store: SlotStore, frame_stride: int, stride: int, history: int, start: str, entries: bool
+) -> list[int]:
+    """The frames where protocol (b) looks for the object a counterfactual question names: the
+    first history window, or, where the simulated world holds objects that enter later (a start
+    at contact, or entries), also the reader's frames over the whole observed video (those the
+    attribute readout trains on)."""
+    window = list(range(0, history * stride, stride))
+    if start == "first" and not entries:
+        return window
+    return readout_frames(store, frame_stride, window)
 
 
 def true_counterfactual_part(
@@ -554,7 +574,11 @@ def evaluate_clevrer(
                         start=cfg.counterfactual_start, entries=cfg.counterfactual_entries, contact=contact,
                     )  # fmt: skip
                     if s == "validation":
-                        grounding["questions"] = grounding_accuracy(st, props[s], cfs, chosen, frames)
+                        looked = ground_frames(
+                            st, rc.frame_stride, stride, model.cfg.history, cfg.counterfactual_start,
+                            cfg.counterfactual_entries,
+                        )  # fmt: skip
+                        grounding["questions"] = grounding_accuracy(st, props[s], cfs, chosen, looked)
                 cf_logp = {}
                 if rc.ground and cf is not None:
                     cf_logp = {"counterfactual_logp": readout.ground_logp(cf)}

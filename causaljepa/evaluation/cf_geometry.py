@@ -111,6 +111,11 @@ def calibrate_contact(
     """The contact distance that best tells, at ``stride``, the pairs the annotations say collide
     in the observed frames from the pairs that do not (ties: the smallest distance)."""
     grid = np.round(np.arange(0.30, 1.50, 0.01), 2) if grid is None else grid
+    if list(slots.video_ids) != list(videos.video_ids):
+        raise ValueError(
+            f"{slots.path} and {videos.path} hold other videos (video_ids differ): the contact distance "
+            "is calibrated on a video store and the oracle slots made from it"
+        )
     T = slots.observed_frames
     dists, labels = [], []
     for i in range(slots.num_videos):
@@ -394,7 +399,7 @@ def evaluate_cf_geometry(
     questions = load_questions(qpath)
     with SlotStore(slot_dir / f"{opts.split}.h5") as store:
         check_oracle(store)
-        rows = video_index(list(store.f["video_ids"][:].astype(str)), questions, str(qpath))
+        rows = video_index(list(store.video_ids), questions, str(qpath))
         items = counterfactual_items(questions, rows, props)
         if not items:
             raise ValueError(f"{qpath}: no counterfactual question with labelled choices to score")
@@ -407,7 +412,7 @@ def evaluate_cf_geometry(
             with SlotStore(truth_store) if truth_store else nullcontext(store) as ts:
                 if not ts.has("cf_slots"):
                     raise ValueError(f"{ts.path}: truth= names a slot store without cf_slots")
-                if list(ts.f["video_ids"][:].astype(str)) != list(store.f["video_ids"][:].astype(str)):
+                if list(ts.video_ids) != list(store.video_ids):
                     raise ValueError(
                         f"{ts.path} holds other videos than {store.path} (video_ids differ); truth= must be "
                         "the oracle slots of the same videos, generated with counterfactuals"

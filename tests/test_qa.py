@@ -23,6 +23,7 @@ from causaljepa.evaluation.ablation import (
     count_line,
     masking_config,
     plot_ablation,
+    qa_dir_name,
     sampling_error,
     summarize,
 )
@@ -732,3 +733,14 @@ def test_trained_readout_is_fitted_once_per_store_frames_and_seed(qa_world, monk
         fresh = real_fit(*cq.readout_data(st, props, [0, 4]), seed=0, steps=20)
     for p, q in zip(a.state_dict().values(), fresh.state_dict().values(), strict=True):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def test_qa_dir_name_keeps_protocol_b_variants_apart():
+    from causaljepa.evaluation.clevrer_qa import QAConfig
+
+    names = [
+        qa_dir_name(QAConfig(None, None, None, counterfactual_start=start, counterfactual_entries=entries))
+        for start in ("first", "contact")
+        for entries in (False, True)
+    ]
+    assert names == ["qa", "qa_entries", "qa_contact", "qa_contact_entries"]

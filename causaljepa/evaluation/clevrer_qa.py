@@ -45,7 +45,7 @@ from ..io import write_json_atomic, write_text_atomic
 from ..models.predictor import CJEPAPredictor
 from ..training.checkpoint import file_hash, last_checkpoint
 from ..training.loop import OptimConfig, Trainer, TrainerConfig
-from .cf_geometry import calibrate_contact, check_oracle, simulate_without
+from .cf_geometry import calibrate_contact, check_oracle, simulate_without, start_row
 from .dynamics import rollout_store, window_actions
 from .qa import (
     ATTR_SIZES,
@@ -262,8 +262,6 @@ def counterfactual_part(
     observed world). ``entries``: objects that enter later join the rollout
     (``cf_geometry.simulate_without``)."""
     from tqdm import tqdm
-
-    from .cf_geometry import check_oracle, start_row
 
     H = model.cfg.history
     last = (H - 1) * stride

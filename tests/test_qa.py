@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -674,6 +675,13 @@ def test_protocol_b_rollout_from_first_frames_or_from_contact(qa_world, monkeypa
             torch.testing.assert_close(near[v, : len(rows)], want[v, : len(rows)])
         with pytest.raises(ValueError, match="needs the contact distance"):
             counterfactual_part(model, st, Fixed(), cfs, start="contact", **kw)
+    # entries read when an object enters from the oracle's present field: learned slots are refused
+    learned = SimpleNamespace(
+        path="slots/validation.h5", observed_frames=128, encoder_hash="3f2a" * 8, slot_dim=64
+    )
+    for bad in ({"entries": True}, {"start": "contact", "contact": 1.0}):
+        with pytest.raises(ValueError, match="needs oracle slots"):
+            counterfactual_part(model, learned, Fixed(), cfs, **kw, **bad)
     with pytest.raises(ValueError, match="counterfactual_start must be 'first' or 'contact'"):
         QAConfig(None, None, None, counterfactual_start="middle")
     out = qa_world["base"] / "contact"

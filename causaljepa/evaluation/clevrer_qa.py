@@ -259,8 +259,8 @@ def counterfactual_part(
     slots): the observed world up to the last step before the grounded object first comes within
     ``contact`` world units of another object, rolled out from there (nothing before it differs
     in a world whose objects act only by contact; an object that touches nothing leaves the
-    observed world). ``entries``: objects that enter later join the rollout
-    (``cf_geometry.simulate_without``)."""
+    observed world). ``entries`` (oracle slots, whose ``present`` field says when an object
+    enters): objects that enter later join the rollout (``cf_geometry.simulate_without``)."""
     from tqdm import tqdm
 
     H = model.cfg.history
@@ -271,40 +271,32 @@ def counterfactual_part(
         raise ValueError(f"{store.path}: {store.observed_frames} observed frames leave nothing to roll out")
     if start not in ("first", "contact"):
         raise ValueError(f"counterfactual start must be 'first' or 'contact', got {start!r}")
-    if start == "contact":
+    if start == "contact" or entries:
         check_oracle(store)
-        if contact is None:
-            raise ValueError("start='contact' needs the contact distance (cf_geometry.calibrate_contact)")
+    if start == "contact" and contact is None:
+        raise ValueError("start='contact' needs the contact distance (cf_geometry.calibrate_contact)")
     pick = torch.arange(0, store.observed_frames, frame_stride) // stride  # rows at the predictor's stride
     R = max(int(pick.max()) + 1, H + 1)  # no further than the last frame the reader sees
     M = len(cfs.video)
     K, D = store.num_slots, store.slot_dim
     out = torch.zeros(M, len(pick), K, D)
     chosen = torch.zeros(M, dtype=torch.int64)
+    frames = ground_frames(store, frame_stride, stride, H, start, entries)
     for m0 in tqdm(
         range(0, M, batch_size), desc="counterfactual rollouts", unit="batch", disable=not progress
     ):
         rows = list(range(m0, min(M, m0 + batch_size)))
         vids = [cfs.video[m] for m in rows]
-        attrs = [cfs.attrs[m] for m in rows]
-        if start == "first" and not entries:  # objects that enter later are not in this world
-            hist = torch.stack([torch.from_numpy(store.read("slots", i, 0, last + 1, stride)) for i in vids])
-            sel = ground(readout, hist, attrs)  # (B,)
-        else:  # the world holds objects that enter later: look for the named one over the video
-            frames = ground_frames(store, frame_stride, stride, H, start, entries)
-            sel = ground(
-                readout, torch.stack([torch.from_numpy(store.f["slots"][i, frames]) for i in vids]), attrs
-            )
+        full = [store.read("slots", i, 0, store.observed_frames) for i in vids]  # read once: (T, K, D) each
+        sel = ground(
+            readout, torch.from_numpy(np.stack([f[frames] for f in full])), [cfs.attrs[m] for m in rows]
+        )
         chosen[rows] = sel
-        videos = np.stack([store.read("slots", i, 0, (R - 1) * stride + 1, stride) for i in vids])
-        if start == "first":
-            starts = [H - 1] * len(rows)
-        else:
-            starts = []
-            for j, i in enumerate(vids):
-                e = start_row(store.read("slots", i, 0, store.observed_frames), int(sel[j]), "contact", H,
-                              stride, contact)  # fmt: skip
-                starts.append(R - 1 if e is None else min(e, R - 1))
+        videos = np.stack([f[: (R - 1) * stride + 1 : stride] for f in full])  # (B, R, K, D)
+        starts = []
+        for j in range(len(rows)):
+            e = start_row(full[j], int(sel[j]), start, H, stride, contact)  # None: touches nothing
+            starts.append(R - 1 if e is None else min(e, R - 1))
         for e in sorted(set(starts)):
             group = [j for j, s in enumerate(starts) if s == e]
             gv = [vids[j] for j in group]
@@ -508,9 +500,10 @@ def evaluate_clevrer(
         contact = None
         if "b" in todo and cfg.counterfactuals == "rollout":  # checked before any rollout or training
             check_frame_stride(rc.frame_stride, stride)
-            if cfg.counterfactual_start == "contact":
+            if cfg.counterfactual_start == "contact" or cfg.counterfactual_entries:
                 for st in stores.values():
                     check_oracle(st)
+            if cfg.counterfactual_start == "contact":
                 with VideoStore(data_root / "train.h5") as vs:
                     calibration = calibrate_contact(stores["train"], vs, stride)
                 contact = calibration.distance

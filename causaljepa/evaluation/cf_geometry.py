@@ -45,17 +45,18 @@ import math
 import os
 import re
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..data.oracle import ORACLE_FIELDS
-from ..data.questions import described_object, load_questions, mentions, words
+from ..data.questions import described_object, load_questions, named_objects
 from ..data.slot_store import SlotStore
 from ..data.store import VideoStore
 from ..io import save_figure, write_json_atomic, write_text_atomic
+from ..rollout import intervene
 from . import mean_std, plus_minus
 from .qa import named_object, video_index
 
@@ -162,7 +163,7 @@ def counterfactual_items(questions: list[dict], rows: list[int], props: np.ndarr
             removed = described_object(props[row], named_object(q))
             pairs = []
             for c in q["choices"]:
-                ids = [described_object(props[row], m) for _, _, m in mentions(words(c["choice"]))]
+                ids = named_objects(props[row], c["choice"])
                 pairs.append(tuple(ids) if len(ids) == 2 and None not in ids else None)
             labels = [c["answer"] == "correct" for c in q["choices"]]
             items.append(Item(row, removed, pairs, labels))
@@ -262,8 +263,6 @@ def simulate_without(
     slot zeroed, then ``rollout.intervene`` from the ``history`` rows ending at ``e``; with
     ``entries``, objects that enter after ``e`` are given over their first ``history`` rows.
     ``actions``: the step actions from the first history row on, or None."""
-    from ..rollout import intervene
-
     H = model.cfg.history
     B, R = rows.shape[:2]
     if not H - 1 <= e < R:
@@ -397,8 +396,20 @@ def evaluate_cf_geometry(
     with VideoStore(root / f"{opts.split}.h5") as vs:
         props = vs.f["object_properties"][:]
     questions = load_questions(qpath)
+    names = checkpoint_names(checkpoints) if checkpoints else []
+    models = []  # every predictor is loaded and checked before any world is simulated
     with SlotStore(slot_dir / f"{opts.split}.h5") as store:
         check_oracle(store)
+        for ckpt_path in checkpoints:
+            model, ckpt = load_predictor(ckpt_path, opts.device)
+            check_same_encoder(store, ckpt)
+            stride = int(ckpt["extra"]["windows"]["stride"])
+            if stride != opts.stride:
+                raise ValueError(
+                    f"{ckpt_path}: the predictor steps {stride} frames, the scoring runs at "
+                    f"stride={opts.stride}; give stride={stride}"
+                )
+            models.append(model)
         rows = video_index(list(store.video_ids), questions, str(qpath))
         items = counterfactual_items(questions, rows, props)
         if not items:
@@ -424,8 +435,6 @@ def evaluate_cf_geometry(
                     for it in items
                 ]
     observed = full[:, :: opts.stride]  # (N, R, K, D)
-    resolved = [it for it in items if it.removed is not None]
-    unresolved = len(items) - len(resolved)
     d = calib.distance
     factual = [answer(observed[it.video], it.pairs, d) for it in items]
     rows_out: dict[str, dict] = {"factual": score(factual, items, factual)}
@@ -436,13 +445,18 @@ def evaluate_cf_geometry(
         ]
         rows_out["truth"] = score(guesses, items, factual)
 
+    starts_seen: dict[tuple[int, str], list[int | None]] = {}
+
     def starts_for(history: int, start: str) -> list[int | None]:
-        return [
-            None
-            if it.removed is None
-            else start_row(full[it.video], it.removed, start, history, opts.stride, d)
-            for it in items
-        ]
+        """Each item's start row (computed once per history and start, shared by every row)."""
+        if (history, start) not in starts_seen:
+            starts_seen[history, start] = [
+                None
+                if it.removed is None
+                else start_row(full[it.video], it.removed, start, history, opts.stride, d)
+                for it in items
+            ]
+        return starts_seen[history, start]
 
     def zeroed(it: Item) -> np.ndarray:
         w = observed[it.video].copy()
@@ -477,30 +491,16 @@ def evaluate_cf_geometry(
     contact_starts = starts_for(opts.history, "contact")
     counts = {
         "questions": len(items),
-        "unresolved": unresolved,
+        "unresolved": sum(it.removed is None for it in items),
         "untouched": sum(
             e is None for it, e in zip(items, contact_starts, strict=True) if it.removed is not None
         ),
         "contact_in_history": sum(e == opts.history - 1 for e in contact_starts),
     }
-    names = checkpoint_names(checkpoints) if checkpoints else []
     jobs = tqdm(
-        list(zip(names, checkpoints, strict=True)),
-        desc="predictors",
-        unit="predictor",
-        disable=not opts.progress,
+        list(zip(names, models, strict=True)), desc="predictors", unit="predictor", disable=not opts.progress
     )
-    for name, ckpt_path in jobs:
-        model, ckpt = load_predictor(ckpt_path, opts.device)
-        model.eval()
-        with SlotStore(slot_dir / f"{opts.split}.h5") as store:
-            check_same_encoder(store, ckpt)
-        stride = int(ckpt["extra"]["windows"]["stride"])
-        if stride != opts.stride:
-            raise ValueError(
-                f"{ckpt_path}: the predictor steps {stride} frames, the scoring runs at "
-                f"stride={opts.stride}; give stride={stride}"
-            )
+    for name, model in jobs:
 
         def model_worlds(start: str, entries: bool, model=model):
             starts = starts_for(model.cfg.history, start)
@@ -511,7 +511,7 @@ def evaluate_cf_geometry(
 
         rows_for(name, model_worlds)
     result = {
-        "calibration": {**calib.__dict__, "split": opts.calibration_split, "stride": opts.stride},
+        "calibration": {**asdict(calib), "split": opts.calibration_split, "stride": opts.stride},
         "counts": counts,
         "rows": rows_out,
         "groups": summarize_groups(rows_out),

@@ -206,6 +206,12 @@ def attribute_ids(attrs: dict[str, str]) -> list[int]:
     return [vocab.index(attrs[key]) if key in attrs else -1 for key, vocab in PROPERTY_VOCAB]
 
 
+def named_objects(props: np.ndarray, text: str) -> list[int | None]:
+    """The annotated object (row of ``props``) each mention in ``text`` names, in reading order;
+    None for a mention that no single object fits ("The red cube collides with the sphere")."""
+    return [described_object(props, attrs) for _, _, attrs in mentions(words(text))]
+
+
 def described_object(props: np.ndarray, attrs: dict[str, str]) -> int | None:
     """The one annotated object (row of props (O, 3) value ids, -1 = no object) that ``attrs``
     describe, or None where none or several fit."""

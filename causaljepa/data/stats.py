@@ -11,12 +11,10 @@ import numpy as np
 from ..io import save_figure
 from .questions import (
     QUESTION_TYPES,
-    described_object,
     load_questions,
-    mentions,
+    named_objects,
     property_ids,
     question_stats,
-    words,
 )
 from .store import VideoStore
 
@@ -121,7 +119,7 @@ def observed_collision_answers(videos: list[dict], scenes: dict[int, tuple[np.nd
                 continue
             all_right = True
             for c in q["choices"]:
-                ids = [described_object(props, m) for _, _, m in mentions(words(c["choice"]))]
+                ids = named_objects(props, c["choice"])
                 unresolved += len(ids) == 2 and None in ids
                 guess = len(ids) == 2 and None not in ids and tuple(sorted(ids)) in seen
                 ok = guess == (c["answer"] == "correct")

@@ -594,7 +594,7 @@ def evaluate_clevrer(
             if grounding is not None:
                 results["grounding"] = grounding
             if contact is not None:
-                results["contact_calibration"] = calibration.__dict__
+                results["contact_calibration"] = asdict(calibration)
             write_json_atomic(results_path, results)
     finally:
         for st in stores.values():

@@ -149,10 +149,10 @@ def rollout(
         if pos == H0 and hidden is not None:
             traj[:, w0:pos] = torch.where(first_hidden[..., None], pred[:, :H], traj[:, w0:pos])
         n = min(commit, total - pos)
-        traj[:, pos : pos + n] = pred[:, H : H + n]
-        if given is not None:
-            k = known[:, pos : pos + n, :, None]
-            traj[:, pos : pos + n] = torch.where(k, values[:, pos : pos + n], traj[:, pos : pos + n])
+        new = pred[:, H : H + n]
+        if given is not None:  # known tokens replace the predictions
+            new = torch.where(known[:, pos : pos + n, :, None], values[:, pos : pos + n], new)
+        traj[:, pos : pos + n] = new
         pos += n
     return traj[:, H0:]
 

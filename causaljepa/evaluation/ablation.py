@@ -42,13 +42,18 @@ from .qa import markdown_table
 TARGET = "counterfactual_question"
 
 
-def qa_dir_name(qa: QAConfig) -> str:
-    """A run's QA directory: "qa", or for protocol (b) rollouts started at contact or with entries
-    "qa_contact", "qa_entries", "qa_contact_entries", so the variants sit beside each other."""
-    parts = (["contact"] if qa.counterfactual_start == "contact" else []) + (
-        ["entries"] if qa.counterfactual_entries else []
+def variant_suffix(qa: QAConfig) -> str:
+    """ "" for protocol (b) from the first frames, else "_contact", "_entries" or
+    "_contact_entries": what a run's QA directory and the ablation's files are named with, so the
+    variants sit beside each other."""
+    return ("_contact" if qa.counterfactual_start == "contact" else "") + (
+        "_entries" if qa.counterfactual_entries else ""
     )
-    return "_".join(["qa", *parts])
+
+
+def qa_dir_name(qa: QAConfig) -> str:
+    """A run's QA directory: "qa", "qa_contact", "qa_entries" or "qa_contact_entries"."""
+    return "qa" + variant_suffix(qa)
 
 
 def masking_name(k: int) -> str:
@@ -212,7 +217,7 @@ def masking_ablation(
                     runs.setdefault(mask, {}).setdefault(protocol, []).append(res["protocols"][protocol])
                 raw.setdefault(name, {}).setdefault(mask, {})[f"seed{seed}"] = res
         summary[name] = summarize(runs)
-    stem = "ablation" + qa_dir_name(qa)[2:]  # ablation, ablation_contact_entries, ...
+    stem = "ablation" + variant_suffix(qa)  # ablation, ablation_contact_entries, ...
     md = write_text_atomic(out / f"{stem}.md", ablation_markdown(summary, masks, len(seeds), counts))
     record = {"summary": summary, "runs": raw, "masks": masks, "validation_questions": counts}
     js = write_json_atomic(out / f"{stem}.json", record)

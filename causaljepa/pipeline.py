@@ -67,6 +67,7 @@ class MainConfig:
 
 # the job's two predictors (object masking of 0..max_masked objects, and none), in stage order
 MASKINGS = ("object", "none")
+MASKING_LABELS = {"object": "object masking", "none": "no masking"}  # in the report's tables and plots
 # the stages that run at once under MainConfig.parallel, named as main_job names them; timings.json
 # keeps each stage's own time and, under "<group> (parallel)", the wall time of the group
 PARALLEL_GROUPS = {
@@ -299,6 +300,13 @@ def main_job(cfg: MainConfig, out: Path) -> Path:
     return report
 
 
+def _protocol_rows(qa: dict[str, dict]) -> dict[str, dict]:
+    """Each predictor's QA metrics under each protocol, by their label in the report and its plot."""
+    return {
+        f"{MASKING_LABELS[m]}, protocol ({p})": r["protocols"][p] for m, r in qa.items() for p in ("a", "b")
+    }
+
+
 def _qa_bars(qa: dict[str, dict], path: Path) -> Path:
     import matplotlib
 
@@ -314,7 +322,7 @@ def _qa_bars(qa: dict[str, dict], path: Path) -> Path:
         ("counterfactual_question", "cf q"),
         ("all_question", "all q"),
     ]
-    bars = [(f"{m}, protocol ({p})", r["protocols"][p]) for m, r in qa.items() for p in ("a", "b")]
+    bars = list(_protocol_rows(qa).items())
     fig, ax = plt.subplots(figsize=(9, 3.6))
     w = 0.8 / len(bars)
     for j, (label, metrics) in enumerate(bars):
@@ -362,7 +370,7 @@ def write_report(
     rollouts = {
         m: json.loads((out / f"predictor_{m}" / "qa" / "rollout_validation.json").read_text()) for m in qa
     }
-    curves = {f"predictor ({m} masking)": r["horizon_mse"]["predictor"] for m, r in rollouts.items()}
+    curves = {f"predictor ({MASKING_LABELS[m]})": r["horizon_mse"]["predictor"] for m, r in rollouts.items()}
     r = next(iter(rollouts.values()))  # the baselines do not depend on the predictor
     curves["copy last frame"], curves["linear extrapolation"] = (
         r["horizon_mse"]["copy_last"],
@@ -374,7 +382,7 @@ def write_report(
         curves, frames, out / "rollout_error.png", title=title, xlabel="video frame", ylabel="slot MSE"
     )
     _qa_bars(qa, out / "qa.png")
-    rows = {f"{m} masking, protocol ({p})": r["protocols"][p] for m, r in qa.items() for p in ("a", "b")}
+    rows = _protocol_rows(qa)
     gen = cfg.generator
     cf = {m: {p: r["protocols"][p].get("counterfactual_question") for p in ("a", "b")} for m, r in qa.items()}
 
@@ -447,10 +455,12 @@ def write_report(
     if "readout_validation_accuracy" in g:
         acc = ", ".join(f"{k} {100 * v:.1f} %" for k, v in g["readout_validation_accuracy"].items())
         lines += ["", f"Attribute readout on validation slots (marks the named objects' slots): {acc}."]
-    if "questions" in g:
+    q = g.get("questions")
+    if q and q["questions"]:
         lines += [
             "",
-            f"Grounding of the removed object (validation counterfactual questions): {g['questions']}.",
+            f"Grounding of the removed object: on {100 * q['accuracy']:.1f} % of {q['questions']} validation "
+            "counterfactual questions, the slot chosen for the named object covers it.",
         ]
     lines += [
         "",

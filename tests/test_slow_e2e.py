@@ -75,7 +75,7 @@ def test_main_job_end_to_end_and_rerun(tmp_path, monkeypatch, capsys):
     report = (out / "report.md").read_text()
     for heading in ("## Encoder", "## Question answering (validation)", "## Latent interventions"):
         assert heading in report
-    assert "object masking, protocol (b)" in report and "none masking, protocol (a)" in report
+    assert "object masking, protocol (b)" in report and "no masking, protocol (a)" in report
     for png in re.findall(r"\]\(([^)]+\.png)\)", report):
         assert (out / png).stat().st_size > 1000, png
     times = json.loads((out / "timings.json").read_text())

@@ -481,6 +481,7 @@ def cmd_eval_cf_geometry(cfg) -> None:
         history=cfg.history,
         starts=tuple(cfg.starts),
         entries=tuple(bool(e) for e in cfg.entries),
+        factual_rollouts=cfg.factual_rollouts,
         batch_size=cfg.batch_size,
         device=cfg.device,
         progress=cfg.progress,

@@ -282,6 +282,7 @@ class EvalCfGeometryCommand:
     history: int = 6  # the constant-velocity reference starts where a predictor of this history does
     starts: list[str] = field(default_factory=lambda: ["first", "contact"])
     entries: list[bool] = field(default_factory=lambda: [False, True])
+    factual_rollouts: bool = False  # also each predictor's rollout with nothing removed, and "changed"
     batch_size: int = 64
     device: str = "cpu"
     progress: bool = True

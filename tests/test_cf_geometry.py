@@ -6,11 +6,13 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from causaljepa.data.oracle import ORACLE_FIELDS
 from causaljepa.evaluation.cf_geometry import (
     Item,
     answer,
+    changed,
     checkpoint_names,
     constant_velocity,
     entry_mask,
@@ -20,9 +22,12 @@ from causaljepa.evaluation.cf_geometry import (
     position_errors,
     positions,
     score,
+    simulate_without,
     start_row,
     summarize_groups,
 )
+from causaljepa.models.predictor import CJEPAPredictor, PredictorConfig
+from causaljepa.rollout import rollout
 
 D = len(ORACLE_FIELDS)
 P, X, Y, VX, VY = (ORACLE_FIELDS.index(k) for k in ("present", "x", "y", "vx", "vy"))
@@ -124,3 +129,48 @@ def test_position_errors_per_horizon():
         err["1"] == pytest.approx(0.0) and err["2"] == pytest.approx(0.25) and err["4"] == pytest.approx(0.25)
     )
     assert err["8"] is None and err["32"] is None  # no item reaches past row 5
+
+
+def test_changed_counts_turned_answers_of_named_pairs():
+    items = [Item(0, 2, [(0, 1), None, (1, 3)], [True, False, False]), Item(1, 0, [(1, 2)], [True])]
+    a = [[True, False, True], [False]]
+    b = [[True, True, False], [True]]  # the unnamed choice (None) differs too: not counted
+    assert changed(a, b, items) == pytest.approx(100.0 * 2 / 3)
+    assert changed(a, a, items) == 0.0
+    assert math.isnan(changed([[False]], [[True]], [Item(0, 1, [None], [False])]))
+
+
+def test_simulate_without_and_the_factual_rollout():
+    """remove=True zeroes the removed slot throughout; remove=False is the plain rollout of the same
+    rows, every object kept, and an object entering after the start is given in both."""
+    torch.manual_seed(0)
+    cfg = PredictorConfig(
+        slot_dim=D, dim=32, layers=1, heads=2, head_dim=16, mlp_hidden=32, history=3, future=2
+    )
+    model = CJEPAPredictor(cfg).eval().requires_grad_(False)
+    torch.nn.init.normal_(model.out.weight, std=0.1)  # zero at init: every prediction its anchor
+    R, e = 9, 3
+    rows = np.zeros((2, R, 3, D), np.float32)
+    rows[:, :, :2, P] = 1.0
+    rows[:, :, :2, X] = np.linspace(-0.5, 0.5, R)[None, :, None]
+    rows[:, 5:, 2, P], rows[:, 5:, 2, Y] = 1.0, 0.3  # object 2 enters at row 5
+    removed = np.array([0, 1])
+    gone = simulate_without(model, rows, removed, e, entries=True)
+    own = simulate_without(model, rows, removed, e, entries=True, remove=False)
+    assert gone.shape == own.shape == rows.shape
+    assert not gone[0, :, 0].any() and not gone[1, :, 1].any()  # removed: zero rows throughout
+    np.testing.assert_array_equal(own[:, : e + 1], rows[:, : e + 1])  # observed up to the start, all kept
+    assert own[0, e + 1 :, 0].any() and own[1, e + 1 :, 1].any()
+    # the entering object's first history rows are given in both worlds
+    np.testing.assert_array_equal(gone[:, 5:8, 2], rows[:, 5:8, 2])
+    np.testing.assert_array_equal(own[:, 5:8, 2], rows[:, 5:8, 2])
+    # remove=False is rollout() with the same given rows
+    given = np.zeros((2, R, 3), bool)
+    given[:, 5:8, 2] = True
+    H = cfg.history
+    expect = rollout(
+        model, torch.from_numpy(rows[:, e + 1 - H : e + 1]), R - 1 - e,
+        given=(torch.from_numpy(rows[:, e + 1 - H :]), torch.from_numpy(given[:, e + 1 - H :])),
+    ).numpy()  # fmt: skip
+    np.testing.assert_allclose(own[:, e + 1 :], expect, rtol=0, atol=1e-6)
+    assert not np.allclose(gone[0, e + 1 :, 1], own[0, e + 1 :, 1])  # the removal reaches the others

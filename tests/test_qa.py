@@ -485,6 +485,21 @@ def test_eval_cf_geometry_command(qa_world, monkeypatch, capsys):
     refs = json.loads((out.with_name(out.name + "_refs") / "results.json").read_text())
     assert list(refs["rows"]) == ["factual", "truth", "constant velocity, from contact, entries"]
     assert refs["rows"]["truth"] == res["rows"]["truth"]
+    assert 0.0 <= res["rows"]["truth"]["changed"] <= 100.0 and "changed" not in res["rows"]["run, from first"]
+    # factual_rollouts: the predictor's own world beside each of its rows, and the share it turns
+    ckpt = f"checkpoints=[{qa_world['run'] / 'predictor.pt'}]"
+    cli.main([*base, ckpt, "starts=[contact]", "entries=[true]", "factual_rollouts=true", f"out={out}_own"])
+    own = json.loads((out.with_name(out.name + "_own") / "results.json").read_text())
+    assert list(own["rows"])[-2:] == [
+        "run, from contact, entries",
+        "run, factual rollout, from contact, entries",
+    ]
+    row = own["rows"]["run, from contact, entries"]
+    assert {k: row[k] for k in ("option", "question", "kinds")} == {
+        k: res["rows"]["run, from contact, entries"][k] for k in ("option", "question", "kinds")
+    }
+    assert 0.0 <= row["changed"] <= 100.0
+    assert "| changed |" in (out.with_name(out.name + "_own") / "results.md").read_text()
     for override, message in [
         ("slots=learned", "needs positions in the slot"),
         ("starts=[middle]", "'middle' is not one of"),

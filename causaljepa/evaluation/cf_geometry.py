@@ -33,6 +33,13 @@ this world causes an entry) joins the simulated world at its observed state over
 ``history`` steps, which the predictor reads as history, then moves by the simulation. Without
 them a simulation has only the objects present when it starts.
 
+With ``factual_rollouts``, each predictor also rolls the world on from the same start with
+nothing removed (its own factual world), scored as if it were the world without X: where a
+predictor's answers come out the same either way, its rollout does not simulate what removing X
+changes, whatever its score. ``changed`` (every row with a simulated world; the truth's against
+the observed world, a predictor's against its factual rollout) is the share of choices (of two
+named objects) whose answer the removal turns.
+
 Every choice is also put in one of four kinds by the label and the observed world: ``kept`` (a
 collision of the observed world that still happens), ``new`` (happens only without X), ``lost``
 (happens only with X) and ``never``. The factual world is right on kept and never and wrong on
@@ -56,7 +63,7 @@ from ..data.questions import described_object, load_questions, named_objects
 from ..data.slot_store import SlotStore
 from ..data.store import VideoStore
 from ..io import save_figure, write_json_atomic, write_text_atomic
-from ..rollout import intervene
+from ..rollout import intervene, rollout
 from . import mean_std, plus_minus
 from .qa import named_object, video_index
 
@@ -226,6 +233,13 @@ def answer(world: np.ndarray, pairs: list[tuple[int, int] | None], distance: flo
     return [p is not None and pair_distance(xy, present, *p) < distance for p in pairs]
 
 
+def changed(guesses: list[list[bool]], other: list[list[bool]], items: list[Item]) -> float:
+    """Percent of the choices of two named objects whose answer differs between two worlds."""
+    pairs = [(g, o) for gs, os_, it in zip(guesses, other, items, strict=True)
+             for g, o, p in zip(gs, os_, it.pairs, strict=True) if p is not None]  # fmt: skip
+    return 100.0 * sum(g != o for g, o in pairs) / len(pairs) if pairs else math.nan
+
+
 def score(guesses: list[list[bool]], items: list[Item], factual: list[list[bool]]) -> dict:
     """Per option and per question accuracy (percent), and per option for each kind of choice."""
     right = options = q_right = 0
@@ -257,18 +271,23 @@ def simulate_without(
     entries: bool,
     actions: torch.Tensor | None = None,
     commit: int | None = None,
+    remove: bool = True,
 ) -> np.ndarray:
     """The worlds without one slot each: ``rows`` (B, R, K, D) observed at the predictor's stride,
     ``removed`` (B,) slot indices -> (B, R, K, D): rows up to ``e`` as observed with the removed
     slot zeroed, then ``rollout.intervene`` from the ``history`` rows ending at ``e``; with
     ``entries``, objects that enter after ``e`` are given over their first ``history`` rows.
-    ``actions``: the step actions from the first history row on, or None."""
+    ``actions``: the step actions from the first history row on, or None. ``remove=False``: the
+    same rollout from the same rows with nothing removed (the predictor's factual world)."""
     H = model.cfg.history
     B, R = rows.shape[:2]
     if not H - 1 <= e < R:
         raise ValueError(f"the simulation starts at row {e}; it needs {H} history rows and a row after")
     base = rows.copy()
-    base[np.arange(B), :, removed] = 0.0
+    if remove:
+        base[np.arange(B), :, removed] = 0.0
+    else:
+        removed = np.full(B, -1)  # no slot: every entering object is given
     steps = R - 1 - e
     if steps < 1:
         return base
@@ -278,8 +297,12 @@ def simulate_without(
         given = (torch.from_numpy(base[:, e + 1 - H :]), torch.from_numpy(known[:, e + 1 - H :]))
     device = model.out.weight.device
     hist = torch.from_numpy(base[:, e + 1 - H : e + 1]).to(device)
-    sel = torch.as_tensor(removed, dtype=torch.int64)
-    pred = intervene(model, hist, sel, steps, actions=actions, commit=commit, given=given).cpu().numpy()
+    if remove:
+        sel = torch.as_tensor(removed, dtype=torch.int64)
+        pred = intervene(model, hist, sel, steps, actions=actions, commit=commit, given=given)
+    else:
+        pred = rollout(model, hist, steps, actions=actions, commit=commit, given=given)
+    pred = pred.cpu().numpy()
     return np.concatenate([base[:, : e + 1], pred], axis=1)
 
 
@@ -291,9 +314,11 @@ def predictor_worlds(
     *,
     entries: bool,
     batch_size: int,
+    remove: bool = True,
 ) -> list[np.ndarray | None]:
     """Per item, ``simulate_without`` its removed object from its start (None where ``starts``
-    is None). ``observed``: (N, R, K, D), every video at the predictor's stride."""
+    is None; ``remove=False``: nothing removed). ``observed``: (N, R, K, D), every video at the
+    predictor's stride."""
     out: list[np.ndarray | None] = [None] * len(items)
     by_start: dict[int, list[int]] = {}
     for m, e in enumerate(starts):
@@ -304,7 +329,7 @@ def predictor_worlds(
             batch = members[b : b + batch_size]
             rows = np.stack([observed[items[m].video] for m in batch])
             removed = np.array([items[m].removed for m in batch])
-            worlds = simulate_without(model, rows, removed, e, entries=entries)
+            worlds = simulate_without(model, rows, removed, e, entries=entries, remove=remove)
             for j, m in enumerate(batch):
                 out[m] = worlds[j]
     return out
@@ -361,6 +386,7 @@ class CfGeometryOptions:
     history: int = 6
     starts: tuple[str, ...] = STARTS
     entries: tuple[bool, ...] = (False, True)
+    factual_rollouts: bool = False  # also each predictor's rollout with nothing removed (module docstring)
     batch_size: int = 64
     device: str = "cpu"
     progress: bool = True
@@ -443,7 +469,7 @@ def evaluate_cf_geometry(
             factual[m] if w is None else answer(w, it.pairs, d)
             for m, (it, w) in enumerate(zip(items, truth, strict=True))
         ]
-        rows_out["truth"] = score(guesses, items, factual)
+        rows_out["truth"] = {**score(guesses, items, factual), "changed": changed(guesses, factual, items)}
 
     starts_seen: dict[tuple[int, str], list[int | None]] = {}
 
@@ -463,7 +489,10 @@ def evaluate_cf_geometry(
         w[:, it.removed] = 0.0
         return w
 
-    def rows_for(label: str, worlds_of) -> None:
+    def rows_for(label: str, worlds_of, factual_of=None) -> None:
+        """The rows of one simulator: per start and entries, its worlds without the removed object
+        and, with ``factual_of``, its worlds with nothing removed (where nothing is simulated, the
+        observed world with and without the removed object's pairs)."""
         for start in opts.starts:
             for entries in opts.entries:
                 worlds, starts = worlds_of(start, entries)
@@ -474,7 +503,16 @@ def evaluate_cf_geometry(
                 row = score(guesses, items, factual)
                 if truth is not None:
                     row["position_error"] = position_errors(worlds, starts, truth)
-                rows_out[f"{label}, from {start}{', entries' if entries else ''}"] = row
+                world = f"from {start}{', entries' if entries else ''}"
+                rows_out[f"{label}, {world}"] = row
+                if factual_of is None:
+                    continue
+                own = [
+                    factual[m] if it.removed is None or w is None else answer(w, it.pairs, d)
+                    for m, (it, w) in enumerate(zip(items, factual_of(start, entries), strict=True))
+                ]
+                row["changed"] = changed(guesses, own, items)
+                rows_out[f"{label}, factual rollout, {world}"] = score(own, items, factual)
 
     def cv_worlds(start: str, entries: bool) -> tuple[list[np.ndarray | None], list[int | None]]:
         worlds, starts = [], starts_for(opts.history, start)
@@ -502,14 +540,17 @@ def evaluate_cf_geometry(
     )
     for name, model in jobs:
 
-        def model_worlds(start: str, entries: bool, model=model):
+        def model_worlds(start: str, entries: bool, model=model, remove=True):
             starts = starts_for(model.cfg.history, start)
             worlds = predictor_worlds(
-                model, observed, items, starts, entries=entries, batch_size=opts.batch_size
+                model, observed, items, starts, entries=entries, batch_size=opts.batch_size, remove=remove
             )
             return worlds, starts
 
-        rows_for(name, model_worlds)
+        def own_worlds(start: str, entries: bool, model_worlds=model_worlds):
+            return model_worlds(start, entries, remove=False)[0]
+
+        rows_for(name, model_worlds, own_worlds if opts.factual_rollouts else None)
     result = {
         "calibration": {**asdict(calib), "split": opts.calibration_split, "stride": opts.stride},
         "counts": counts,
@@ -525,14 +566,20 @@ def evaluate_cf_geometry(
 
 
 def summarize_groups(rows: dict[str, dict]) -> dict[str, dict]:
-    """Rows "<group>/seed<s>, <world>" -> per (group, world): per-question mean and std over seeds."""
-    groups: dict[str, list[float]] = {}
+    """Rows "<group>/seed<s>, <world>" -> per (group, world): per-question mean and std over seeds
+    (and of ``changed``, where the rows have it)."""
+    groups: dict[str, list[dict]] = {}
     for label, r in rows.items():
         name, _, world = label.partition(", ")
         g = group_of(name)
         if g is not None:
-            groups.setdefault(f"{g}, {world}", []).append(r["question"])
-    return {k: {"seeds": len(v), "question": mean_std(v)} for k, v in groups.items()}
+            groups.setdefault(f"{g}, {world}", []).append(r)
+    out = {}
+    for k, rs in groups.items():
+        out[k] = {"seeds": len(rs), "question": mean_std([r["question"] for r in rs])}
+        if all("changed" in r for r in rs):
+            out[k]["changed"] = mean_std([r["changed"] for r in rs])
+    return out
 
 
 def format_results(result: dict) -> str:
@@ -550,14 +597,20 @@ def format_results(result: dict) -> str:
         f"{n['contact_in_history']}; no single object fits the question (answered as observed): "
         f"{n['unresolved']}.",
         "",
-        "| world | per option | per question | kept | new | lost | never |",
-        "|---|---|---|---|---|---|---|",
+        "| world | per option | per question | kept | new | lost | never | changed |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for label, r in result["rows"].items():
         kinds = " | ".join("" if r["kinds"][k] is None else f"{r['kinds'][k]:.1f}" for k in KINDS)
-        lines.append(f"| {label} | {r['option']:.1f} | {r['question']:.1f} | {kinds} |")
+        turned = f"{r['changed']:.1f}" if "changed" in r else ""
+        lines.append(f"| {label} | {r['option']:.1f} | {r['question']:.1f} | {kinds} | {turned} |")
     counts = next(iter(result["rows"].values()))["kind_counts"]
-    lines += ["", "Choices of each kind: " + ", ".join(f"{k} {counts[k]}" for k in KINDS) + "."]
+    lines += [
+        "",
+        "Choices of each kind: " + ", ".join(f"{k} {counts[k]}" for k in KINDS) + ". Changed: the share of "
+        "choices (of two named objects) whose answer the removal turns: the truth's against the observed "
+        "world, a predictor's against its own factual rollout (factual_rollouts=true).",
+    ]
     errors = {k: r["position_error"] for k, r in result["rows"].items() if "position_error" in r}
     if errors:
         lines += [
@@ -576,11 +629,12 @@ def format_results(result: dict) -> str:
             "",
             "Per question, mean ± std over seeds:",
             "",
-            "| predictor, world | seeds | per question |",
+            "| predictor, world | seeds | per question | changed |",
         ]
-        lines.append("|---|---|---|")
+        lines.append("|---|---|---|---|")
         for k, g in result["groups"].items():
-            lines.append(f"| {k} | {g['seeds']} | {plus_minus(*g['question'])} |")
+            turned = plus_minus(*g["changed"]) if "changed" in g else ""
+            lines.append(f"| {k} | {g['seeds']} | {plus_minus(*g['question'])} | {turned} |")
     return "\n".join(lines) + "\n"
 
 

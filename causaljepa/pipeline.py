@@ -66,8 +66,8 @@ class MainConfig:
 
 
 # the job's two predictors (object masking of 0..max_masked objects, and none), in stage order
-MASKINGS = ("object", "none")
 MASKING_LABELS = {"object": "object masking", "none": "no masking"}  # in the report's tables and plots
+MASKINGS = tuple(MASKING_LABELS)
 # the stages that run at once under MainConfig.parallel, named as main_job names them; timings.json
 # keeps each stage's own time and, under "<group> (parallel)", the wall time of the group
 PARALLEL_GROUPS = {

@@ -141,7 +141,7 @@ def test_changed_counts_turned_answers_of_named_pairs():
 
 
 def test_simulate_without_and_the_factual_rollout():
-    """remove=True zeroes the removed slot throughout; remove=False is the plain rollout of the same
+    """removed slots are zero throughout; removed=None is the plain rollout of the same
     rows, every object kept, and an object entering after the start is given in both."""
     torch.manual_seed(0)
     cfg = PredictorConfig(
@@ -156,7 +156,7 @@ def test_simulate_without_and_the_factual_rollout():
     rows[:, 5:, 2, P], rows[:, 5:, 2, Y] = 1.0, 0.3  # object 2 enters at row 5
     removed = np.array([0, 1])
     gone = simulate_without(model, rows, removed, e, entries=True)
-    own = simulate_without(model, rows, removed, e, entries=True, remove=False)
+    own = simulate_without(model, rows, None, e, entries=True)
     assert gone.shape == own.shape == rows.shape
     assert not gone[0, :, 0].any() and not gone[1, :, 1].any()  # removed: zero rows throughout
     np.testing.assert_array_equal(own[:, : e + 1], rows[:, : e + 1])  # observed up to the start, all kept

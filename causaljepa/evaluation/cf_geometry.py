@@ -191,9 +191,9 @@ def start_row(item_slots: np.ndarray, removed: int, start: str, history: int, st
     return max(first, (t - 1) // stride)
 
 
-def entry_mask(observed: np.ndarray, e: int, removed: int, history: int) -> np.ndarray:
-    """(R, K) bool: rows after ``e`` where an object absent at row ``e`` is given from the
-    observation: its first ``history`` present rows."""
+def entry_mask(observed: np.ndarray, e: int, removed: int | None, history: int) -> np.ndarray:
+    """(R, K) bool: rows after ``e`` where an object absent at row ``e`` (other than ``removed``;
+    None: any) is given from the observation: its first ``history`` present rows."""
     present = observed[..., _PRESENT] > 0.5  # (R, K)
     given = np.zeros_like(present)
     for k in np.flatnonzero(~present[e] & present[e + 1 :].any(axis=0)):
@@ -265,43 +265,41 @@ def score(guesses: list[list[bool]], items: list[Item], factual: list[list[bool]
 def simulate_without(
     model,
     rows: np.ndarray,
-    removed: np.ndarray,
+    removed: np.ndarray | None,
     e: int,
     *,
     entries: bool,
     actions: torch.Tensor | None = None,
     commit: int | None = None,
-    remove: bool = True,
 ) -> np.ndarray:
     """The worlds without one slot each: ``rows`` (B, R, K, D) observed at the predictor's stride,
     ``removed`` (B,) slot indices -> (B, R, K, D): rows up to ``e`` as observed with the removed
     slot zeroed, then ``rollout.intervene`` from the ``history`` rows ending at ``e``; with
     ``entries``, objects that enter after ``e`` are given over their first ``history`` rows.
-    ``actions``: the step actions from the first history row on, or None. ``remove=False``: the
+    ``actions``: the step actions from the first history row on, or None. ``removed=None``: the
     same rollout from the same rows with nothing removed (the predictor's factual world)."""
     H = model.cfg.history
     B, R = rows.shape[:2]
     if not H - 1 <= e < R:
         raise ValueError(f"the simulation starts at row {e}; it needs {H} history rows and a row after")
     base = rows.copy()
-    if remove:
+    if removed is not None:
         base[np.arange(B), :, removed] = 0.0
-    else:
-        removed = np.full(B, -1)  # no slot: every entering object is given
     steps = R - 1 - e
     if steps < 1:
         return base
     given = None
     if entries:
-        known = np.stack([entry_mask(base[j], e, int(removed[j]), H) for j in range(B)])  # (B, R, K)
+        drop = [None] * B if removed is None else [int(r) for r in removed]
+        known = np.stack([entry_mask(base[j], e, drop[j], H) for j in range(B)])  # (B, R, K)
         given = (torch.from_numpy(base[:, e + 1 - H :]), torch.from_numpy(known[:, e + 1 - H :]))
     device = model.out.weight.device
     hist = torch.from_numpy(base[:, e + 1 - H : e + 1]).to(device)
-    if remove:
+    if removed is None:
+        pred = rollout(model, hist, steps, actions=actions, commit=commit, given=given)
+    else:
         sel = torch.as_tensor(removed, dtype=torch.int64)
         pred = intervene(model, hist, sel, steps, actions=actions, commit=commit, given=given)
-    else:
-        pred = rollout(model, hist, steps, actions=actions, commit=commit, given=given)
     pred = pred.cpu().numpy()
     return np.concatenate([base[:, : e + 1], pred], axis=1)
 
@@ -328,8 +326,8 @@ def predictor_worlds(
         for b in range(0, len(members), batch_size):
             batch = members[b : b + batch_size]
             rows = np.stack([observed[items[m].video] for m in batch])
-            removed = np.array([items[m].removed for m in batch])
-            worlds = simulate_without(model, rows, removed, e, entries=entries, remove=remove)
+            removed = np.array([items[m].removed for m in batch]) if remove else None
+            worlds = simulate_without(model, rows, removed, e, entries=entries)
             for j, m in enumerate(batch):
                 out[m] = worlds[j]
     return out
@@ -489,10 +487,10 @@ def evaluate_cf_geometry(
         w[:, it.removed] = 0.0
         return w
 
-    def rows_for(label: str, worlds_of, factual_of=None) -> None:
+    def rows_for(label: str, worlds_of, own: bool = False) -> None:
         """The rows of one simulator: per start and entries, its worlds without the removed object
-        and, with ``factual_of``, its worlds with nothing removed (where nothing is simulated, the
-        observed world with and without the removed object's pairs)."""
+        and, with ``own``, its worlds with nothing removed (``worlds_of(..., remove=False)``; where
+        nothing is simulated, the observed world)."""
         for start in opts.starts:
             for entries in opts.entries:
                 worlds, starts = worlds_of(start, entries)
@@ -505,14 +503,15 @@ def evaluate_cf_geometry(
                     row["position_error"] = position_errors(worlds, starts, truth)
                 world = f"from {start}{', entries' if entries else ''}"
                 rows_out[f"{label}, {world}"] = row
-                if factual_of is None:
+                if not own:
                     continue
-                own = [
+                own_worlds, _ = worlds_of(start, entries, remove=False)
+                kept = [
                     factual[m] if it.removed is None or w is None else answer(w, it.pairs, d)
-                    for m, (it, w) in enumerate(zip(items, factual_of(start, entries), strict=True))
+                    for m, (it, w) in enumerate(zip(items, own_worlds, strict=True))
                 ]
-                row["changed"] = changed(guesses, own, items)
-                rows_out[f"{label}, factual rollout, {world}"] = score(own, items, factual)
+                row["changed"] = changed(guesses, kept, items)
+                rows_out[f"{label}, factual rollout, {world}"] = score(kept, items, factual)
 
     def cv_worlds(start: str, entries: bool) -> tuple[list[np.ndarray | None], list[int | None]]:
         worlds, starts = [], starts_for(opts.history, start)
@@ -547,10 +546,7 @@ def evaluate_cf_geometry(
             )
             return worlds, starts
 
-        def own_worlds(start: str, entries: bool, model_worlds=model_worlds):
-            return model_worlds(start, entries, remove=False)[0]
-
-        rows_for(name, model_worlds, own_worlds if opts.factual_rollouts else None)
+        rows_for(name, model_worlds, own=opts.factual_rollouts)
     result = {
         "calibration": {**asdict(calib), "split": opts.calibration_split, "stride": opts.stride},
         "counts": counts,

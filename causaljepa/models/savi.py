@@ -497,7 +497,9 @@ class SAVi(nn.Module):
         cfg = self.cfg
         x = frames_to_input(frames, cfg.resolution)  # (B, T, 3, R, R)
         B, T = x.shape[:2]
-        feats = self.encoder(x.flatten(0, 1)).unflatten(0, (B, T))  # (B, T, N, D)
+        # T frames (B, N, D) by unbind, not feats[:, t]: each select's backward would fill a zero
+        # tensor the size of all T frames, where unbind's stacks the T gradients once
+        feats = self.encoder(x.flatten(0, 1)).unflatten(0, (B, T)).unbind(1)
         s = self.encoder.size
         locality = None
         if cfg.locality > 0:
@@ -539,7 +541,7 @@ class SAVi(nn.Module):
                         slots = slots + (cfg.slot_noise * spread * noise).to(slots.dtype)
                     if cfg.refresh_mass > 0:
                         slots, bias = self._refresh(slots, prev, bias, noise)
-            slots, attn = self.corrector(feats[:, t], slots, iters=iters, bias=bias, locality=locality)
+            slots, attn = self.corrector(feats[t], slots, iters=iters, bias=bias, locality=locality)
             slots_t.append(slots)
             attn_t.append(attn)
             prev = attn

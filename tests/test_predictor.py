@@ -353,6 +353,20 @@ def test_loss_is_the_mse_of_hidden_history_and_future_tokens():
     assert m0["mse_history"] == 0.0 and float(loss0) == pytest.approx(m0["mse_future"], rel=1e-6)
 
 
+def test_l1_loss_is_the_absolute_error_of_the_same_tokens():
+    model = _model(PredictorConfig(**{**CFG.to_dict(), "loss": "l1"}))
+    x = _window()
+    hidden = _masks("object", B=3, K=5, H=4, F=3, lo=2, hi=2, seed=5)
+    loss, metrics = model.training_loss({"slots": x, "hidden": hidden})
+    err = (model(x, hidden)[0] - x).abs().mean(dim=-1)
+    hist, fut = targets(hidden, CFG.history)
+    torch.testing.assert_close(loss, err[hist].mean() + err[fut].mean())
+    assert set(metrics) == {"l1_history", "l1_future"}
+    assert metrics["l1_future"] == pytest.approx(float(err[fut].mean()), rel=1e-5)
+    with pytest.raises(ValueError, match=r"predictor\.loss must be 'mse' or 'l1', got 'huber'"):
+        PredictorConfig(loss="huber")
+
+
 def test_residual_predictor_starts_by_copying_the_last_visible_frame():
     model = _model(PredictorConfig(**{**CFG.to_dict(), "residual": True}))
     x = _window()

@@ -57,6 +57,9 @@ class PredictorConfig:
     # visible value (the latest visible frame at or before the token's), which for a future token
     # is the object's current state
     anchor: str = "first"
+    # the error a hidden token's prediction is trained on: mse (published), or l1 (absolute error,
+    # whose minimiser is the median outcome, not the mean of a collision and a miss)
+    loss: str = "mse"
     sigreg_weight: float = 0.0  # weight of the SIGReg term on the output tokens; 0 = off
     sigreg_directions: int = 256
 
@@ -72,6 +75,8 @@ class PredictorConfig:
                 raise ValueError(f"predictor.{name} must be in [0, 1), got {getattr(self, name)}")
         if self.sigreg_weight < 0:
             raise ValueError(f"predictor.sigreg_weight must be >= 0, got {self.sigreg_weight}")
+        if self.loss not in ("mse", "l1"):
+            raise ValueError(f"predictor.loss must be 'mse' or 'l1', got {self.loss!r}")
         if self.anchor not in ("first", "last"):
             raise ValueError(f"predictor.anchor must be 'first' or 'last', got {self.anchor!r}")
 
@@ -312,8 +317,9 @@ class CJEPAPredictor(nn.Module):
     def training_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         """batch: slots (B, T, K, D), hidden (B, T, K) bool, optional actions.
 
-        Loss = MSE over the hidden history tokens + MSE over all future tokens (each a mean over
-        its tokens and the slot width); the first-frame anchors are never targets.
+        Loss = error over the hidden history tokens + error over all future tokens (each a mean
+        over its tokens and the slot width; squared error, or absolute error with ``loss: l1``);
+        the first-frame anchors are never targets.
         """
         device = self.out.weight.device
         slots = batch["slots"].to(device, non_blocking=True)
@@ -323,11 +329,13 @@ class CJEPAPredictor(nn.Module):
         tokens, _ = self._run(slots, hidden, actions, None, False)
         pred = self._predict(tokens, slots, hidden)  # (B, T, K, D)
         hist, fut = targets(hidden, self.cfg.history)
-        err = (pred.float() - slots.float()).pow(2).mean(dim=-1)  # (B, T, K)
+        diff = pred.float() - slots.float()
+        err = (diff.abs() if self.cfg.loss == "l1" else diff.pow(2)).mean(dim=-1)  # (B, T, K)
         # means over the tokens of the whole batch (of every process under DDP: distributed.py)
-        mse_hist, mse_fut = batch_mean(err[hist]), batch_mean(err[fut])
-        loss = mse_hist + mse_fut
-        metrics = {"mse_history": float(mse_hist.detach()), "mse_future": float(mse_fut.detach())}
+        err_hist, err_fut = batch_mean(err[hist]), batch_mean(err[fut])
+        loss = err_hist + err_fut
+        name = self.cfg.loss
+        metrics = {f"{name}_history": float(err_hist.detach()), f"{name}_future": float(err_fut.detach())}
         if self.cfg.sigreg_weight:
             reg = sigreg(tokens.flatten(0, 2).float(), self.cfg.sigreg_directions)
             loss = loss + self.cfg.sigreg_weight * reg

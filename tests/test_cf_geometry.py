@@ -21,6 +21,7 @@ from causaljepa.evaluation.cf_geometry import (
     pair_distance,
     position_errors,
     positions,
+    predictor_worlds,
     score,
     simulate_without,
     start_row,
@@ -174,3 +175,36 @@ def test_simulate_without_and_the_factual_rollout():
     ).numpy()  # fmt: skip
     np.testing.assert_allclose(own[:, e + 1 :], expect, rtol=0, atol=1e-6)
     assert not np.allclose(gone[0, e + 1 :, 1], own[0, e + 1 :, 1])  # the removal reaches the others
+
+
+def test_predictor_worlds_simulates_each_world_once_and_gives_it_to_every_item_of_it():
+    """Items of one video and start share the factual world (nothing removed); each removal is its
+    own world; every world equals simulate_without of its video alone; no start: no world."""
+    torch.manual_seed(0)
+    cfg = PredictorConfig(
+        slot_dim=D, dim=32, layers=1, heads=2, head_dim=16, mlp_hidden=32, history=3, future=2
+    )
+    model = CJEPAPredictor(cfg).eval().requires_grad_(False)
+    torch.nn.init.normal_(model.out.weight, std=0.1)
+    R = 9
+    observed = np.zeros((2, R, 3, D), np.float32)
+    observed[:, :, :, P] = 1.0
+    observed[0, :, :, X] = np.linspace(-0.5, 0.5, R)[:, None] * np.array([1.0, -1.0, 0.5])
+    observed[1, :, :, Y] = np.linspace(0.4, -0.4, R)[:, None] * np.array([0.5, 1.0, -1.0])
+    items = [
+        Item(video=v, removed=r, pairs=[(0, 1)], labels=[True]) for v, r in [(0, 0), (0, 1), (1, 2), (1, 0)]
+    ]
+    starts = [3, 3, 4, None]
+    own = predictor_worlds(model, observed, items, starts, entries=False, batch_size=1, remove=False)
+    gone = predictor_worlds(model, observed, items, starts, entries=False, batch_size=2)
+    assert own[3] is None and gone[3] is None
+    assert own[0] is own[1]  # one video, one start: one factual world
+    assert gone[0] is not gone[1]
+    for m in range(3):
+        one = observed[items[m].video][None]
+        np.testing.assert_allclose(
+            own[m], simulate_without(model, one, None, starts[m], entries=False)[0], atol=1e-6
+        )
+        alone = simulate_without(model, one, np.array([items[m].removed]), starts[m], entries=False)[0]
+        np.testing.assert_allclose(gone[m], alone, atol=1e-6)
+    assert not np.allclose(gone[0], gone[1])

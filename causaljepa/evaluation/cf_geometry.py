@@ -316,20 +316,25 @@ def predictor_worlds(
 ) -> list[np.ndarray | None]:
     """Per item, ``simulate_without`` its removed object from its start (None where ``starts``
     is None; ``remove=False``: nothing removed). ``observed``: (N, R, K, D), every video at the
-    predictor's stride."""
+    predictor's stride. Each world is simulated once: items of one video, start and removed
+    object (with ``remove=False``: of one video and start) share the same array, read-only."""
     out: list[np.ndarray | None] = [None] * len(items)
-    by_start: dict[int, list[int]] = {}
+    # start row -> (video, removed slot or None) -> the items of that world
+    worlds_at: dict[int, dict[tuple[int, int | None], list[int]]] = {}
     for m, e in enumerate(starts):
         if e is not None:
-            by_start.setdefault(e, []).append(m)
-    for e, members in sorted(by_start.items()):
-        for b in range(0, len(members), batch_size):
-            batch = members[b : b + batch_size]
-            rows = np.stack([observed[items[m].video] for m in batch])
-            removed = np.array([items[m].removed for m in batch]) if remove else None
+            key = (items[m].video, items[m].removed if remove else None)
+            worlds_at.setdefault(e, {}).setdefault(key, []).append(m)
+    for e, by_world in sorted(worlds_at.items()):
+        keys = list(by_world)
+        for b in range(0, len(keys), batch_size):
+            batch = keys[b : b + batch_size]
+            rows = np.stack([observed[video] for video, _ in batch])
+            removed = np.array([r for _, r in batch]) if remove else None
             worlds = simulate_without(model, rows, removed, e, entries=entries)
-            for j, m in enumerate(batch):
-                out[m] = worlds[j]
+            for world, key in zip(worlds, batch, strict=True):
+                for m in by_world[key]:
+                    out[m] = world
     return out
 
 

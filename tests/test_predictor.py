@@ -262,6 +262,28 @@ def test_block_key_padding_mask_equals_the_expanded_mask():
     assert not torch.equal(padded, blk(x)[0])  # the mask matters
 
 
+def test_sdpa_computes_bf16_attention_on_cpu_in_fp32_and_returns_bf16():
+    """Under CPU bf16 autocast, attention runs in fp32 (torch's bf16 CPU kernel has a slow
+    backward); the result is fp32 attention rounded to bf16, and gradients reach q, k and v."""
+    from causaljepa.models.attention import sdpa
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 9, 8, generator=g).bfloat16().requires_grad_() for _ in range(3))
+    mask = torch.rand(2, 1, 9, 9, generator=g) > 0.3
+    mask[..., 0] = True  # every query attends to something
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = sdpa(q, k, v, attn_mask=mask)
+    ref = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, ref.bfloat16(), rtol=0, atol=0)
+    out.float().sum().backward()
+    assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in (q, k, v))
+    x = torch.randn(2, 3, 9, 8, generator=g)  # fp32 is F.scaled_dot_product_attention itself
+    torch.testing.assert_close(
+        sdpa(x, x, x, attn_mask=mask), torch.nn.functional.scaled_dot_product_attention(x, x, x, mask)
+    )
+
+
 @pytest.mark.parametrize("p", [0.1, 0.5])
 def test_cpu_dropout_mask_has_the_rate_in_every_lane_and_mean_one(p):
     """Each 64-bit draw feeds four mask entries; a lane with a biased bit would drop more or

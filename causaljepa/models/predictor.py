@@ -35,6 +35,7 @@ from torch import nn
 
 from ..masking import targets
 from ..training.distributed import batch_mean
+from .attention import sdpa
 
 
 @dataclass(frozen=True)
@@ -188,9 +189,7 @@ class Block(nn.Module):
             weights = scores.float().softmax(dim=-1).to(v.dtype)
             o = weights @ v
         else:
-            o = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=m, dropout_p=self.attn_dropout if self.training else 0.0
-            )
+            o = sdpa(q, k, v, attn_mask=m, dropout_p=self.attn_dropout if self.training else 0.0)
         x = x + self.drop(self.proj(rearrange(o, "b h n e -> b n (h e)")))
         x = x + self.drop(self.fc2(F.gelu(self.fc1(self.norm2(x)))))
         return x, weights

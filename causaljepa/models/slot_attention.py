@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import sdpa
+
 UPDATE_NORMS = ("mean", "sum")
 
 
@@ -215,6 +217,6 @@ class SlotPredictor(nn.Module):
         B, K, D = slots.shape
         qkv = self.qkv(self.norm_attn(slots)).reshape(B, K, 3, self.heads, D // self.heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, heads, K, D/heads)
-        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, K, D)
+        out = sdpa(q, k, v).transpose(1, 2).reshape(B, K, D)
         slots = slots + self.proj(out)
         return slots + self.mlp(self.norm_mlp(slots))

@@ -665,7 +665,24 @@ def test_violation_clips(world):
                 pt = clips["pass_through"]
                 np.testing.assert_allclose(pt[0], plausible[0], atol=1e-6)  # the scene before the ball
                 assert np.abs(pt[:, :, 1:3] - plausible[:, :, 1:3]).max() > 2 * voe.min_effect
+                w, real = worlds["pass_through"], worlds["plausible"]
+                moved = np.abs(w.states[:, :BALL, :2] - real.states[:, :BALL, :2]).max()
+                assert w.effect == pytest.approx(moved) and w.effect > voe.min_effect
+            assert all(w.effect is None for k, w in worlds.items() if k != "pass_through")
     assert seen_pass >= 1
+
+
+def test_pass_through_auroc_by_effect_by_hand():
+    plausible = np.array([0.0, 1.0, 2.0, 3.0])
+    s = {"a": {"plausible": plausible, "pass_through": np.array([0.5, 5.0, 6.0])},
+         "b": {"plausible": -plausible, "pass_through": np.array([9.0, -9.0, 0.5])}}  # fmt: skip
+    bins = ev.auroc_by_effect(s, np.array([0.06, 0.15, 0.5]), 0.05)
+    assert [b["effect"] for b in bins] == [[0.05, 0.1], [0.1, 0.2], [0.4, None]]  # 0.2-0.4: no clip
+    assert [b["clips"] for b in bins] == [1, 1, 1]
+    assert [b["a"] for b in bins] == [0.25, 1.0, 1.0]
+    assert [b["b"] for b in bins] == [1.0, 0.0, 1.0]
+    above = ev.auroc_by_effect(s, np.array([0.16, 0.3, 0.5]), 0.15)  # edges at or below lo: none
+    assert [b["effect"][0] for b in above] == [0.15, 0.2, 0.4]
 
 
 def test_split_videos():
@@ -982,6 +999,14 @@ def test_eval_phyre_reports_both_models_voe(evaluated):
     assert set(r["combined"]) == set(r["plausibility"]) == set(r["world_model_tail"])
     assert len(r["error_scale"]["plausibility"]) == D and len(r["error_scale"]["world_model"]) == D
     assert (evaluated / "within_0" / "plausibility" / "predictor.pt").exists()
+    if r["clips"]["pass_through"]:  # its AUROC by how far the pass-through moves a body
+        bins = r["pass_through_by_effect"]
+        assert sum(b["clips"] for b in bins) == r["clips"]["pass_through"]
+        fingerprint = json.loads((evaluated / "within_0" / "results.json").read_text())["fingerprint"]
+        lo = fingerprint["voe"]["min_effect"]
+        assert {b["effect"][0] for b in bins} <= {lo, *(e for e in ev.EFFECT_EDGES if e > lo)}
+        assert all(0.0 <= b[k] <= 1.0 for b in bins for k in ("combined", "plausibility", "world_model_tail"))
+        assert "## Pass-through AUROC by how far it moves a body" in (evaluated / "results.md").read_text()
 
 
 def test_per_template_auccess_at_the_ranking_budget(evaluated):

@@ -47,6 +47,7 @@ them would need the clips rendered and encoded, which this evaluation does not d
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -96,6 +97,7 @@ VOE_VARIANTS = (  # reported next to the figure (``combined``)
     "world_model",
     "world_model_from_scene",
 )
+EFFECT_EDGES = (0.1, 0.2, 0.4)  # pass-through bins by effect (scene fractions), above voe.min_effect
 SCALE_FLOOR = 1e-4  # added to each feature's error scale: features the model never gets wrong
 DYNAMIC_ROLES = tuple(r for r in ps.ROLES if r in ps.DYNAMIC_ROLES)  # in ROLES' order: seeded choices repeat
 FOLD_KINDS = ps.FOLD_KINDS
@@ -201,13 +203,16 @@ class OutcomeCache:
 @dataclass(frozen=True)
 class World:
     """One attempt's world at every store frame: states (T, O, F), present (T, O), and the object
-    properties (O, 3), which change to ``props_after`` from frame ``changed_at`` on (a colour change)."""
+    properties (O, 3), which change to ``props_after`` from frame ``changed_at`` on (a colour change).
+    ``effect`` (a pass-through): the largest distance, scene fractions along x or y, between a scene
+    body's place in this world and in the attempt at the same frame."""
 
     states: np.ndarray
     present: np.ndarray
     props: np.ndarray
     changed_at: int | None = None
     props_after: np.ndarray | None = None
+    effect: float | None = None  # a pass-through: how far it moves some body from where it was
 
     def slots(self, vs: VideoStore, times: np.ndarray, *, ball: bool = False) -> np.ndarray:
         """The oracle slots (len(times), K, D) of this world at ``times`` (K + 1 with the ball)."""
@@ -260,7 +265,7 @@ def violation_worlds(
         st, pe = padded_states(task, r, radius)
         effect = float(np.abs(st[:, :BALL, :2] - states[:, :BALL, :2]).max())
         if effect > best_effect:
-            best, best_effect = World(st, pe, props), effect
+            best, best_effect = World(st, pe, props, effect=effect), effect
     if best is not None:
         worlds["pass_through"] = best
     return worlds
@@ -516,6 +521,29 @@ def _aurocs(s: dict[str, np.ndarray]) -> dict:
     return out
 
 
+def auroc_by_effect(
+    surprises: dict[str, dict[str, np.ndarray]], effects: np.ndarray, lo: float
+) -> list[dict]:
+    """The pass-through AUROCs by how far the violation moves a body: ``surprises`` maps a surprise's
+    name to its ``plausible`` and ``pass_through`` scores, ``effects`` (n,) each pass-through clip's
+    ``World.effect`` (>= ``lo``, voe.min_effect) -> one entry per bin of ``EFFECT_EDGES`` above ``lo``
+    with clips in it: {"effect": [low, high or None], "clips": n, <name>: AUROC against every
+    plausible clip}."""
+    edges = [lo, *(e for e in EFFECT_EDGES if e > lo), math.inf]
+    out = []
+    for a, b in itertools.pairwise(edges):
+        inside = (effects >= a) & (effects < b)
+        if not inside.any():
+            continue
+        entry = {"effect": [a, None if math.isinf(b) else b], "clips": int(inside.sum())}
+        for name, s in surprises.items():
+            p = s["plausible"]
+            labels = np.r_[np.zeros(len(p), bool), np.ones(int(inside.sum()), bool)]
+            entry[name] = auroc(np.r_[p, s["pass_through"][inside]], labels)
+        out.append(entry)
+    return out
+
+
 def ball_slots(vs: VideoStore, videos) -> torch.Tensor:
     """Oracle slots with the ball (N, T, K + 1, D) of whole attempts: what the plausibility model sees."""
     times = np.arange(vs.num_frames)
@@ -558,6 +586,7 @@ def voe_scores(
     clips: dict[str, list] = {k: [] for k in ("plausible", *VIOLATIONS)}
     seen: dict[str, list] = {k: [] for k in clips}  # the same worlds with the ball, every frame
     acts: dict[str, list] = {k: [] for k in clips}
+    effects = []  # of the pass-through clips, in their order
     all_frames = np.arange(vs.num_frames)
     for v in tqdm(chosen, desc="VoE clips", unit="attempt", disable=not progress):
         a = vs.read("actions", int(v))
@@ -565,6 +594,8 @@ def voe_scores(
             clips[k].append(w.slots(vs, times))
             seen[k].append(w.slots(vs, all_frames, ball=True))
             acts[k].append(a)
+            if k == "pass_through":
+                effects.append(w.effect)
     out = {"clips": {k: len(v) for k, v in clips.items()}}
 
     expected = val_clips[:, expected_frames(val_clips.shape[1], plausibility.cfg.history, stride, after)]
@@ -593,6 +624,12 @@ def voe_scores(
     # the figure: both models' tail surprises added (-log of the product of the two shares)
     out["combined"] = _aurocs({k: tails[k] + wm_tails[k] for k in tails})
     out.update({k: out["combined"][k] for k in VIOLATIONS if k in out["combined"]})
+    if effects:
+        out["pass_through_by_effect"] = auroc_by_effect(
+            {"combined": {k: tails[k] + wm_tails[k] for k in ("plausible", "pass_through")},
+             "plausibility": tails, "world_model_tail": wm_tails},
+            np.asarray(effects), cfg.voe.min_effect,
+        )  # fmt: skip
     out["error_scale"] = {
         "plausibility": [float(x) for x in pscale],
         "world_model": [float(x) for x in scales[True]],
@@ -740,6 +777,19 @@ def results_markdown(summary: dict, results: list[dict]) -> str:
             lines.append(
                 f"| {kind}, {variant} | " + " | ".join(g(s[f"voe_{variant}"][k]) for k in VIOLATIONS) + " |"
             )
+    by_effect = [(r, r["voe"].get("pass_through_by_effect")) for r in results]
+    by_effect = [(r, bins) for r, bins in by_effect if bins]  # folds written before it have none
+    if by_effect:
+        lines += ["", "## Pass-through AUROC by how far it moves a body (scene fractions), per fold", "",
+                  "Clips, then AUROC against every plausible clip: combined (the figure) / plausibility "
+                  "/ world_model_tail.", ""]  # fmt: skip
+        for r, bins in by_effect:
+            cells = "; ".join(
+                f"{b['effect'][0]:g}-{'' if b['effect'][1] is None else format(b['effect'][1], 'g')}: "
+                f"{b['clips']}, {b['combined']:.3f} / {b['plausibility']:.3f} / {b['world_model_tail']:.3f}"
+                for b in bins
+            )
+            lines.append(f"- {r['kind']} {r['fold']}: {cells}")
     lines += ["", "## Rollouts on the test tasks", "",
               "| split | slot MSE | copy frame 0 | vanish | appear | duplicate | readout AUROC "
               "| candidates/s |",

@@ -34,7 +34,8 @@ For each fold (PHYRE's within-template and cross-template splits, ``phyre_sim.fo
    features (``scaled_surprise``): ``voe.plausibility_scaled`` (the figure up to 2026-12-07),
    ``voe.plausibility_unscaled`` (plain squared errors), ``voe.world_model`` and
    ``voe.world_model_from_scene`` (every frame from frame 0 and the action alone). AUROC of
-   surprise, implausible against the unmodified attempts, per type;
+   surprise, implausible against the unmodified attempts, per type; for pass-throughs also by
+   how far the violation moves a body (``voe.pass_through_by_effect``, ``auroc_by_effect``);
 4. **action ranking**: for each test task the fixed candidate set (``sample_actions(n,
    CANDIDATE_SEED)``, the valid ones) is scored by predictor + readout, and simulated in rank
    order until solved, at most ``max_attempts`` valid attempts; AUCCESS over the test tasks,

@@ -33,7 +33,10 @@ For each fold (PHYRE's within-template and cross-template splits, ``phyre_sim.fo
    squared error in units of the model's mean held-out error, averaged over the slot's
    features (``scaled_surprise``): ``voe.plausibility_scaled`` (the figure up to 2026-12-07),
    ``voe.plausibility_unscaled`` (plain squared errors), ``voe.world_model`` and
-   ``voe.world_model_from_scene`` (every frame from frame 0 and the action alone). AUROC of
+   ``voe.world_model_from_scene`` (every frame from frame 0 and the action alone; its tail
+   surprise ``voe.world_model_from_scene_tail``, added to the plausibility model's
+   ``voe.combined_from_scene``: a frame after a violation is not expected from the violated
+   frames before it, as in step mode, but from the scene and the action). AUROC of
    surprise, implausible against the unmodified attempts, per type; for pass-throughs also by
    how far the violation moves a body (``voe.pass_through_by_effect``, ``auroc_by_effect``);
 4. **action ranking**: for each test task the fixed candidate set (``sample_actions(n,
@@ -97,8 +100,11 @@ VOE_VARIANTS = (  # reported next to the figure (``combined``)
     "plausibility_unscaled",
     "world_model",
     "world_model_from_scene",
+    "world_model_from_scene_tail",
+    "combined_from_scene",
 )
 EFFECT_EDGES = (0.1, 0.2, 0.4)  # pass-through bins by effect (scene fractions), above voe.min_effect
+BY_EFFECT = ("combined", "plausibility", "world_model_tail")  # the surprises of every bin
 SCALE_FLOOR = 1e-4  # added to each feature's error scale: features the model never gets wrong
 DYNAMIC_ROLES = tuple(r for r in ps.ROLES if r in ps.DYNAMIC_ROLES)  # in ROLES' order: seeded choices repeat
 FOLD_KINDS = ps.FOLD_KINDS
@@ -574,8 +580,10 @@ def voe_scores(
     of its mean errors on ``val_clips``, and plain. ``world_model``: the ranking model, frame j
     expected from frames < j at its stride, scaled by its usual errors on ``val``, and
     ``world_model_tail``, its tail surprise against its errors on ``val``; every frame expected
-    from frame 0 alone: ``world_model_from_scene``. ``combined`` (the figure, also the top-level
-    ``<type>`` keys): the two tail surprises added."""
+    from frame 0 alone: ``world_model_from_scene``, and its tail surprise,
+    ``world_model_from_scene_tail``. ``combined`` (the figure, also the top-level ``<type>``
+    keys): the plausibility model's and the world model's tail surprises added;
+    ``combined_from_scene``: with the from-scene tail surprise instead."""
     from tqdm import tqdm
 
     times = episode_times(model.cfg.future, cfg.episodes.stride)
@@ -608,7 +616,7 @@ def voe_scores(
     out["plausibility"] = _aurocs(tails)
     out["plausibility_scaled"] = _aurocs({k: scaled_surprise(e, pscale) for k, e in errs.items()})
     out["plausibility_unscaled"] = _aurocs({k: scaled_surprise(e) for k, e in errs.items()})
-    scales, wm_tails = {}, {}
+    scales, wm_tails, scene_tails = {}, {}, {}
     for step, name in ((True, "world_model"), (False, "world_model_from_scene")):
         wm_val = expectation_errors(model, val.slots, val.actions, step=step)
         scales[step] = error_scale(wm_val, val.slots[:, 1:])
@@ -618,17 +626,18 @@ def voe_scores(
             for k, v in clips.items() if v
         }  # fmt: skip
         out[name] = _aurocs({k: scaled_surprise(e, scales[step]) for k, e in wm_errs.items()})
-        if step:
-            held = held_out_errors(wm_val, val.slots[:, 1:])
-            wm_tails = {k: tail_surprise(e, held) for k, e in wm_errs.items()}
+        held = held_out_errors(wm_val, val.slots[:, 1:])
+        (wm_tails if step else scene_tails).update({k: tail_surprise(e, held) for k, e in wm_errs.items()})
     out["world_model_tail"] = _aurocs(wm_tails)
+    out["world_model_from_scene_tail"] = _aurocs(scene_tails)
+    out["combined_from_scene"] = _aurocs({k: tails[k] + scene_tails[k] for k in tails})
     # the figure: both models' tail surprises added (-log of the product of the two shares)
     out["combined"] = _aurocs({k: tails[k] + wm_tails[k] for k in tails})
     out.update({k: out["combined"][k] for k in VIOLATIONS if k in out["combined"]})
     if effects:
         out["pass_through_by_effect"] = auroc_by_effect(
             {"combined": {k: tails[k] + wm_tails[k] for k in ("plausible", "pass_through")},
-             "plausibility": tails, "world_model_tail": wm_tails},
+             "plausibility": tails, "world_model_tail": wm_tails, "world_model_from_scene_tail": scene_tails},
             np.asarray(effects), cfg.voe.min_effect,
         )  # fmt: skip
     out["error_scale"] = {
@@ -783,11 +792,12 @@ def results_markdown(summary: dict, results: list[dict]) -> str:
     if by_effect:
         lines += ["", "## Pass-through AUROC by how far it moves a body (scene fractions), per fold", "",
                   "Clips, then AUROC against every plausible clip: combined (the figure) / plausibility "
-                  "/ world_model_tail.", ""]  # fmt: skip
+                  "/ world_model_tail / world_model_from_scene_tail.", ""]  # fmt: skip
         for r, bins in by_effect:
             cells = "; ".join(
                 f"{b['effect'][0]:g}-{'' if b['effect'][1] is None else format(b['effect'][1], 'g')}: "
-                f"{b['clips']}, {b['combined']:.3f} / {b['plausibility']:.3f} / {b['world_model_tail']:.3f}"
+                f"{b['clips']}, "
+                + " / ".join(f"{b.get(k, math.nan):.3f}" for k in (*BY_EFFECT, "world_model_from_scene_tail"))
                 for b in bins
             )
             lines.append(f"- {r['kind']} {r['fold']}: {cells}")

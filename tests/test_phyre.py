@@ -835,6 +835,28 @@ def test_eval_phyre_rerun_keeps_finished_folds(world, evaluated, capsys):
     assert [os.stat(p).st_mtime_ns for p in done] == before
 
 
+def test_eval_phyre_scores_again_a_fold_written_before_a_voe_surprise(world, evaluated, tmp_path, capsys):
+    """A kept fold without a VoE variant this code reports (written by older code) is scored
+    again from its trained models, not kept, and the summary has the variant."""
+    out = tmp_path / "out"
+    shutil.copytree(evaluated, out)
+    path = out / "within_0" / "results.json"
+    old = json.loads(path.read_text())
+    del old["voe"]["combined_from_scene"]
+    path.write_text(json.dumps(old))
+    capsys.readouterr()
+    run_cli(["eval", "phyre", *SMOKE_EVAL, f"data.root={world}", f"out={out}"])
+    printed = capsys.readouterr().out
+    assert "within fold 0: " in printed and "scoring again" in printed and "cross fold 0: kept" in printed
+    again = json.loads(path.read_text())
+    assert (
+        again["voe"]["combined_from_scene"]
+        == json.loads((evaluated / "within_0" / "results.json").read_text())["voe"]["combined_from_scene"]
+    )  # the same models, the same scores
+    summary = json.loads((out / "results.json").read_text())["summary"]["within"]
+    assert "voe_combined_from_scene" in summary
+
+
 def _eval_error(world: Path, out: Path, extra: list[str], capsys) -> str:
     """The error `cjepa eval phyre` reports (Hydra prints it and exits 1)."""
     capsys.readouterr()

@@ -475,9 +475,13 @@ def run_fold(
         done = run / "results.json"
         if done.exists():
             kept = json.loads(done.read_text())
-            if kept.get("fingerprint") == efp:
+            # a fold written by code that reported fewer VoE surprises is scored again
+            current = set(VOE_VARIANTS) <= set(kept.get("voe", {}))
+            if kept.get("fingerprint") == efp and current:
                 print(f"{kind} fold {fold}: kept {done}")
                 return kept
+            if kept.get("fingerprint") == efp:
+                print(f"{kind} fold {fold}: {done} lacks VoE surprises this code reports; scoring again")
         readout, _ = load_readout(rpath)
         results = {"fingerprint": efp, "kind": kind, "fold": fold, "train_tasks": len(train_t),
                    "test_tasks": len(test_t), "attempts": {k: len(v) for k, v in videos.items()}}  # fmt: skip

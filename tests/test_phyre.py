@@ -679,6 +679,8 @@ def test_pass_through_auroc_by_effect_by_hand():
     bins = ev.auroc_by_effect(s, np.array([0.06, 0.15, 0.5]), 0.05)
     assert [b["effect"] for b in bins] == [[0.05, 0.1], [0.1, 0.2], [0.4, None]]  # 0.2-0.4: no clip
     assert [b["clips"] for b in bins] == [1, 1, 1]
+    edge = ev.auroc_by_effect(s, np.array([0.06, 0.2, 0.4]), 0.05)  # an edge opens its bin
+    assert [(b["effect"][0], b["clips"]) for b in edge] == [(0.05, 1), (0.2, 1), (0.4, 1)]
     assert [b["a"] for b in bins] == [0.25, 1.0, 1.0]
     assert [b["b"] for b in bins] == [1.0, 0.0, 1.0]
     above = ev.auroc_by_effect(s, np.array([0.16, 0.3, 0.5]), 0.15)  # edges at or below lo: none
@@ -1027,7 +1029,7 @@ def test_eval_phyre_reports_both_models_voe(evaluated):
         fingerprint = json.loads((evaluated / "within_0" / "results.json").read_text())["fingerprint"]
         lo = fingerprint["voe"]["min_effect"]
         assert {b["effect"][0] for b in bins} <= {lo, *(e for e in ev.EFFECT_EDGES if e > lo)}
-        assert all(0.0 <= b[k] <= 1.0 for b in bins for k in ("combined", "plausibility", "world_model_tail"))
+        assert all(0.0 <= b[k] <= 1.0 for b in bins for k in ev.BY_EFFECT)
         assert "## Pass-through AUROC by how far it moves a body" in (evaluated / "results.md").read_text()
 
 

@@ -278,6 +278,13 @@ def test_sdpa_computes_bf16_attention_on_cpu_in_fp32_and_returns_bf16():
     torch.testing.assert_close(out, ref.bfloat16(), rtol=0, atol=0)
     out.float().sum().backward()
     assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in (q, k, v))
+    additive = torch.zeros(9, 9).masked_fill(~mask[0, 0], float("-inf")).bfloat16()  # in q's dtype
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out_add = sdpa(q, k, v, attn_mask=additive)
+    ref_add = torch.nn.functional.scaled_dot_product_attention(
+        q.float(), k.float(), v.float(), attn_mask=additive.float()
+    )
+    torch.testing.assert_close(out_add, ref_add.bfloat16(), rtol=0, atol=0)
     x = torch.randn(2, 3, 9, 8, generator=g)  # fp32 is F.scaled_dot_product_attention itself
     torch.testing.assert_close(
         sdpa(x, x, x, attn_mask=mask), torch.nn.functional.scaled_dot_product_attention(x, x, x, mask)

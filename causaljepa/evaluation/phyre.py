@@ -104,7 +104,7 @@ VOE_VARIANTS = (  # reported next to the figure (``combined``)
     "combined_from_scene",
 )
 EFFECT_EDGES = (0.1, 0.2, 0.4)  # pass-through bins by effect (scene fractions), above voe.min_effect
-BY_EFFECT = ("combined", "plausibility", "world_model_tail")  # the surprises of every bin
+BY_EFFECT = ("combined", "plausibility", "world_model_tail", "world_model_from_scene_tail")  # each bin's
 SCALE_FLOOR = 1e-4  # added to each feature's error scale: features the model never gets wrong
 DYNAMIC_ROLES = tuple(r for r in ps.ROLES if r in ps.DYNAMIC_ROLES)  # in ROLES' order: seeded choices repeat
 FOLD_KINDS = ps.FOLD_KINDS
@@ -537,7 +537,7 @@ def auroc_by_effect(
 ) -> list[dict]:
     """The pass-through AUROCs by how far the violation moves a body: ``surprises`` maps a surprise's
     name to its ``plausible`` and ``pass_through`` scores, ``effects`` (n,) each pass-through clip's
-    ``World.effect`` (>= ``lo``, voe.min_effect) -> one entry per bin of ``EFFECT_EDGES`` above ``lo``
+    ``World.effect`` (> ``lo``, voe.min_effect) -> one entry per bin of ``EFFECT_EDGES`` above ``lo``
     with clips in it: {"effect": [low, high or None], "clips": n, <name>: AUROC against every
     plausible clip}."""
     edges = [lo, *(e for e in EFFECT_EDGES if e > lo), math.inf]
@@ -640,8 +640,8 @@ def voe_scores(
     out.update({k: out["combined"][k] for k in VIOLATIONS if k in out["combined"]})
     if effects:
         out["pass_through_by_effect"] = auroc_by_effect(
-            {"combined": {k: tails[k] + wm_tails[k] for k in ("plausible", "pass_through")},
-             "plausibility": tails, "world_model_tail": wm_tails, "world_model_from_scene_tail": scene_tails},
+            dict(zip(BY_EFFECT, ({k: tails[k] + wm_tails[k] for k in tails}, tails, wm_tails, scene_tails),
+                     strict=True)),
             np.asarray(effects), cfg.voe.min_effect,
         )  # fmt: skip
     out["error_scale"] = {
@@ -762,6 +762,12 @@ def per_template(per_task: list[dict], max_attempts: int) -> dict[str, dict]:
     }
 
 
+def _effect_label(effect: list) -> str:
+    """[0.2, 0.4] -> '0.2-0.4', [0.4, None] -> '0.4+' (a pass-through bin's effects)."""
+    lo, hi = effect
+    return f"{lo:g}+" if hi is None else f"{lo:g}-{hi:g}"
+
+
 def results_markdown(summary: dict, results: list[dict]) -> str:
     def part(m):  # where some folds had no value (NaN), say over how many the mean is
         return "" if m.get("n", 0) == m.get("of", 0) else f" (n={m['n']} of {m['of']})"
@@ -799,9 +805,8 @@ def results_markdown(summary: dict, results: list[dict]) -> str:
                   "/ world_model_tail / world_model_from_scene_tail.", ""]  # fmt: skip
         for r, bins in by_effect:
             cells = "; ".join(
-                f"{b['effect'][0]:g}-{'' if b['effect'][1] is None else format(b['effect'][1], 'g')}: "
-                f"{b['clips']}, "
-                + " / ".join(f"{b.get(k, math.nan):.3f}" for k in (*BY_EFFECT, "world_model_from_scene_tail"))
+                f"{_effect_label(b['effect'])}: {b['clips']}, "
+                + " / ".join(f"{b.get(k, math.nan):.3f}" for k in BY_EFFECT)
                 for b in bins
             )
             lines.append(f"- {r['kind']} {r['fold']}: {cells}")

@@ -475,12 +475,11 @@ def run_fold(
         done = run / "results.json"
         if done.exists():
             kept = json.loads(done.read_text())
-            # a fold written by code that reported fewer VoE surprises is scored again
-            current = set(VOE_VARIANTS) <= set(kept.get("voe", {}))
-            if kept.get("fingerprint") == efp and current:
-                print(f"{kind} fold {fold}: kept {done}")
-                return kept
             if kept.get("fingerprint") == efp:
+                if set(VOE_VARIANTS) <= set(kept.get("voe", {})):
+                    print(f"{kind} fold {fold}: kept {done}")
+                    return kept
+                # written by code that reported fewer VoE surprises: the trained models are kept
                 print(f"{kind} fold {fold}: {done} lacks VoE surprises this code reports; scoring again")
         readout, _ = load_readout(rpath)
         results = {"fingerprint": efp, "kind": kind, "fold": fold, "train_tasks": len(train_t),
@@ -521,13 +520,15 @@ def run_fold(
     return results
 
 
+def _against_plausible(plausible: np.ndarray, implausible: np.ndarray) -> float:
+    """AUROC of surprise: implausible clips (positives) against plausible ones."""
+    labels = np.r_[np.zeros(len(plausible), bool), np.ones(len(implausible), bool)]
+    return auroc(np.r_[plausible, implausible], labels)
+
+
 def _aurocs(s: dict[str, np.ndarray]) -> dict:
     """AUROC of each violation type's surprises against the plausible clips', and the medians."""
-    out = {}
-    for k in VIOLATIONS:
-        if k in s:
-            labels = np.r_[np.zeros(len(s["plausible"]), bool), np.ones(len(s[k]), bool)]
-            out[k] = auroc(np.r_[s["plausible"], s[k]], labels)
+    out = {k: _against_plausible(s["plausible"], s[k]) for k in VIOLATIONS if k in s}
     out["surprise_median"] = {k: float(np.median(v)) for k, v in s.items()}
     return out
 
@@ -548,9 +549,7 @@ def auroc_by_effect(
             continue
         entry = {"effect": [a, None if math.isinf(b) else b], "clips": int(inside.sum())}
         for name, s in surprises.items():
-            p = s["plausible"]
-            labels = np.r_[np.zeros(len(p), bool), np.ones(int(inside.sum()), bool)]
-            entry[name] = auroc(np.r_[p, s["pass_through"][inside]], labels)
+            entry[name] = _against_plausible(s["plausible"], s["pass_through"][inside])
         out.append(entry)
     return out
 
@@ -620,7 +619,7 @@ def voe_scores(
     out["plausibility"] = _aurocs(tails)
     out["plausibility_scaled"] = _aurocs({k: scaled_surprise(e, pscale) for k, e in errs.items()})
     out["plausibility_unscaled"] = _aurocs({k: scaled_surprise(e) for k, e in errs.items()})
-    scales, wm_tails, scene_tails = {}, {}, {}
+    scales, wm_tail = {}, {}  # by step: True, frame j from frames < j; False, from the scene
     for step, name in ((True, "world_model"), (False, "world_model_from_scene")):
         wm_val = expectation_errors(model, val.slots, val.actions, step=step)
         scales[step] = error_scale(wm_val, val.slots[:, 1:])
@@ -631,19 +630,19 @@ def voe_scores(
         }  # fmt: skip
         out[name] = _aurocs({k: scaled_surprise(e, scales[step]) for k, e in wm_errs.items()})
         held = held_out_errors(wm_val, val.slots[:, 1:])
-        (wm_tails if step else scene_tails).update({k: tail_surprise(e, held) for k, e in wm_errs.items()})
-    out["world_model_tail"] = _aurocs(wm_tails)
-    out["world_model_from_scene_tail"] = _aurocs(scene_tails)
-    out["combined_from_scene"] = _aurocs({k: tails[k] + scene_tails[k] for k in tails})
+        wm_tail[step] = {k: tail_surprise(e, held) for k, e in wm_errs.items()}
+    out["world_model_tail"] = _aurocs(wm_tail[True])
+    out["world_model_from_scene_tail"] = _aurocs(wm_tail[False])
+    out["combined_from_scene"] = _aurocs({k: tails[k] + wm_tail[False][k] for k in tails})
     # the figure: both models' tail surprises added (-log of the product of the two shares)
-    out["combined"] = _aurocs({k: tails[k] + wm_tails[k] for k in tails})
+    combined = {k: tails[k] + wm_tail[True][k] for k in tails}
+    out["combined"] = _aurocs(combined)
     out.update({k: out["combined"][k] for k in VIOLATIONS if k in out["combined"]})
     if effects:
+        surprises = (combined, tails, wm_tail[True], wm_tail[False])
         out["pass_through_by_effect"] = auroc_by_effect(
-            dict(zip(BY_EFFECT, ({k: tails[k] + wm_tails[k] for k in tails}, tails, wm_tails, scene_tails),
-                     strict=True)),
-            np.asarray(effects), cfg.voe.min_effect,
-        )  # fmt: skip
+            dict(zip(BY_EFFECT, surprises, strict=True)), np.asarray(effects), cfg.voe.min_effect
+        )
     out["error_scale"] = {
         "plausibility": [float(x) for x in pscale],
         "world_model": [float(x) for x in scales[True]],
@@ -798,15 +797,14 @@ def results_markdown(summary: dict, results: list[dict]) -> str:
                 f"| {kind}, {variant} | " + " | ".join(g(s[f"voe_{variant}"][k]) for k in VIOLATIONS) + " |"
             )
     by_effect = [(r, r["voe"].get("pass_through_by_effect")) for r in results]
-    by_effect = [(r, bins) for r, bins in by_effect if bins]  # folds written before it have none
+    by_effect = [(r, bins) for r, bins in by_effect if bins]  # none in a fold without pass-throughs
     if by_effect:
         lines += ["", "## Pass-through AUROC by how far it moves a body (scene fractions), per fold", "",
                   "Clips, then AUROC against every plausible clip: combined (the figure) / plausibility "
                   "/ world_model_tail / world_model_from_scene_tail.", ""]  # fmt: skip
         for r, bins in by_effect:
             cells = "; ".join(
-                f"{_effect_label(b['effect'])}: {b['clips']}, "
-                + " / ".join(f"{b.get(k, math.nan):.3f}" for k in BY_EFFECT)
+                f"{_effect_label(b['effect'])}: {b['clips']}, " + " / ".join(f"{b[k]:.3f}" for k in BY_EFFECT)
                 for b in bins
             )
             lines.append(f"- {r['kind']} {r['fold']}: {cells}")

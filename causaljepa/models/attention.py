@@ -26,7 +26,7 @@ def sdpa(
     (..., Nq, Nk) -> (..., Nq, Ev) in q's dtype: softmax(q k^T / sqrt(E) + mask) v."""
     if q.device.type == "cpu" and q.dtype == torch.bfloat16:
         if attn_mask is not None and attn_mask.is_floating_point():
-            attn_mask = attn_mask.float()  # an additive mask in q's dtype, as SDPA accepts it
+            attn_mask = attn_mask.float()  # SDPA takes a float mask only in the query's dtype
         with torch.autocast("cpu", enabled=False):
             out = F.scaled_dot_product_attention(
                 q.float(), k.float(), v.float(), attn_mask=attn_mask, dropout_p=dropout_p

@@ -687,6 +687,54 @@ def test_pass_through_auroc_by_effect_by_hand():
     assert [b["effect"][0] for b in above] == [0.15, 0.2, 0.4]
 
 
+def test_choose_surprise_by_its_worst_type():
+    a = {name: {"teleport": 0.9, "vanish": 1.0, "colour": 1.0, "pass_through": 0.6} for name in ev.SELECTABLE}
+    a["plausibility"] = {
+        "teleport": 0.99,
+        "vanish": 1.0,
+        "colour": 1.0,
+        "pass_through": 0.55,
+    }  # the best teleport, a worse worst
+    a["combined_from_scene"] = {"teleport": 0.8, "vanish": 1.0, "colour": 1.0, "pass_through": 0.7}
+    assert ev.choose_surprise(a) == "combined_from_scene"  # its worst (0.7) beats the others' (<= 0.6)
+    a["world_model_tail"] = {"teleport": 0.9, "vanish": 1.0, "colour": 1.0, "pass_through": 0.7}
+    assert ev.choose_surprise(a) == "world_model_tail"  # the same worst, a higher mean
+    a["world_model_tail"] = dict(a["combined_from_scene"])
+    assert ev.choose_surprise(a) == "combined_from_scene"  # a tie throughout: the earlier in SELECTABLE
+    a["combined"] = {"teleport": 0.95, "vanish": 1.0, "colour": 1.0}  # no pass-through clip: worst of three
+    assert ev.choose_surprise(a) == "combined"
+
+
+def test_contact_preference_by_hand():
+    real = torch.zeros(4, 6, 2, 3)
+    violated = real.clone()
+    violated[0, 3:, 1] = 1.0  # differs from frame 3 on
+    violated[1, 4:, 0] = 1.0  # from frame 4
+    violated[2, 1:, 0] = 1.0  # from frame 1: before the model's first expected frame (2)
+    # pair 3: no frame differs
+    err_real = torch.zeros(4, 4, 2, 3)  # frames 2..5
+    err_viol = torch.zeros(4, 4, 2, 3)
+    err_viol[0, 1, 1] = torch.tensor([1.0, 1.0, 0.0])  # frame 3: 2.0 on the violated clip ...
+    err_real[0, 1, 0] = torch.tensor([0.5, 0.5, 0.5])  # ... against 1.5 on the real one: expects the contact
+    err_real[1, 2, 1, 2] = 3.0  # frame 4: larger on the real clip; frame 3's (larger still) is not looked at
+    err_viol[1, 1, 0, 0] = 9.0
+    p = ev.contact_preference(real, violated, err_real, err_viol, first=2)
+    assert p == {"share": 0.5, "pairs": 2, "unseen": 2}
+    err_real[1, 2, 1, 2] = 0.0  # a tie counts half
+    assert ev.contact_preference(real, violated, err_real, err_viol, first=2)["share"] == 0.75
+
+
+def test_selection_split_by_task():
+    task_of = np.array([7, 3, 3, 9, 7, 5, 3, 9])
+    ref, sel, how = ev.selection_split(task_of)
+    assert how == "tasks" and ref.dtype == bool and (ref ^ sel).all()
+    assert set(task_of[ref]) == {3, 7} and set(task_of[sel]) == {5, 9}  # sorted 3 5 7 9: even, odd places
+    ref, sel, how = ev.selection_split(np.array([4, 4, 4]))  # one task: its attempts in turn
+    assert how == "attempts" and ref.tolist() == [True, False, True] and sel.tolist() == [False, True, False]
+    with pytest.raises(ValueError, match="at least 2 validation attempts"):
+        ev.selection_split(np.array([4]))
+
+
 def test_split_videos():
     task_of = np.repeat(np.arange(25), 2)
     test = [3, 11, 20]
@@ -817,7 +865,7 @@ def test_eval_phyre_outputs(world, evaluated):
         assert (evaluated / f"{fold['kind']}_0" / "readout" / "readout.pt").exists()
     md = (evaluated / "results.md").read_text()
     assert "AUCCESS" in md and "within-template" in md and "cross-template" in md
-    assert "| within, combined (the figure) |" in md and "| cross, plausibility_scaled |" in md
+    assert "| **within, the figure** (surprise" in md and "| cross, plausibility_scaled |" in md
     assert not re.search(r"± \d", md)  # one fold per kind: means alone, no spread of 0.000
     per_task = res["folds"][0]["ranking"]["per_task"]
     # the picture shows a task solved at the 2nd to 4th attempt where there is one, else the first
@@ -1019,7 +1067,16 @@ def test_eval_phyre_reports_both_models_voe(evaluated):
     for name in ("combined", *ev.VOE_VARIANTS):
         assert set(ev.VIOLATIONS) - {"pass_through"} <= set(r[name])
         assert all(0.0 <= r[name][k] <= 1.0 for k in ev.VIOLATIONS if k in r[name])
-    assert all(r[k] == r["combined"][k] for k in ev.VIOLATIONS if k in r["combined"])
+    # the figure is the surprise chosen on clips of validation tasks, by its worst type there
+    sel = r["selected"]
+    assert sel["surprise"] == ev.choose_surprise(sel["validation"]) and set(sel["validation"]) == set(
+        ev.SELECTABLE
+    )
+    assert sel["split"] == "attempts"  # the smoke world's fold has one validation task
+    assert sel["clips"]["plausible"] >= 1 and all(
+        0.0 <= v <= 1.0 for a in sel["validation"].values() for v in a.values()
+    )
+    assert all(r[k] == r[sel["surprise"]][k] for k in ev.VIOLATIONS if k in r[sel["surprise"]])
     assert set(r["combined"]) == set(r["plausibility"]) == set(r["world_model_tail"])
     assert len(r["error_scale"]["plausibility"]) == D and len(r["error_scale"]["world_model"]) == D
     assert (evaluated / "within_0" / "plausibility" / "predictor.pt").exists()
@@ -1030,6 +1087,12 @@ def test_eval_phyre_reports_both_models_voe(evaluated):
     lo = fingerprint["voe"]["min_effect"]
     assert {b["effect"][0] for b in bins} <= {lo, *(e for e in ev.EFFECT_EDGES if e > lo)}
     assert all(0.0 <= b[k] <= 1.0 for b in bins for k in ev.BY_EFFECT)
+    pref = r["contact_preference"]
+    assert set(pref) == {"plausibility", "world_model"}
+    for v in pref.values():
+        assert v["pairs"] + v["unseen"] == r["clips"]["pass_through"]
+        assert v["share"] != v["share"] if not v["pairs"] else 0.0 <= v["share"] <= 1.0
+    assert "## Does a model expect the contact" in (evaluated / "results.md").read_text()
     assert "## Pass-through AUROC by how far it moves a body" in (evaluated / "results.md").read_text()
 
 

@@ -381,7 +381,11 @@ class PlausibilityConfig:
     )
     masking: MaskConfig = field(default_factory=lambda: MaskConfig("object", 0, 2))
     train: OptimConfig = field(
-        default_factory=lambda: OptimConfig(steps=3000, batch_size=64, warmup_steps=200)
+        default_factory=lambda: (
+            OptimConfig(  # 20,000 steps: still learning at 3,000 (val error 0.0010 -> 0.0004)
+                steps=20_000, batch_size=64, warmup_steps=200, val_every=2000, ckpt_every=1000
+            )
+        )
     )
     stride: int = 1  # store frames between window frames (5 fps: 0.2 s)
     val_windows: int = 512

@@ -672,6 +672,27 @@ def test_violation_clips(world):
     assert seen_pass >= 1
 
 
+def test_violation_clips_gathers_by_type_and_pairs_each_pass_through_with_its_attempt(world):
+    tasks = TaskIndex.load(world).tasks
+    videos = np.arange(0, 24, 3)
+    with VideoStore(world / ROLLOUTS_FILE) as vs:
+        c = ev.violation_clips(vs, tasks, videos, VoEConfig(), np.random.default_rng(0), int(TIMES[1]), TIMES,
+                               progress=False)  # fmt: skip
+        T = vs.num_frames
+        assert c.counts()["plausible"] == len(videos) == c.counts()["teleport"]
+        n = c.counts()["pass_through"]
+        assert n >= 1 and len(c.effects) == len(c.pass_source) == n
+        assert c.clips["plausible"].shape == (len(videos), len(TIMES), K, D)
+        assert c.seen["plausible"].shape == (len(videos), T, K + 1, D)
+        for i, v in enumerate(videos):  # the plausible clips are the attempts, in order
+            np.testing.assert_array_equal(c.actions["plausible"][i].numpy(), vs.read("actions", int(v)))
+    src = c.pass_source
+    assert (np.diff(src) > 0).all()  # one pass-through per attempt at most, in the attempts' order
+    torch.testing.assert_close(c.actions["pass_through"], c.actions["plausible"][src], rtol=0, atol=0)
+    # the same scene and ball at frame 0, the real attempt's until the contact left out
+    torch.testing.assert_close(c.seen["pass_through"][:, 0], c.seen["plausible"][src, 0], rtol=0, atol=1e-6)
+
+
 def test_pass_through_auroc_by_effect_by_hand():
     plausible = np.array([0.0, 1.0, 2.0, 3.0])
     s = {"a": {"plausible": plausible, "pass_through": np.array([0.5, 5.0, 6.0])},
@@ -1064,7 +1085,7 @@ def test_plausibility_config_refuses():
 
 def test_eval_phyre_reports_both_models_voe(evaluated):
     r = json.loads((evaluated / "within_0" / "results.json").read_text())["voe"]
-    for name in ("combined", *ev.VOE_VARIANTS):
+    for name in ev.VOE_VARIANTS:
         assert set(ev.VIOLATIONS) - {"pass_through"} <= set(r[name])
         assert all(0.0 <= r[name][k] <= 1.0 for k in ev.VIOLATIONS if k in r[name])
     # the figure is the surprise chosen on clips of validation tasks, by its worst type there
@@ -1092,8 +1113,41 @@ def test_eval_phyre_reports_both_models_voe(evaluated):
     for v in pref.values():
         assert v["pairs"] + v["unseen"] == r["clips"]["pass_through"]
         assert v["share"] != v["share"] if not v["pairs"] else 0.0 <= v["share"] <= 1.0
+    # every pass-through differs from its own attempt after frame 0, so the world model expects each
+    assert pref["world_model"]["unseen"] == 0 and pref["plausibility"]["pairs"] >= 1
     assert "## Does a model expect the contact" in (evaluated / "results.md").read_text()
     assert "## Pass-through AUROC by how far it moves a body" in (evaluated / "results.md").read_text()
+
+
+def test_eval_phyre_chooses_the_figure_on_validation_attempts_alone(world, tmp_path, monkeypatch):
+    """The clips that choose the figure's surprise are made of validation attempts, none of a test task."""
+    made = []
+    real = ev.violation_clips
+
+    def recording(vs, tasks, videos, *args, **kw):
+        made.append((kw.get("desc", "VoE clips"), np.asarray(videos)))
+        return real(vs, tasks, videos, *args, **kw)
+
+    monkeypatch.setattr(ev, "violation_clips", recording)
+    monkeypatch.chdir(tmp_path)
+    run_cli(
+        [
+            "eval",
+            "phyre",
+            *SMOKE_EVAL,
+            f"data.root={world}",
+            f"out={tmp_path / 'out'}",
+            "folds={within: [0], cross: []}",
+        ]
+    )
+    tasks = TaskIndex.load(world).tasks
+    with SlotStore(_oracle(world)) as ss:
+        task_of = ss.f["task"][:]
+    videos = ev.split_videos(task_of, *ps.folds(tasks, 0, "within"))
+    (test_desc, test_v), (sel_desc, sel_v) = made
+    assert "selection" not in test_desc and "selection" in sel_desc
+    assert set(test_v) <= set(videos["test"])
+    assert len(sel_v) and set(sel_v) <= set(videos["val"]) and not set(sel_v) & set(videos["test"])
 
 
 def test_per_template_auccess_at_the_ranking_budget(evaluated):

@@ -510,7 +510,7 @@ def run_fold(
         # violation of expectation
         with VideoStore(Path(root) / ROLLOUTS_FILE) as vs:
             plfp = {**base, "plausibility": asdict(cfg.plausibility)}
-            val_ball = ball_slots(vs, videos["val"])
+            val_ball = ball_slots(vs, val_s.videos)  # in val_s's order
             plpath = _trained(
                 run / "plausibility", "predictor.pt", plfp,
                 lambda resume: train_plausibility(
@@ -520,8 +520,7 @@ def run_fold(
             )  # fmt: skip
             plausibility, _ = load_predictor(plpath)
             results["voe"] = voe_scores(
-                vs, tasks, model, plausibility, cfg, videos["test"], val_s, val_ball, task_of[val_s.videos],
-                progress=progress,
+                vs, tasks, model, plausibility, cfg, videos["test"], val_s, val_ball, progress=progress,
             )  # fmt: skip
 
         # action ranking
@@ -592,7 +591,8 @@ class VoEClips:
     pass_source: np.ndarray
 
     def counts(self) -> dict[str, int]:
-        return {k: len(v) for k, v in self.clips.items()}
+        """Clips of each type, 0 for a type none could be made of."""
+        return {k: len(self.clips.get(k, ())) for k in ("plausible", *VIOLATIONS)}
 
 
 def violation_clips(
@@ -631,11 +631,12 @@ def contact_preference(
     """Does a model expect the real outcome of a contact? real, violated (n, T, K, D): pairs of
     clips that are the same up to a frame c (a pass-through and its real attempt); err_real,
     err_violated (n, T', K, D): a model's squared errors of frames first, first + 1, ... of them.
-    At frame c a forecaster has seen the same past in both clips, so it expects the same frame;
-    -> {"share": of the pairs, those where its error of frame c (the largest over slots of the
-    slot's summed squared error) is larger on the violated clip (ties count half): 1 if it always
-    expects the contact to happen, 0.5 if it cannot tell; "pairs": how many count, "unseen":
-    pairs whose frame c it does not expect (before ``first``, or no frame differs)}."""
+    At frame c a forecaster (one that expects a frame from frames before it alone) has seen the
+    same past in both clips, so it expects the same frame; -> {"share": of the pairs, those where
+    its error of frame c (the largest over slots of the slot's summed squared error) is larger on
+    the violated clip (ties count half): 1 if it always expects the contact to happen, 0.5 if it
+    cannot tell; "pairs": how many count, "unseen": pairs whose frame c it does not expect
+    (before ``first`` or after its last expected frame, or no frame differs)}."""
     differ = (real - violated).abs().flatten(2).amax(dim=2) > 1e-6  # (n, T)
     c = torch.where(differ.any(dim=1), differ.float().argmax(dim=1), -1)
     ok = (c >= first) & (c - first < err_real.shape[1])
@@ -710,6 +711,10 @@ def choose_surprise(aurocs: dict[str, dict]) -> str:
 
     def key(name):
         v = [aurocs[name][k] for k in VIOLATIONS if k in aurocs[name]]
+        if not v or any(x != x for x in v):
+            raise ValueError(
+                f"choose_surprise: {name} has AUROCs {aurocs[name]}; every type's must be a number"
+            )
         return (min(v), float(np.mean(v)), -SELECTABLE.index(name))
 
     return max(SELECTABLE, key=key)
@@ -724,7 +729,6 @@ def voe_scores(
     test_videos: np.ndarray,
     val: EpisodeSampler,
     val_clips: torch.Tensor,
-    val_task_of: np.ndarray,
     *,
     progress=True,
 ) -> dict:
@@ -740,7 +744,7 @@ def voe_scores(
     model's tail surprises added; ``combined_from_scene``: with the from-scene tail surprise.
 
     The figure (the top-level ``<type>`` keys, ``selected``): the surprise of ``SELECTABLE``
-    chosen on validation attempts (``val_task_of``: their tasks), never on the test clips: the
+    chosen on the validation attempts (``val.videos``), never on the test clips: the
     validation attempts are split in two (``selection_split``), clips of every type are made of the
     selection half's attempts and scored against the reference half's errors, and the surprise
     whose worst type does best there (``choose_surprise``) is the one reported on the test clips."""
@@ -754,7 +758,12 @@ def voe_scores(
     out = {"clips": test.counts(), **{name: _aurocs(v) for name, v in s.items()}}
 
     # the figure's surprise, chosen on clips of validation tasks
-    ref, sel, split = selection_split(val_task_of)
+    if len(val_clips) != len(val.videos):
+        raise ValueError(
+            f"voe_scores: val_clips has {len(val_clips)} attempts, val {len(val.videos)}; give the clips of "
+            "val.videos, in that order (ball_slots(vs, val.videos))"
+        )
+    ref, sel, split = selection_split(np.array([int(vs.read("task", int(v))) for v in val.videos]))
     sel_videos = val.videos[sel]
     sel_videos = sel_videos if not n else sel_videos[:: max(1, len(sel_videos) // n)][:n]
     rng_sel = np.random.default_rng([cfg.seed, 8])
@@ -777,12 +786,15 @@ def voe_scores(
             {name: s[name] for name in BY_EFFECT}, test.effects, cfg.voe.min_effect
         )
         src = test.pass_source  # each pass-through's real attempt: which of the two does a model expect?
-        first_pl = (plausibility.cfg.history - cfg.plausibility.after) * cfg.plausibility.stride
+        models = [("world_model", test.clips, errs["world_model"], 1)]  # frames 1..F, from frames before
+        if not cfg.plausibility.after:  # else its window holds frames after c, which differ: not a forecast
+            T = test.seen["plausible"].shape[1]
+            first_pl = expected_frames(T, plausibility.cfg.history, cfg.plausibility.stride).start
+            models.insert(0, ("plausibility", test.seen, errs["plausibility"], first_pl))
         out["contact_preference"] = {
             name: contact_preference(clips["plausible"][src], clips["pass_through"], e["plausible"][src],
                                      e["pass_through"], start)
-            for name, clips, e, start in (("plausibility", test.seen, errs["plausibility"], first_pl),
-                                          ("world_model", test.clips, errs["world_model"], 1))
+            for name, clips, e, start in models
         }  # fmt: skip
     out["error_scale"] = scale
     return out

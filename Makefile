@@ -83,8 +83,8 @@ ablation: $(STAMP)
 
 # Issue 7's figures: the phyre_sim data (10 templates x 100 tasks x 8 attempts, about 2 minutes),
 # its oracle slots, and the PHYRE evaluation over 3 within-template and 2 cross-template folds
-# (a world model, a readout and a plausibility model trained per fold; about 5 minutes a fold on
-# 2 cores). Finished folds are kept, so an interrupted evaluation continues.
+# (a world model, a readout and a plausibility model trained per fold; about 8 minutes a fold on
+# 2 cores with bf16, README). Finished folds are kept, so an interrupted evaluation continues.
 PHYRE_RUN ?= runs/phyre
 phyre: $(STAMP)
 	$(BIN)/cjepa data generate data=phyre_sim

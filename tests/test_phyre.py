@@ -710,12 +710,8 @@ def test_pass_through_auroc_by_effect_by_hand():
 
 def test_choose_surprise_by_its_worst_type():
     a = {name: {"teleport": 0.9, "vanish": 1.0, "colour": 1.0, "pass_through": 0.6} for name in ev.SELECTABLE}
-    a["plausibility"] = {
-        "teleport": 0.99,
-        "vanish": 1.0,
-        "colour": 1.0,
-        "pass_through": 0.55,
-    }  # the best teleport, a worse worst
+    # plausibility: the best teleport, a worse worst
+    a["plausibility"] = {"teleport": 0.99, "vanish": 1.0, "colour": 1.0, "pass_through": 0.55}
     a["combined_from_scene"] = {"teleport": 0.8, "vanish": 1.0, "colour": 1.0, "pass_through": 0.7}
     assert ev.choose_surprise(a) == "combined_from_scene"  # its worst (0.7) beats the others' (<= 0.6)
     a["world_model_tail"] = {"teleport": 0.9, "vanish": 1.0, "colour": 1.0, "pass_through": 0.7}
@@ -1090,13 +1086,11 @@ def test_eval_phyre_reports_both_models_voe(evaluated):
         assert all(0.0 <= r[name][k] <= 1.0 for k in ev.VIOLATIONS if k in r[name])
     # the figure is the surprise chosen on clips of validation tasks, by its worst type there
     sel = r["selected"]
-    assert sel["surprise"] == ev.choose_surprise(sel["validation"]) and set(sel["validation"]) == set(
-        ev.SELECTABLE
-    )
+    assert sel["surprise"] == ev.choose_surprise(sel["validation"])
+    assert set(sel["validation"]) == set(ev.SELECTABLE)
     assert sel["split"] == "attempts"  # the smoke world's fold has one validation task
-    assert sel["clips"]["plausible"] >= 1 and all(
-        0.0 <= v <= 1.0 for a in sel["validation"].values() for v in a.values()
-    )
+    assert sel["clips"]["plausible"] >= 1
+    assert all(0.0 <= v <= 1.0 for a in sel["validation"].values() for v in a.values())
     assert all(r[k] == r[sel["surprise"]][k] for k in ev.VIOLATIONS if k in r[sel["surprise"]])
     assert set(r["combined"]) == set(r["plausibility"]) == set(r["world_model_tail"])
     assert len(r["error_scale"]["plausibility"]) == D and len(r["error_scale"]["world_model"]) == D
@@ -1130,16 +1124,8 @@ def test_eval_phyre_chooses_the_figure_on_validation_attempts_alone(world, tmp_p
 
     monkeypatch.setattr(ev, "violation_clips", recording)
     monkeypatch.chdir(tmp_path)
-    run_cli(
-        [
-            "eval",
-            "phyre",
-            *SMOKE_EVAL,
-            f"data.root={world}",
-            f"out={tmp_path / 'out'}",
-            "folds={within: [0], cross: []}",
-        ]
-    )
+    within_0 = "folds={within: [0], cross: []}"
+    run_cli(["eval", "phyre", *SMOKE_EVAL, f"data.root={world}", f"out={tmp_path / 'out'}", within_0])
     tasks = TaskIndex.load(world).tasks
     with SlotStore(_oracle(world)) as ss:
         task_of = ss.f["task"][:]

@@ -60,7 +60,9 @@ import itertools
 import json
 import math
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -649,40 +651,72 @@ def contact_preference(
     return {"share": share, "pairs": len(idx), "unseen": len(c) - len(idx)}
 
 
-def clip_surprises(
-    model, plausibility, cfg: PhyreEvalConfig, c: VoEClips, ref_ball: torch.Tensor, ref_slots: torch.Tensor,
-    ref_actions: torch.Tensor,
-) -> tuple[dict[str, dict[str, np.ndarray]], dict, dict[str, dict[str, torch.Tensor]]]:  # fmt: skip
-    """Each surprise of ``voe_scores`` (its name -> clip type -> (N,) scores) of the clips ``c``,
-    the models' errors judged against their errors on reference attempts of training tasks:
-    ``ref_ball`` (the plausibility model's, whole attempts with the ball) and ``ref_slots``,
-    ``ref_actions`` (the world model's episodes); the two models' error scales; and the clips'
-    squared errors by model, ``plausibility`` (``window_errors``) and ``world_model`` (step mode,
-    ``expectation_errors``), each by clip type."""
+def model_errors(
+    model, plausibility, cfg: PhyreEvalConfig, seen: torch.Tensor, clips: torch.Tensor, actions: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Both models' squared errors of the same attempts: ``seen`` (N, T, K + 1, D) every frame
+    with the ball, ``clips`` (N, 1 + F, K, D) at the world model's times, ``actions`` (N, A) ->
+    {"plausibility": ``window_errors`` (N, T', K + 1, D); the world model's (N, F, K, D), "step":
+    frame j expected from frames < j, and "scene": every frame from frame 0 and the action}."""
     stride, after = cfg.plausibility.stride, cfg.plausibility.after
-    expected = ref_ball[:, expected_frames(ref_ball.shape[1], plausibility.cfg.history, stride, after)]
-    ref_err = window_errors(plausibility, ref_ball, stride, after=after)
-    pscale, held_out = error_scale(ref_err, expected), held_out_errors(ref_err, expected)
-    errs = {k: window_errors(plausibility, v, stride, after=after) for k, v in c.seen.items()}
-    out = {
-        "plausibility": {k: tail_surprise(e, held_out) for k, e in errs.items()},
-        "plausibility_scaled": {k: scaled_surprise(e, pscale) for k, e in errs.items()},
-        "plausibility_unscaled": {k: scaled_surprise(e) for k, e in errs.items()},
+    return {
+        "plausibility": window_errors(plausibility, seen, stride, after=after),
+        "step": expectation_errors(model, clips, actions, step=True),
+        "scene": expectation_errors(model, clips, actions, step=False),
     }
-    scales, step_errs = {}, {}  # by step: True, frame j from frames < j; False, every frame from the scene
-    for step, name in ((True, "world_model"), (False, "world_model_from_scene")):
-        wm_ref = expectation_errors(model, ref_slots, ref_actions, step=step)
-        scales[step] = error_scale(wm_ref, ref_slots[:, 1:])
-        wm_errs = {k: expectation_errors(model, v, c.actions[k], step=step) for k, v in c.clips.items()}
-        step_errs[step] = wm_errs
-        out[name] = {k: scaled_surprise(e, scales[step]) for k, e in wm_errs.items()}
-        held = held_out_errors(wm_ref, ref_slots[:, 1:])
-        out[f"{name}_tail"] = {k: tail_surprise(e, held) for k, e in wm_errs.items()}
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What a clip's errors are judged against: ``model_errors`` of held-out attempts of training
+    tasks, and the frames each expected (N, ..., D; its present slots are the ones that count)."""
+
+    errors: dict[str, torch.Tensor]
+    expected: dict[str, torch.Tensor]
+
+    @classmethod
+    def of(cls, model, plausibility, cfg: PhyreEvalConfig, ball, slots, actions) -> Reference:
+        """``ball`` (N, T, K + 1, D) the attempts' every frame with the ball, ``slots`` (N, 1 + F,
+        K, D) their episodes, ``actions`` (N, A)."""
+        history, stride, after = plausibility.cfg.history, cfg.plausibility.stride, cfg.plausibility.after
+        frames = expected_frames(ball.shape[1], history, stride, after)
+        return cls(
+            model_errors(model, plausibility, cfg, ball, slots, actions),
+            {"plausibility": ball[:, frames], "step": slots[:, 1:], "scene": slots[:, 1:]},
+        )
+
+    def rows(self, keep: np.ndarray) -> Reference:
+        """The reference of the attempts ``keep`` (a boolean mask) alone."""
+        keep = torch.from_numpy(np.asarray(keep, bool))
+        return Reference(
+            {k: v[keep] for k, v in self.errors.items()}, {k: v[keep] for k, v in self.expected.items()}
+        )
+
+
+def clip_surprises(
+    errs: dict[str, dict[str, torch.Tensor]], ref: Reference
+) -> tuple[dict[str, dict[str, np.ndarray]], dict]:
+    """``errs``: clip type -> ``model_errors`` of those clips -> each surprise of ``voe_scores``
+    (its name -> clip type -> (N,) scores), the errors judged against ``ref``; and the
+    plausibility model's and the world model's (step mode) error scales."""
+    held = {m: held_out_errors(ref.errors[m], ref.expected[m]) for m in ref.errors}
+    scale = {m: error_scale(ref.errors[m], ref.expected[m]) for m in ref.errors}
+
+    def judged(mode, surprise):  # surprise: errors (N, ..., D) of one clip type -> (N,)
+        return {k: surprise(e[mode]) for k, e in errs.items()}
+
+    out = {"plausibility_unscaled": judged("plausibility", scaled_surprise)}
+    for mode, scaled, tail in (
+        ("plausibility", "plausibility_scaled", "plausibility"),
+        ("step", "world_model", "world_model_tail"),
+        ("scene", "world_model_from_scene", "world_model_from_scene_tail"),
+    ):
+        out[scaled] = judged(mode, partial(scaled_surprise, scale=scale[mode]))
+        out[tail] = judged(mode, partial(tail_surprise, held_out=held[mode]))
     # both models' tail surprises added: -log of the product of the two shares
     for name, wm in (("combined", "world_model"), ("combined_from_scene", "world_model_from_scene")):
-        out[name] = {k: out["plausibility"][k] + out[f"{wm}_tail"][k] for k in out["plausibility"]}
-    scale = {"plausibility": [float(x) for x in pscale], "world_model": [float(x) for x in scales[True]]}
-    return out, scale, {"plausibility": errs, "world_model": step_errs[True]}
+        out[name] = {k: out["plausibility"][k] + out[f"{wm}_tail"][k] for k in errs}
+    return out, {"plausibility": scale["plausibility"].tolist(), "world_model": scale["step"].tolist()}
 
 
 def selection_split(task_of: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
@@ -754,24 +788,30 @@ def voe_scores(
     chosen = test_videos if not n else test_videos[:: max(1, len(test_videos) // n)][:n]
     rng = np.random.default_rng([cfg.seed, 7])
     test = violation_clips(vs, tasks, chosen, cfg.voe, rng, first, times, progress=progress)
-    s, scale, errs = clip_surprises(model, plausibility, cfg, test, val_clips, val.slots, val.actions)
-    out = {"clips": test.counts(), **{name: _aurocs(v) for name, v in s.items()}}
-
-    # the figure's surprise, chosen on clips of validation tasks
     if len(val_clips) != len(val.videos):
         raise ValueError(
             f"voe_scores: val_clips has {len(val_clips)} attempts, val {len(val.videos)}; give the clips of "
             "val.videos, in that order (ball_slots(vs, val.videos))"
         )
-    ref, sel, split = selection_split(np.array([int(vs.read("task", int(v))) for v in val.videos]))
+    ref = Reference.of(model, plausibility, cfg, val_clips, val.slots, val.actions)
+
+    def errors_of(c: VoEClips) -> dict[str, dict[str, torch.Tensor]]:
+        return {
+            k: model_errors(model, plausibility, cfg, c.seen[k], c.clips[k], c.actions[k]) for k in c.clips
+        }
+
+    errs = errors_of(test)
+    s, scale = clip_surprises(errs, ref)
+    out = {"clips": test.counts(), **{name: _aurocs(v) for name, v in s.items()}}
+
+    # the figure's surprise, chosen on clips of validation tasks judged against the other validation tasks
+    keep, sel, split = selection_split(vs.f["task"][:][val.videos])
     sel_videos = val.videos[sel]
     sel_videos = sel_videos if not n else sel_videos[:: max(1, len(sel_videos) // n)][:n]
     rng_sel = np.random.default_rng([cfg.seed, 8])
     picks = violation_clips(vs, tasks, sel_videos, cfg.voe, rng_sel, first, times, progress=progress,
                             desc="VoE clips (selection)")  # fmt: skip
-    on_sel, _, _ = clip_surprises(
-        model, plausibility, cfg, picks, val_clips[ref], val.slots[ref], val.actions[ref]
-    )
+    on_sel, _ = clip_surprises(errors_of(picks), ref.rows(keep))
     on_val = {name: _aurocs(on_sel[name]) for name in SELECTABLE}
     figure = choose_surprise(on_val)
     out["selected"] = {
@@ -786,15 +826,15 @@ def voe_scores(
             {name: s[name] for name in BY_EFFECT}, test.effects, cfg.voe.min_effect
         )
         src = test.pass_source  # each pass-through's real attempt: which of the two does a model expect?
-        models = [("world_model", test.clips, errs["world_model"], 1)]  # frames 1..F, from frames before
+        models = [("world_model", test.clips, "step", 1)]  # frames 1..F, each from the frames before it
         if not cfg.plausibility.after:  # else its window holds frames after c, which differ: not a forecast
             T = test.seen["plausible"].shape[1]
             first_pl = expected_frames(T, plausibility.cfg.history, cfg.plausibility.stride).start
-            models.insert(0, ("plausibility", test.seen, errs["plausibility"], first_pl))
+            models.insert(0, ("plausibility", test.seen, "plausibility", first_pl))
         out["contact_preference"] = {
-            name: contact_preference(clips["plausible"][src], clips["pass_through"], e["plausible"][src],
-                                     e["pass_through"], start)
-            for name, clips, e, start in models
+            name: contact_preference(clips["plausible"][src], clips["pass_through"],
+                                     errs["plausible"][mode][src], errs["pass_through"][mode], start)
+            for name, clips, mode, start in models
         }  # fmt: skip
     out["error_scale"] = scale
     return out
@@ -920,7 +960,7 @@ def _effect_label(effect: list) -> str:
 
 def _chosen(names: list[str]) -> str:
     """Each fold's chosen surprise, once each with how many folds chose it where they differ."""
-    counts = {n: names.count(n) for n in dict.fromkeys(names)}
+    counts = Counter(names)  # in the order first chosen
     if len(counts) == 1:
         return f"surprise: {names[0]}"
     return "surprises: " + ", ".join(f"{n} in {c} of {len(names)} folds" for n, c in counts.items())
